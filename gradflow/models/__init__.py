@@ -1,0 +1,11 @@
+"""The model zoo: plain, residual, BN and residual+BN networks from reusable blocks."""
+from .blocks import ResidualBlock, Unit
+from .layers import Activation, SeparableConv, make_conv
+from .networks import MAX_DEPTH, Network, Stage, cnn, hidden_blocks, mlp
+from .options import ACTIVATIONS, ARCHS, CONVS, INITS, STACKS
+from .seed import SeedBlock, SeedResNet, seed_resnet
+from .stack import Stack
+
+__all__ = ["Activation", "SeparableConv", "make_conv", "Unit", "ResidualBlock", "Stack", "Stage",
+           "Network", "cnn", "mlp", "seed_resnet", "SeedResNet", "SeedBlock", "hidden_blocks",
+           "MAX_DEPTH", "ARCHS", "CONVS", "INITS", "ACTIVATIONS", "STACKS"]

@@ -1,0 +1,61 @@
+"""Blocks: the conv/dense -> optional norm -> activation unit, and the residual block.
+
+Choices (the standard recipes, He et al. 2016 "v1"):
+- with BN, the weight layer has no bias (BN's offset replaces it) and BN sits between the weight
+  layer and the activation: Conv(use_bias=False) -> BN -> act, as the seed recommends;
+- the residual block is unit(act) -> weight -> [BN] -> add shortcut -> act; the branch is not
+  scaled and its last BN scale starts at 1 (no zero-init), so what depth does is shown unaltered;
+- the shortcut is the identity when shapes agree, else a 1x1 projection (strided when the block
+  downsamples) with no activation and, in BN nets, followed by BN.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from flax import nnx
+
+from .layers import Activation
+
+
+class Unit(nnx.Module):
+    """weight layer -> optional BatchNorm -> optional Activation."""
+
+    def __init__(self, layer: nnx.Module, features: int, *, norm: bool, activation: str | None, rngs):
+        self.layer = layer
+        self.norm = nnx.BatchNorm(features, rngs=rngs) if norm else None
+        self.act = Activation(activation) if activation else None
+
+    def __call__(self, x):
+        x = self.layer(x)
+        if self.norm is not None:
+            x = self.norm(x)
+        if self.act is not None:
+            x = self.act(x)
+        return x
+
+
+class ResidualBlock(nnx.Module):
+    """Two weight layers with a skip connection: act(branch(x) + shortcut(x)).
+
+    `make_layer(in, out, strides, rngs=)` builds a main-path weight layer (the first carries the stride);
+    `make_projection(in, out, strides, rngs=)` the shortcut's 1x1 layer, used only when shapes change.
+    """
+
+    def __init__(self, make_layer: Callable, make_projection: Callable, in_features: int,
+                 out_features: int, *, strides=1, norm: bool, activation: str, rngs):
+        if in_features != out_features or strides != 1:
+            self.shortcut = Unit(make_projection(in_features, out_features, strides, rngs=rngs),
+                                 out_features, norm=norm, activation=None, rngs=rngs)
+        else:
+            self.shortcut = None
+        self.unit1 = Unit(make_layer(in_features, out_features, strides, rngs=rngs), out_features,
+                          norm=norm, activation=activation, rngs=rngs)
+        self.unit2 = Unit(make_layer(out_features, out_features, 1, rngs=rngs), out_features,
+                          norm=norm, activation=None, rngs=rngs)
+        self.act = Activation(activation)
+
+    def __call__(self, x):
+        # The shortcut runs first so the block's activation follows its last main-path layer in
+        # call order (the instrumentation attributes an activation to the layer called before it).
+        skip = x if self.shortcut is None else self.shortcut(x)
+        return self.act(self.unit2(self.unit1(x)) + skip)

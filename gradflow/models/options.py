@@ -1,0 +1,49 @@
+"""Named choices (archs, inits, activations) and the argument checks shared by the zoo."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+ARCHS = ("plain", "residual", "bn", "residual_bn")
+CONVS = ("standard", "separable")
+STACKS = ("auto", "unrolled", "scan")
+
+# Variance-scaling initializers: Var(W) = scale / fan_in (lecun, he) or 2 / (fan_in + fan_out) (glorot).
+INITS = {
+    "lecun": nnx.initializers.lecun_normal(),  # Flax's default: truncated normal, 1/fan_in
+    "he": nnx.initializers.he_normal(),  # 2/fan_in, the ReLU-preserving choice
+    "glorot": nnx.initializers.glorot_uniform(),  # Keras' default
+    "orthogonal": nnx.initializers.orthogonal(),  # gain 1 on the flattened (fan_in, fan_out) matrix
+}
+
+ACTIVATIONS = {
+    "relu": jax.nn.relu,
+    "tanh": jnp.tanh,
+    "sigmoid": jax.nn.sigmoid,
+    "gelu": jax.nn.gelu,
+    "silu": jax.nn.silu,
+    "leaky_relu": jax.nn.leaky_relu,
+    "linear": lambda x: x,
+}
+
+
+def check_choice(name: str, value, choices) -> None:
+    """Raise ValueError naming the argument and the accepted values."""
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not one of {', '.join(map(repr, choices))}")
+
+
+def check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} must be an integer >= 1")
+
+
+def initializer(name: str):
+    check_choice("init", name, tuple(INITS))
+    return INITS[name]
+
+
+def activation_fn(name: str):
+    check_choice("activation", name, tuple(ACTIVATIONS))
+    return ACTIVATIONS[name]
