@@ -1,0 +1,15 @@
+"""gradflow: see every layer's gradient. Models, instrumentation, and the analysis API.
+
+    import gradflow as gf
+    snap = gf.probe(model, (x, y))                  # one batch, no update
+    hist = gf.train(model, batches, steps=100, optimizer=optax.sgd(0.1), log_every=10)
+    gf.plot.heatmap(hist, "error_norm")
+"""
+from . import instrument, losses, models, plot
+from .history import History, Snapshot
+from .probe import probe
+from .train import recorded_steps, train
+
+__version__ = "0.1.0"
+__all__ = ["probe", "train", "recorded_steps", "Snapshot", "History", "models", "instrument",
+           "plot", "losses"]

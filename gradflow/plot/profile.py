@@ -1,0 +1,40 @@
+"""Per-layer profile of a metric: one line per chosen record (or the Snapshot), log axis."""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from ._style import LOG_METRICS, label, layer_ticks, positive_finite
+
+
+def profile(records, metric: str = "error_norm", *, at=None, ax=None, log: bool | None = None,
+            title: str | None = None):
+    """Plots `metric` against layer index (input on the left) for a Snapshot, or for a History at
+    the records whose steps are in `at` (default: first and last). Returns the Figure."""
+    data = np.asarray(records[metric], dtype=np.float64)
+    log = metric in LOG_METRICS if log is None else log
+    fig = ax.figure if ax is not None else plt.figure(figsize=(8, 4.5))
+    ax = ax or fig.add_subplot()
+    layers = np.arange(len(records.layers))
+    if data.ndim == 1:
+        lines = [(data, "snapshot")]
+    else:
+        steps = np.asarray(records.steps)
+        wanted = [steps[0], steps[-1]] if at is None else list(at)
+        idx = [int(np.argmin(np.abs(steps - s))) for s in wanted]
+        lines = [(data[i], f"step {steps[i]}") for i in dict.fromkeys(idx)]
+    for values, name in lines:
+        ax.plot(layers, positive_finite(values) if log else values, marker="." if len(layers) <= 60
+                else None, label=name)
+    if log:
+        ax.set_yscale("log")
+    pos, names = layer_ticks(records.layers, max_ticks=12)
+    ax.set_xticks(pos, [str(p + 1) for p in pos])
+    ax.set_xlabel("layer (1 = input side)")
+    ax.set_ylabel(label(metric))
+    arch = records.meta.get("arch")
+    ax.set_title(title or f"{label(metric)} by layer" + (f" — {arch}" if arch else ""))
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig

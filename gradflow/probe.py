@@ -1,0 +1,40 @@
+"""`gf.probe`: every layer's gradient and statistics on one batch, without changing the model."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from . import losses
+from .history import Snapshot
+from .steps import layout_for, probe_step
+
+
+def as_batch(batch):
+    """(x, y) -> device arrays; ValueError if `batch` is not a pair."""
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise ValueError("batch must be a pair (x, y) of arrays")
+    return jnp.asarray(batch[0]), jnp.asarray(batch[1])
+
+
+def split_model(model, wrt=nnx.Param):
+    """(graphdef, trained params, everything else) of an NNX model."""
+    if not isinstance(model, nnx.Module):
+        raise ValueError(f"model must be a flax.nnx.Module, got {type(model).__name__}")
+    return nnx.split(model, wrt, ...)
+
+
+def probe(model, batch, loss=None) -> Snapshot:
+    """Per-layer grad_norm, error_norm, act_mean, act_std, dead_frac and weight_norm for one batch.
+
+    `batch` is (x, y); `loss` is a name ("cross_entropy" (default, integer labels), "mse",
+    "binary_cross_entropy") or a callable (outputs, y) -> scalar. BatchNorm uses batch statistics
+    as in training; no parameter or running statistic of `model` changes.
+    """
+    loss_fn, acc_fn = losses.resolve(loss)
+    x, y = as_batch(batch)
+    graphdef, params, rest = split_model(model)
+    layout = layout_for(graphdef, params, rest, x)
+    out = jax.device_get(probe_step(graphdef, layout, loss_fn, acc_fn)(params, rest, x, y))
+    scalars = {k: out.pop(k) for k in ("loss", "accuracy")}
+    return Snapshot(layout.names, out, scalars, {"probed": layout.probed})

@@ -1,0 +1,79 @@
+"""Compiled steps for one model structure: the probe, the instrumented and the bare train step.
+
+Each is a pure function of (params, rest, [opt_state,] x, y) jitted once per (structure, input
+shape, loss, optimizer) and cached, so repeated probes and training runs reuse the compilation.
+The instrumented and the bare train step share `_update`, so their parameter updates are
+computed by the same code (tested to agree bit for bit).
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from .instrument import Layout, discover, row_norms, value_grads_and_stats
+from .instrument.measure import apply
+
+
+_LAYOUTS: dict = {}
+
+
+def layout_for(graphdef, params, rest, x) -> Layout:
+    """The model's rows, traced once per (structure, input shape)."""
+    key = (graphdef, tuple(x.shape), str(x.dtype))
+    if key not in _LAYOUTS:
+        _LAYOUTS[key] = discover(graphdef, abstract(params), abstract(rest), abstract(x))
+    return _LAYOUTS[key]
+
+
+def abstract(tree):
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), tree)
+
+
+def _metrics(loss, out, y, accuracy_fn):
+    acc = accuracy_fn(out, y) if accuracy_fn is not None else jnp.float32(jnp.nan)
+    return {"loss": loss, "accuracy": acc.astype(jnp.float32)}
+
+
+@functools.lru_cache(maxsize=64)
+def probe_step(graphdef, layout: Layout, loss_fn, accuracy_fn):
+    """jit(params, rest, x, y) -> per-layer stats + loss/accuracy; BN uses batch statistics and
+    its running statistics are not returned (left unchanged)."""
+
+    def fn(params, rest, x, y):
+        loss, out, _, _, stats = value_grads_and_stats(graphdef, layout, loss_fn, params, rest, x,
+                                                       y, batch_stats=True)
+        return stats | _metrics(loss, out, y, accuracy_fn)
+
+    return jax.jit(fn)
+
+
+def _update(tx, grads, opt_state, params):
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return updates, optax.apply_updates(params, updates), opt_state
+
+
+@functools.lru_cache(maxsize=64)
+def train_steps(graphdef, layout: Layout, loss_fn, accuracy_fn, tx):
+    """(instrumented, bare) jitted steps: (params, rest, opt_state, x, y) -> (params, rest,
+    opt_state, measurements). The bare step measures only loss and accuracy."""
+
+    def instrumented(params, rest, opt_state, x, y):
+        loss, out, grads, new_rest, stats = value_grads_and_stats(graphdef, layout, loss_fn, params,
+                                                                  rest, x, y)
+        updates, new_params, opt_state = _update(tx, grads, opt_state, params)
+        stats["update_ratio"] = row_norms(updates, layout) / stats["weight_norm"]
+        return new_params, new_rest, opt_state, stats | _metrics(loss, out, y, accuracy_fn)
+
+    def bare(params, rest, opt_state, x, y):
+        def objective(params, rest):
+            out, _, new_rest = apply(graphdef, params, rest, x, probes=False)
+            return loss_fn(out, y), (out, new_rest)
+
+        (loss, (out, new_rest)), grads = jax.value_and_grad(objective, has_aux=True)(params, rest)
+        _, new_params, opt_state = _update(tx, grads, opt_state, params)
+        return new_params, new_rest, opt_state, _metrics(loss, out, y, accuracy_fn)
+
+    return jax.jit(instrumented), jax.jit(bare)
