@@ -15,6 +15,7 @@ from typing import Callable
 from flax import nnx
 
 from .layers import Activation
+from .norm import BatchNorm
 
 
 class Unit(nnx.Module):
@@ -22,7 +23,7 @@ class Unit(nnx.Module):
 
     def __init__(self, layer: nnx.Module, features: int, *, norm: bool, activation: str | None, rngs):
         self.layer = layer
-        self.norm = nnx.BatchNorm(features, rngs=rngs) if norm else None
+        self.norm = BatchNorm(features, rngs=rngs) if norm else None
         self.act = Activation(activation) if activation else None
 
     def __call__(self, x):

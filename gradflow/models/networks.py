@@ -80,9 +80,15 @@ def hidden_blocks(arch: str, depth: int) -> int:
     return hidden // 2 if residual else hidden
 
 
-def _use_scan(stack: str) -> bool:
+# On CPU, unrolled steps run ~10x faster than scanned ones (depth-50 residual_bn CNN, batch 32:
+# 0.11 s vs 1.3 s), but XLA:CPU compile time grows super-linearly with unrolled residual depth
+# (3 s at depth 50, 13 s at 100, ~80 s at 200). "auto" unrolls on CPU up to this depth.
+CPU_UNROLL_MAX_DEPTH = 128
+
+
+def _use_scan(stack: str, depth: int) -> bool:
     if stack == "auto":
-        return jax.default_backend() != "cpu"
+        return jax.default_backend() != "cpu" or depth > CPU_UNROLL_MAX_DEPTH
     return stack == "scan"
 
 
@@ -145,7 +151,7 @@ def cnn(arch: str, depth: int, *, width: int = 16, in_channels: int = 3, num_cla
     make_block = _block_factory(arch, make_layer, make_projection, activation)
     stem = Unit(nnx.Conv(in_channels, width, (3, 3), use_bias=not norm, kernel_init=kinit, rngs=rngs),
                 width, norm=norm, activation=activation, rngs=rngs)
-    body = _stages(make_block, n_blocks, width, stages, _use_scan(stack), rngs)
+    body = _stages(make_block, n_blocks, width, stages, _use_scan(stack, depth), rngs)
     head = nnx.Linear(width * 2 ** (stages - 1), num_classes, kernel_init=kinit, rngs=rngs)
     return Network(stem, body, head, pool=True)
 
@@ -170,6 +176,6 @@ def mlp(arch: str, depth: int, *, width: int, in_features: int, num_classes: int
     make_block = _block_factory(arch, make_layer, make_layer, activation)
     stem = Unit(nnx.Linear(in_features, width, use_bias=bias, kernel_init=kinit, rngs=rngs), width,
                 norm=norm, activation=activation, rngs=rngs)
-    body = _stages(make_block, n_blocks, width, 1, _use_scan(stack), rngs)
+    body = _stages(make_block, n_blocks, width, 1, _use_scan(stack, depth), rngs)
     head = nnx.Linear(width, num_classes, use_bias=use_bias, kernel_init=kinit, rngs=rngs)
     return Network(stem, body, head, flatten=True)

@@ -1,0 +1,82 @@
+"""Independent references for the instrumentation tests.
+
+`reference_probe` uses none of gradflow's instrumentation: it patches `nnx.Linear`/`nnx.Conv`
+calls on an unrolled copy to add a full-size zero perturbation to each output, and takes
+`jax.grad` of the loss with respect to the parameters and those perturbations, the textbook way
+to get dL/dz.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+
+@contextlib.contextmanager
+def patched_layers(on_call):
+    """While active, every nnx.Linear / nnx.Conv call returns on_call(module, output)."""
+    originals = {cls: cls.__call__ for cls in (nnx.Linear, nnx.Conv)}
+
+    def make(orig):
+        def call(self, x, *a, **k):
+            return on_call(self, orig(self, x, *a, **k))
+        return call
+
+    try:
+        for cls, orig in originals.items():
+            cls.__call__ = make(orig)
+        yield
+    finally:
+        for cls, orig in originals.items():
+            cls.__call__ = orig
+
+
+def reference_probe(model, x, y, loss_fn):
+    """(kernel-gradient norms, ||dL/dz||) per Linear/Conv call in call order; BN in train mode."""
+    model = nnx.clone(model)
+    for _, m in nnx.iter_modules(model):
+        if isinstance(m, nnx.BatchNorm):
+            m.use_running_average = False
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    outputs = []
+    with patched_layers(lambda m, z: (outputs.append(z), z)[1]):
+        nnx.merge(graphdef, params, rest, copy=True)(x)
+    eps = [jnp.zeros_like(z) for z in outputs]
+    paths = []
+
+    def objective(params, eps, rest):
+        m = nnx.merge(graphdef, params, rest, copy=True)
+        ids = {id(mod): tuple(p) for p, mod in nnx.iter_modules(m)}
+        paths.clear()
+
+        def on_call(mod, z):
+            paths.append(ids[id(mod)])
+            return z + eps[len(paths) - 1]
+
+        with patched_layers(on_call):
+            return loss_fn(m(x), y)
+
+    g_params, g_eps = jax.grad(objective, argnums=(0, 1))(params, eps, rest)
+    flat = {tuple(p): v.get_value() for p, v in g_params.flat_state()}
+    grad_norms = np.array([float(jnp.linalg.norm(flat[p + ("kernel",)].ravel())) for p in paths])
+    error_norms = np.array([float(jnp.linalg.norm(g.ravel())) for g in g_eps])
+    return grad_norms, error_norms
+
+
+def unrolled_copy(model, make_unrolled):
+    """An unrolled model (from `make_unrolled()`) holding the weights of a scanned `model`."""
+    target = make_unrolled()
+    src = {tuple(p): v.get_value() for p, v in nnx.state(model).flat_state()}
+    state = nnx.state(target)
+    for path, v in state.flat_state():
+        path = tuple(path)
+        if "blocks" in path:
+            i = path.index("blocks")
+            v.set_value(src[path[:i] + ("block",) + path[i + 2:]][path[i + 1]])
+        else:
+            v.set_value(src[path])
+    nnx.update(target, state)
+    return target
