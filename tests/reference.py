@@ -60,7 +60,7 @@ def reference_probe(model, x, y, loss_fn):
             return loss_fn(m(x), y)
 
     g_params, g_eps = jax.grad(objective, argnums=(0, 1))(params, eps, rest)
-    flat = {tuple(p): v.get_value() for p, v in g_params.flat_state()}
+    flat = {tuple(p): v.get_value() for p, v in nnx.to_flat_state(g_params)}
     grad_norms = np.array([float(jnp.linalg.norm(flat[p + ("kernel",)].ravel())) for p in paths])
     error_norms = np.array([float(jnp.linalg.norm(g.ravel())) for g in g_eps])
     return grad_norms, error_norms
@@ -69,9 +69,9 @@ def reference_probe(model, x, y, loss_fn):
 def unrolled_copy(model, make_unrolled):
     """An unrolled model (from `make_unrolled()`) holding the weights of a scanned `model`."""
     target = make_unrolled()
-    src = {tuple(p): v.get_value() for p, v in nnx.state(model).flat_state()}
+    src = {tuple(p): v.get_value() for p, v in nnx.to_flat_state(nnx.state(model))}
     state = nnx.state(target)
-    for path, v in state.flat_state():
+    for path, v in nnx.to_flat_state(state):
         path = tuple(path)
         if "blocks" in path:
             i = path.index("blocks")

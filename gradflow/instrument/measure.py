@@ -29,7 +29,7 @@ class Layout:
 
 def flat_arrays(state) -> dict[tuple, jax.Array]:
     out = {}
-    for path, v in state.flat_state():
+    for path, v in nnx.to_flat_state(state):
         out[tuple(path)] = v.get_value() if isinstance(v, nnx.Variable) else v
     return out
 

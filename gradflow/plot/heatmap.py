@@ -32,8 +32,7 @@ def heatmap(history, metric: str = "grad_norm", *, ax=None, log: bool | None = N
     n_layers = values.shape[1]
     x_edges = _edges(steps)
     y_edges = np.arange(n_layers + 1) - 0.5
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("white")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="white")  # non-finite cells stay blank
     mesh = ax.pcolormesh(x_edges, y_edges, values.T, norm=norm, cmap=cmap, shading="flat")
     pos, names = layer_ticks(history.layers)
     ax.set_yticks(pos, names, fontsize=7 if n_layers > 12 else 8)

@@ -1,0 +1,43 @@
+"""Figures render headless, on log scales, with layers in network order (input at the bottom)."""
+import numpy as np
+from matplotlib.colors import LogNorm
+
+import gradflow as gf
+
+
+def fake_history(n_layers=6, n_records=4):
+    err = np.outer(np.linspace(1, 2, n_records), 10.0 ** np.arange(n_layers))  # grows to output
+    err[1, 2] = np.nan  # non-finite values must not break or pollute the figure
+    metrics = {"error_norm": err, "grad_norm": np.ones_like(err)}
+    return gf.History([f"layer{i}" for i in range(n_layers)], metrics, {"loss": np.ones(n_records)},
+                      {"arch": "plain"}, steps=[0, 5, 10, 15])
+
+
+def test_heatmap_log_scale_and_order(tmp_path):
+    fig = gf.plot.heatmap(fake_history(), "error_norm")
+    ax = fig.axes[0]
+    mesh = ax.collections[0]
+    assert isinstance(mesh.norm, LogNorm)
+    assert mesh.norm.vmin == 1.0 and mesh.norm.vmax == 2 * 10.0 ** 5
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels[0].startswith("1: layer0")  # first layer at the bottom (y = 0)
+    assert ax.get_ylim()[0] < ax.get_ylim()[1]
+    assert "plain" in ax.get_title() and "error" in fig.axes[1].get_ylabel()
+    fig.savefig(tmp_path / "h.png")
+    assert (tmp_path / "h.png").stat().st_size > 5000
+
+
+def test_heatmap_many_layers_has_readable_ticks():
+    h = gf.History([f"l{i}" for i in range(1000)], {"grad_norm": np.ones((3, 1000))},
+                   steps=[0, 1, 2])
+    ax = gf.plot.heatmap(h).axes[0]
+    assert len(ax.get_yticks()) <= 26
+
+
+def test_profile_snapshot_and_history(tmp_path):
+    h = fake_history()
+    fig = gf.plot.profile(h, "error_norm")
+    assert fig.axes[0].get_yscale() == "log" and len(fig.axes[0].lines) == 2
+    fig = gf.plot.profile(h.snapshot(0), "grad_norm")
+    assert len(fig.axes[0].lines) == 1
+    fig.savefig(tmp_path / "p.png")
