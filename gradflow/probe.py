@@ -34,7 +34,7 @@ def probe(model, batch, loss=None) -> Snapshot:
     loss_fn, acc_fn = losses.resolve(loss)
     x, y = as_batch(batch)
     graphdef, params, rest = split_model(model)
-    layout = layout_for(graphdef, params, rest, x)
+    layout = layout_for(graphdef, params, rest, x, model)
     out = jax.device_get(probe_step(graphdef, layout, loss_fn, acc_fn)(params, rest, x, y))
     scalars = {k: out.pop(k) for k in ("loss", "accuracy")}
     return Snapshot(layout.names, out, scalars, {"probed": layout.probed})

@@ -20,11 +20,11 @@ from .instrument.measure import apply
 _LAYOUTS: dict = {}
 
 
-def layout_for(graphdef, params, rest, x) -> Layout:
+def layout_for(graphdef, params, rest, x, model=None) -> Layout:
     """The model's rows, traced once per (structure, input shape)."""
     key = (graphdef, tuple(x.shape), str(x.dtype))
     if key not in _LAYOUTS:
-        _LAYOUTS[key] = discover(graphdef, abstract(params), abstract(rest), abstract(x))
+        _LAYOUTS[key] = discover(graphdef, abstract(params), abstract(rest), abstract(x), model)
     return _LAYOUTS[key]
 
 

@@ -42,7 +42,7 @@ def train(model, batches, *, steps: int, optimizer, log_every: int = 1, loss=Non
     if first is None:
         raise ValueError("batches is empty")
     x, y = as_batch(first)
-    layout = layout_for(graphdef, params, rest, x)
+    layout = layout_for(graphdef, params, rest, x, model)
     instrumented, bare = train_steps(graphdef, layout, loss_fn, acc_fn, optimizer)
     opt_state = optimizer.init(params)
     record_at = set(recorded_steps(steps, log_every))

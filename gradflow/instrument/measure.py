@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from .probes import run_probed
-from .recorder import Row, path_name
+from .probes import WEIGHT_LAYERS, run_probed, use_batch_statistics
+from .recorder import Row, UnreachableLayer, path_name
 
 LAYER_METRICS = ("grad_norm", "error_norm", "act_mean", "act_std", "dead_frac", "weight_norm")
 TRAIN_METRICS = LAYER_METRICS + ("update_ratio",)
@@ -38,8 +38,10 @@ def apply(graphdef, params, rest, x, dummies=None, *, batch_stats=False, probes=
     """Runs a copy of the model, with probes unless `probes=False` (then the recorder is None);
     returns (output, recorder, new non-trained state)."""
     model = nnx.merge(graphdef, params, rest, copy=True)  # fresh Variables in this trace
+    if batch_stats:
+        use_batch_statistics(model)
     if probes:
-        out, rec = run_probed(model, x, dummies, batch_stats=batch_stats)
+        out, rec = run_probed(model, x, dummies)
     else:
         out, rec = model(x), None
     _, _, new_rest = nnx.split(model, _param_filter(params), ...)
@@ -51,22 +53,64 @@ def _param_filter(params):
     return lambda path, _: tuple(path) in paths
 
 
-def discover(graphdef, params, rest, x) -> Layout:
-    """Traces the model abstractly once to list its weight-layer calls in order."""
+def discover(graphdef, params, rest, x, model=None) -> Layout:
+    """Traces the model abstractly once to list its weight-layer calls in order. `model`, the
+    original object, gives the attribute order used when calls cannot be probed."""
     found = {}
 
     def fn(params, rest, x):
         out, found["rec"], _ = apply(graphdef, params, rest, x)
         return out
 
-    jax.eval_shape(fn, params, rest, x)
-    rec = found["rec"]
-    if rec.rows:
-        return Layout(tuple(rec.rows), tuple(rec.unique_names()), True)
-    # No Linear/Conv called: fall back to every kernel-like parameter, in state order.
-    rows = tuple(Row(path_name(p[:-1] if p[-1] == "kernel" else p), p)
-                 for p, a in flat_arrays(params).items() if p[-1] == "kernel" or a.ndim >= 2)
+    try:
+        jax.eval_shape(fn, params, rest, x)
+        rec = found["rec"]
+        if rec.rows:
+            return Layout(tuple(rec.rows), tuple(rec.unique_names()), True)
+    except UnreachableLayer:
+        pass
+    rows = _parameter_rows(model if model is not None else nnx.merge(graphdef, params, rest))
     return Layout(rows, tuple(r.name for r in rows), False)
+
+
+def _parameter_rows(model) -> tuple[Row, ...]:
+    """Rows for models whose layer calls cannot be probed: one per kernel-like parameter, in the
+    order the modules were assigned (usually network order); a Linear/Conv kernel with extra
+    leading axes (layers stacked by nnx.vmap for nnx.scan) gives one row per slice."""
+    expected, layers, order = {}, set(), _definition_order(model)
+    module_rank = {}
+    for path, m in nnx.iter_modules(model):
+        module_rank[tuple(path)] = order.get(id(m), len(order))
+        if isinstance(m, WEIGHT_LAYERS):
+            layers.add(tuple(path))
+            expected[tuple(path) + ("kernel",)] = (2 if isinstance(m, nnx.Linear)
+                                                   else len(m.kernel_size) + 2)
+    rows = []
+    params = flat_arrays(nnx.state(model, nnx.Param))
+    for p in sorted(params, key=lambda p: module_rank.get(p[:-1], len(order))):
+        a = params[p]
+        if p in expected and a.ndim == expected[p] + 1:
+            base = path_name(p[:-1])
+            rows += [Row(f"{base}/{i}", p, i) for i in range(a.shape[0])]
+        elif p[-1] == "kernel" or (a.ndim >= 2 and p[:-1] not in layers):
+            rows.append(Row(path_name(p[:-1] if p[-1] == "kernel" else p), p))
+    return tuple(rows)
+
+
+def _definition_order(model) -> dict[int, int]:
+    """id(module) -> rank in a depth-first walk of attributes in assignment order."""
+    order: dict[int, int] = {}
+
+    def walk(m):
+        if id(m) in order:
+            return
+        order[id(m)] = len(order)
+        for value in vars(m).values():
+            if isinstance(value, nnx.Module):
+                walk(value)
+
+    walk(model)
+    return order
 
 
 def row_norms(state, layout: Layout) -> jax.Array:
@@ -91,8 +135,8 @@ def value_grads_and_stats(graphdef, layout: Layout, loss_fn, params, rest, x, y,
     n = len(layout)
 
     def objective(params, dummies, rest):  # rest as an argument: BN may mutate it in this trace
-        out, rec, new_rest = apply(graphdef, params, rest, x, dummies if layout.probed else None,
-                                   batch_stats=batch_stats)
+        out, rec, new_rest = apply(graphdef, params, rest, x, dummies, batch_stats=batch_stats,
+                                   probes=layout.probed)
         acts = rec.act_stats() if layout.probed else jnp.full((n, 3), jnp.nan)
         return loss_fn(out, y), (out, new_rest, acts)
 

@@ -23,11 +23,16 @@ def module_paths(model) -> dict[int, tuple]:
     return {id(m): tuple(path) for path, m in nnx.iter_modules(model)}
 
 
-def install_probes(model, *, batch_stats: bool = False) -> None:
-    """Swap probed classes into `model`'s modules (a copy!); `batch_stats` forces BN to train mode."""
+def use_batch_statistics(model) -> None:
+    """Puts every BatchNorm of `model` (a copy!) in training mode."""
     for _, m in nnx.iter_modules(model):
-        if batch_stats and isinstance(m, nnx.BatchNorm):
+        if isinstance(m, nnx.BatchNorm):
             m.use_running_average = False
+
+
+def install_probes(model) -> None:
+    """Swaps probed classes into `model`'s modules (a throwaway copy!)."""
+    for _, m in nnx.iter_modules(model):
         cls = type(m)
         if cls in _PROBED.values():
             continue
@@ -36,10 +41,10 @@ def install_probes(model, *, batch_stats: bool = False) -> None:
             m.__class__ = _probed_class(cls, call)
 
 
-def run_probed(model, x, dummies, *, batch_stats: bool = False):
+def run_probed(model, x, dummies):
     """Calls a model copy with probes installed; returns (output, recorder)."""
     rec = Recorder(dummies, module_paths(model))
-    install_probes(model, batch_stats=batch_stats)
+    install_probes(model)
     with recording(rec):
         out = model(x)
     return out, rec

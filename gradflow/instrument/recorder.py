@@ -23,6 +23,11 @@ _CURRENT: contextvars.ContextVar["Recorder | None"] = contextvars.ContextVar("gr
                                                                              default=None)
 
 
+class UnreachableLayer(Exception):
+    """A weight layer ran on a module copy made by an NNX transform (nnx.scan, nnx.vmap, ...)
+    inside the user's model: it cannot be matched to a path, so per-call probes are off."""
+
+
 @dataclass(frozen=True)
 class Row:
     """One weight layer call: its display name and where its kernel lives in the state."""
@@ -59,7 +64,9 @@ class Recorder:
     # -- called by probes ---------------------------------------------------------------------
     def weight_layer(self, module, x, z):
         i = len(self.rows)
-        path = self.paths[id(module)]
+        path = self.paths.get(id(module))
+        if path is None:
+            raise UnreachableLayer(type(module).__name__)
         self.rows.append(Row(path_name(path), path + ("kernel",)))
         chunk = _Chunk(activation_stats(x)[None], activation_stats(z)[None], None)
         self.chunks.append(chunk)
