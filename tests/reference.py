@@ -59,7 +59,7 @@ def reference_probe(model, x, y, loss_fn):
         with patched_layers(on_call):
             return loss_fn(m(x), y)
 
-    g_params, g_eps = jax.grad(objective, argnums=(0, 1))(params, eps, rest)
+    g_params, g_eps = jax.jit(jax.grad(objective, argnums=(0, 1)))(params, eps, rest)
     flat = {tuple(p): v.get_value() for p, v in nnx.to_flat_state(g_params)}
     grad_norms = np.array([float(jnp.linalg.norm(flat[p + ("kernel",)].ravel())) for p in paths])
     error_norms = np.array([float(jnp.linalg.norm(g.ravel())) for g in g_eps])

@@ -55,7 +55,8 @@ def test_separable_and_seed_models_match_reference():
 
 
 def test_activation_stats_match_manual_forward():
-    model = M.mlp("plain", 4, width=7, in_features=10, num_classes=5, rngs=nnx.Rngs(0))
+    model = M.mlp("plain", 4, width=7, in_features=10, num_classes=5, stack="unrolled",
+                  rngs=nnx.Rngs(0))
     snap = gf.probe(model, (X_VEC, Y))
     layers = [model.stem.layer] + [b.layer for b in model.stages[0].rest.blocks] + [model.head]
     h, acts = X_VEC, []

@@ -18,7 +18,7 @@ import numpy as np
 N_TYPES = 5
 PAIRS = tuple(combinations(range(N_TYPES), 2))  # class index -> (type a, type b)
 ORIENTATIONS = tuple(np.pi * k / N_TYPES for k in range(N_TYPES))
-PERIODS = (3.2, 4.0, 3.2, 4.0, 3.2)  # px; alternate so neighbouring orientations differ in scale too
+PERIODS = (3.2, 4.0, 3.2, 4.0, 3.2)  # px; neighbouring orientations also differ in scale
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def _images(rng: np.random.Generator, labels: np.ndarray, size: int, noise: floa
 
 
 def synthetic(seed: int = 0, *, n_train: int = 8192, n_test: int = 2048, size: int = 16,
-              noise: float = 0.5) -> Dataset:
+              noise: float = 0.4) -> Dataset:
     """The texture-pairs dataset: (n, size, size, 3) float32 images, labels 0..9, deterministic
     in `seed`; the held-out split is drawn from an independent stream of the same distribution."""
     for name, v in (("n_train", n_train), ("n_test", n_test), ("size", size)):

@@ -80,15 +80,17 @@ def hidden_blocks(arch: str, depth: int) -> int:
     return hidden // 2 if residual else hidden
 
 
-# On CPU, unrolled steps run ~10x faster than scanned ones (depth-50 residual_bn CNN, batch 32:
-# 0.11 s vs 1.3 s), but XLA:CPU compile time grows super-linearly with unrolled residual depth
-# (3 s at depth 50, 13 s at 100, ~80 s at 200). "auto" unrolls on CPU up to this depth.
-CPU_UNROLL_MAX_DEPTH = 128
+# On CPU, unrolled CNN steps run ~10x faster than scanned ones (depth-50 residual_bn CNN, batch
+# 32: 0.11 s vs 1.3 s; conv weight-gradients in loops are slow on XLA:CPU), but compile time
+# grows super-linearly with unrolled residual depth (3 s at depth 50, 13 s at 100, ~80 s at 200).
+# Scanned MLPs run as fast as unrolled ones and compile in seconds at any depth.
+# "auto" therefore unrolls only CNNs on CPU, up to this depth (benchmarks/RESULTS.md).
+CPU_UNROLL_MAX_DEPTH = 64
 
 
-def _use_scan(stack: str, depth: int) -> bool:
+def _use_scan(stack: str, depth: int, conv: bool = True) -> bool:
     if stack == "auto":
-        return jax.default_backend() != "cpu" or depth > CPU_UNROLL_MAX_DEPTH
+        return jax.default_backend() != "cpu" or not conv or depth > CPU_UNROLL_MAX_DEPTH
     return stack == "scan"
 
 
@@ -176,6 +178,6 @@ def mlp(arch: str, depth: int, *, width: int, in_features: int, num_classes: int
     make_block = _block_factory(arch, make_layer, make_layer, activation)
     stem = Unit(nnx.Linear(in_features, width, use_bias=bias, kernel_init=kinit, rngs=rngs), width,
                 norm=norm, activation=activation, rngs=rngs)
-    body = _stages(make_block, n_blocks, width, 1, _use_scan(stack, depth), rngs)
+    body = _stages(make_block, n_blocks, width, 1, _use_scan(stack, depth, conv=False), rngs)
     head = nnx.Linear(width, num_classes, use_bias=use_bias, kernel_init=kinit, rngs=rngs)
     return Network(stem, body, head, flatten=True)

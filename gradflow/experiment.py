@@ -1,0 +1,266 @@
+"""The side-by-side experiment behind `python -m gradflow.run`, usable from Python.
+
+    cfg = Config(depth=50, archs=("plain", "residual_bn"))
+    ds = data.synthetic(cfg.seed)
+    results = [train_arch(arch, cfg, ds) for arch in cfg.archs]
+    summary = summarize(results, cfg, ds)
+
+Every architecture is built at the same width, init and seed and trained on the same batches in
+the same order; what differs between them is the architecture alone.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from . import data, models
+from .history import History
+from .losses import cross_entropy
+from .train import train
+
+ARCH_BASES = models.ARCHS
+SEPARABLE = "_separable"  # suffix: the same arch with depthwise-separable hidden convs
+ARCH_CHOICES = ARCH_BASES + tuple(a + SEPARABLE for a in ARCH_BASES)
+OPTIMIZERS = ("sgd", "momentum", "adam")
+DEFAULT_LR = {"sgd": 0.05, "momentum": 0.01, "adam": 1e-3}
+MODELS = ("cnn", "mlp")
+BN_CALIBRATION = 1024  # training images used to re-estimate BatchNorm statistics for evaluation
+FINAL_WINDOW = 0.1  # final train loss/accuracy: mean over the records in the last 10% of steps
+
+
+@dataclass
+class Config:
+    """One experiment's settings; `lr=None` takes the optimizer's default from DEFAULT_LR."""
+    depth: int = 50
+    width: int = 16
+    archs: tuple = ARCH_BASES
+    model: str = "cnn"
+    steps: int = 150
+    batch_size: int = 32
+    lr: float | None = None
+    optimizer: str = "momentum"
+    init: str = "lecun"
+    activation: str = "relu"
+    dataset: str = "synthetic"
+    seed: int = 0
+    log_every: int = 5
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.archs = tuple(self.archs)
+        if self.lr is None:
+            self.lr = DEFAULT_LR[self.optimizer]
+
+
+def base_arch(arch: str) -> str:
+    """'residual_bn_separable' -> 'residual_bn'."""
+    return arch[:-len(SEPARABLE)] if arch.endswith(SEPARABLE) else arch
+
+
+def make_optimizer(name: str, lr: float):
+    """sgd, sgd with momentum 0.9 (the default), or adam, as an optax transformation."""
+    if name == "sgd":
+        return optax.sgd(lr)
+    if name == "momentum":
+        return optax.sgd(lr, momentum=0.9)
+    if name == "adam":
+        return optax.adam(lr)
+    raise ValueError(f"optimizer={name!r} is not one of {', '.join(map(repr, OPTIMIZERS))}")
+
+
+def build_model(arch: str, cfg: Config, image_shape, num_classes: int):
+    """The network for `arch` under `cfg`, initialized from cfg.seed."""
+    common = dict(width=cfg.width, num_classes=num_classes, init=cfg.init,
+                  activation=cfg.activation, rngs=nnx.Rngs(cfg.seed))
+    if cfg.model == "mlp":
+        return models.mlp(base_arch(arch), cfg.depth, in_features=math.prod(image_shape), **common)
+    return models.cnn(base_arch(arch), cfg.depth, in_channels=image_shape[-1],
+                      conv="separable" if arch.endswith(SEPARABLE) else "standard", **common)
+
+
+def count_params(model) -> int:
+    return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
+
+
+def evaluate(model, x, y, x_calib) -> tuple[float, float]:
+    """(loss, accuracy) of a copy of `model` on (x, y) in inference mode: BatchNorm uses running
+    statistics, first re-estimated in one pass over `x_calib` (training images) because after a
+    short run the exponential averages still remember their initial (0, 1) values."""
+    model = nnx.clone(model)
+    for _, m in nnx.iter_modules(model):
+        if isinstance(m, nnx.BatchNorm):
+            m.momentum = 0.0  # the running statistics become those of the calibration pass
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def run(state, xc, x, y):
+        m = nnx.merge(graphdef, state)
+        bns = [mod for _, mod in nnx.iter_modules(m) if isinstance(mod, nnx.BatchNorm)]
+        if bns:
+            for mod in bns:
+                mod.use_running_average = False
+            m(xc)
+            for mod in bns:
+                mod.use_running_average = True
+        logits = m(x)
+        return cross_entropy(logits, y), jnp.mean(jnp.argmax(logits, -1) == y)
+
+    loss, acc = jax.device_get(run(state, x_calib, x, y))
+    return float(loss), float(acc)
+
+
+def train_arch(arch: str, cfg: Config, ds, progress=None) -> dict:
+    """Builds, trains and evaluates one architecture. Returns a dict with its History; a
+    non-finite loss marks it diverged, its History kept up to the first non-finite record."""
+    t0 = time.perf_counter()
+    model = build_model(arch, cfg, ds.image_shape, ds.num_classes)
+    res = {"arch": arch, "params": count_params(model), "diverged_at": None,
+           "held_out_loss": None, "held_out_accuracy": None}
+    batches = data.batches(ds.x_train, ds.y_train, cfg.batch_size, cfg.seed)
+    hist = train(model, batches, steps=cfg.steps, optimizer=make_optimizer(cfg.optimizer, cfg.lr),
+                 log_every=cfg.log_every, progress=progress)
+    res["train_s"] = time.perf_counter() - t0
+    hist.meta.update(arch=arch, depth=cfg.depth, width=cfg.width, model=cfg.model, init=cfg.init,
+                     activation=cfg.activation, optimizer=cfg.optimizer, lr=cfg.lr,
+                     batch_size=cfg.batch_size, seed=cfg.seed, dataset=ds.name)
+    bad = np.flatnonzero(~np.isfinite(hist["loss"]))
+    params_ok = all(bool(np.isfinite(np.asarray(p)).all())
+                    for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    if bad.size or not params_ok:
+        k = int(bad[0]) + 1 if bad.size else len(hist.steps)
+        res["diverged_at"] = int(hist.steps[k - 1]) if bad.size else cfg.steps
+        hist = truncate(hist, k)
+        hist.meta["diverged_at_step"] = res["diverged_at"]
+    else:
+        loss, acc = evaluate(model, ds.x_test, ds.y_test, ds.x_train[:BN_CALIBRATION])
+        res["held_out_loss"] = loss if math.isfinite(loss) else None
+        res["held_out_accuracy"] = acc
+    res["history"] = hist
+    res["time_s"] = time.perf_counter() - t0
+    return res
+
+
+def truncate(hist: History, k: int) -> History:
+    """The first `k` records of `hist`."""
+    return History(hist.layers, {m: hist[m][:k] for m in hist.metrics},
+                   {s: hist[s][:k] for s in hist.scalars}, hist.meta, steps=hist.steps[:k])
+
+
+# -- summary ------------------------------------------------------------------------------------
+
+def error_ratio(hist: History, record: int):
+    """error_norm of the first layer over the last layer's at a record (<1: vanishing toward the
+    input); None where undefined."""
+    e = np.asarray(hist["error_norm"][record], dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = e[0] / e[-1]
+    return float(r) if np.isfinite(r) else None
+
+
+def final_train(hist: History):
+    """(loss, accuracy) averaged over the records in the last FINAL_WINDOW of the steps."""
+    last = hist.steps[-1]
+    sel = hist.steps >= last - FINAL_WINDOW * (last + 1)
+    out = [float(np.mean(hist[k][sel])) for k in ("loss", "accuracy")]
+    return tuple(v if math.isfinite(v) else None for v in out)
+
+
+def verdict(a: dict, best_acc: float, num_classes: int) -> str:
+    """One line: how the error signal flows (from the error ratio) and whether the arch learned."""
+    chance, chance_loss = 1 / num_classes, math.log(num_classes)
+    if a["status"] == "failed":
+        return f"failed: {a['error']}"
+    if a["status"] == "diverged":
+        why = "loss became non-finite"
+        if a["initial_loss"] is not None and a["initial_loss"] > 2 * chance_loss:
+            why = (f"initial loss {a['initial_loss']:.3g} ≫ chance {chance_loss:.2f}: "
+                   "the forward signal explodes")
+        return f"diverged by step {a['diverged_at']} ({why})"
+    r0, r1, acc = a["error_ratio_init"], a["error_ratio_end"], a["held_out_accuracy"]
+    if r0 is None:
+        flow = "error signal not measured"
+    elif r0 < 1e-2:
+        flow = f"vanishing error signal ({r0:.0e} at layer 1)"
+    elif r0 > 1e2:
+        flow = f"error signal explodes toward the input ({r0:.0e}×)"
+    else:
+        flow = "error signal reaches every layer"
+    if r1 == 0:
+        flow += ", none at all by the end (dead units)"
+    if acc is None:
+        learn = "not evaluated"
+    elif acc < chance + 0.05:
+        learn = "did not learn"
+    elif acc >= best_acc - 0.02:
+        learn = "learns best"
+    else:
+        learn = "learns"
+    return f"{flow}; {learn}"
+
+
+def arch_summary(res: dict) -> dict:
+    """The JSON-ready numbers of one architecture's result (verdict added by `summarize`). A result
+    without a History ({"arch", "error"}: training raised) gives status "failed"."""
+    if res.get("history") is None:
+        return {"arch": res["arch"], "status": "failed", "error": res.get("error", "unknown"),
+                **{k: None for k in _NUMBERS}}
+    h = res["history"]
+    loss, acc = final_train(h)
+    first_loss = float(h["loss"][0])
+    return {
+        "arch": res["arch"], "status": "diverged" if res["diverged_at"] is not None else "ok",
+        "params": res["params"], "layers": len(h.layers),
+        "final_train_loss": loss, "final_train_accuracy": acc,
+        "held_out_loss": res["held_out_loss"], "held_out_accuracy": res["held_out_accuracy"],
+        "error_ratio_init": error_ratio(h, 0), "error_ratio_end": error_ratio(h, -1),
+        "init_step": int(h.steps[0]), "end_step": int(h.steps[-1]),
+        "initial_loss": first_loss if math.isfinite(first_loss) else None,
+        "diverged_at": res["diverged_at"], "records": len(h.steps),
+        "train_s": round(res["train_s"], 2), "time_s": round(res["time_s"], 2),
+        "history": f"{res['arch']}_history.npz", "heatmap": f"{res['arch']}_heatmap.png",
+    }
+
+
+_NUMBERS = ("params", "final_train_loss", "final_train_accuracy", "held_out_loss",
+            "held_out_accuracy", "error_ratio_init", "error_ratio_end", "initial_loss",
+            "diverged_at")
+
+
+def summarize(results: list[dict], cfg: Config, ds) -> dict:
+    """summary.json's content (no History objects; NaN as null)."""
+    archs = [arch_summary(r) for r in results]
+    accs = [a["held_out_accuracy"] for a in archs if a["held_out_accuracy"] is not None]
+    for a in archs:
+        a["verdict"] = verdict(a, max(accs, default=1.0), ds.num_classes)
+    config = {k: v for k, v in vars(cfg).items() if k != "extra"}
+    config["archs"] = ",".join(cfg.archs)
+    return {
+        "config": config,
+        "data": {"name": ds.name, "n_train": int(len(ds.x_train)), "n_test": int(len(ds.x_test)),
+                 "image_shape": list(ds.image_shape), "num_classes": ds.num_classes,
+                 "description": describe(ds)},
+        "definitions": {
+            "error_ratio": "error_norm (‖∂L/∂z‖) of layer 1 divided by that of the last layer, "
+                           "on one training batch; init = first record, end = last record",
+            "final_train": f"mean loss/accuracy of the recorded training batches in the last "
+                           f"{FINAL_WINDOW:.0%} of the steps",
+            "held_out": f"loss/accuracy on the held-out split in inference mode; BatchNorm "
+                        f"running statistics re-estimated on {BN_CALIBRATION} training images",
+        },
+        "archs": archs,
+    }
+
+
+def describe(ds) -> str:
+    shape = "×".join(map(str, ds.image_shape))
+    what = ("two oriented gratings per image, the class is which pair" if ds.name == "synthetic"
+            else ds.name)
+    return (f"{ds.name} ({what}): {len(ds.x_train)} training and {len(ds.x_test)} held-out "
+            f"{shape} images, {ds.num_classes} classes")
