@@ -118,7 +118,7 @@ def evaluate(model, x, y, x_calib) -> tuple[float, float]:
 
 def train_arch(arch: str, cfg: Config, ds, progress=None) -> dict:
     """Builds, trains and evaluates one architecture. Returns a dict with its History; a
-    non-finite loss marks it diverged, its History kept up to the first non-finite record."""
+    non-finite loss marks it diverged, its History kept up to the last finite record."""
     t0 = time.perf_counter()
     model = build_model(arch, cfg, ds.image_shape, ds.num_classes)
     res = {"arch": arch, "params": count_params(model), "diverged_at": None,
@@ -134,9 +134,10 @@ def train_arch(arch: str, cfg: Config, ds, progress=None) -> dict:
     params_ok = all(bool(np.isfinite(np.asarray(p)).all())
                     for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
     if bad.size or not params_ok:
-        k = int(bad[0]) + 1 if bad.size else len(hist.steps)
-        res["diverged_at"] = int(hist.steps[k - 1]) if bad.size else cfg.steps
-        hist = truncate(hist, k)
+        # The first non-finite record's per-layer values are NaN-propagation debris (zeros, NaN):
+        # keep the records before it, which show how it got there.
+        res["diverged_at"] = int(hist.steps[bad[0]]) if bad.size else cfg.steps
+        hist = truncate(hist, max(1, int(bad[0])) if bad.size else len(hist.steps))
         hist.meta["diverged_at_step"] = res["diverged_at"]
     else:
         loss, acc = evaluate(model, ds.x_test, ds.y_test, ds.x_train[:BN_CALIBRATION])
@@ -212,14 +213,15 @@ def arch_summary(res: dict) -> dict:
         return {"arch": res["arch"], "status": "failed", "error": res.get("error", "unknown"),
                 **{k: None for k in _NUMBERS}}
     h = res["history"]
-    loss, acc = final_train(h)
+    loss, acc = final_train(h) if res["diverged_at"] is None else (None, None)
     first_loss = float(h["loss"][0])
     return {
         "arch": res["arch"], "status": "diverged" if res["diverged_at"] is not None else "ok",
         "params": res["params"], "layers": len(h.layers),
         "final_train_loss": loss, "final_train_accuracy": acc,
         "held_out_loss": res["held_out_loss"], "held_out_accuracy": res["held_out_accuracy"],
-        "error_ratio_init": error_ratio(h, 0), "error_ratio_end": error_ratio(h, -1),
+        "error_ratio_init": error_ratio(h, 0),
+        "error_ratio_end": error_ratio(h, -1) if res["diverged_at"] is None else None,
         "init_step": int(h.steps[0]), "end_step": int(h.steps[-1]),
         "initial_loss": first_loss if math.isfinite(first_loss) else None,
         "diverged_at": res["diverged_at"], "records": len(h.steps),

@@ -47,9 +47,9 @@ def comparison_grid(runs: dict, metric: str = "error_norm", notes: dict | None =
     notes = notes or {}
     archs = list(runs)
     lo, hi = shared_range(runs.values(), metric)
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_under("black")  # exactly zero: no signal at all (dead units)
-    cmap.set_bad("0.82")  # non-finite (diverged): light grey, not a colour of the scale
+    # exactly zero (no signal at all: dead units) in black, below the scale; non-finite
+    # (diverged) in light grey, which is not a colour of the scale
+    cmap = plt.get_cmap("viridis").with_extremes(under="black", bad="0.82")
     fig, axes = plt.subplots(1, len(archs), figsize=(3.0 * len(archs) + 1.8, 4.9), squeeze=False,
                              sharey=True, layout="constrained")
     last = steps - 1 if steps else max(int(h.steps[-1]) for h in runs.values())
@@ -66,6 +66,9 @@ def comparison_grid(runs: dict, metric: str = "error_norm", notes: dict | None =
         ax.set_title(arch + (f"\n{notes[arch]}" if arch in notes else ""), fontsize=10)
         ax.set_xlabel("training step")
         ax.set_xlim(0, last)
+        if arch in notes and h.steps[-1] < 0.6 * last:
+            ax.text(0.55, 0.5, notes[arch].replace(" at", "\nat"), transform=ax.transAxes,
+                    ha="center", va="center", fontsize=10, color="0.3")
         ax.set_ylim(0.5, n_max + 0.5)
     axes[0][0].set_ylabel("layer (1 = input side)")
     fig.colorbar(mesh, ax=axes[0].tolist(), shrink=0.92, extend="min" if any_zero else "neither",
@@ -75,10 +78,12 @@ def comparison_grid(runs: dict, metric: str = "error_norm", notes: dict | None =
     return fig
 
 
-def profiles(runs: dict, metrics=("error_norm", "grad_norm")):
+def profiles(runs: dict, metrics=("error_norm", "grad_norm"), notes: dict | None = None):
     """Per-layer profiles, one line per architecture: rows are metrics, columns are the first
     record (at init) and the last (end of training); log y-axis shared along each row. Layers
-    whose value is exactly zero are marked with a triangle on the bottom edge."""
+    whose value is exactly zero are marked with a triangle on the bottom edge; `notes` (arch ->
+    text) is added to an arch's label in the end column."""
+    notes = notes or {}
     fig, axes = plt.subplots(len(metrics), 2, figsize=(11, 3.7 * len(metrics)), squeeze=False,
                              layout="constrained")
     for r, metric in enumerate(metrics):
@@ -89,7 +94,7 @@ def profiles(runs: dict, metrics=("error_norm", "grad_norm")):
             for i, (arch, h) in enumerate(runs.items()):
                 raw = np.asarray(h[metric][record], dtype=np.float64)
                 layers = np.arange(1, len(raw) + 1)
-                note = ""
+                note = f", {notes[arch]}" if record == -1 and arch in notes else ""
                 if not np.isfinite(raw).all():
                     note = ", non-finite"
                 elif (raw == 0).all():
@@ -213,7 +218,7 @@ def write_run(out, results: list[dict], summary: dict, num_classes: int, steps: 
                                                        for r in results}, steps),
              "Loss and accuracy", "Training loss and accuracy of each recorded batch (thin) and "
              "their moving average (thick); the star is the held-out accuracy after training.")
-        save("profiles.png", profiles(runs), "Per-layer profiles at init and at the end",
+        save("profiles.png", profiles(runs, notes=notes), "Per-layer profiles at init and at the end",
              "One line per architecture, layer 1 on the input side, log scale. Top: the error "
              "signal ‖∂L/∂z‖; bottom: the weight-gradient norm ‖∂L/∂W‖.")
         save("comparison_grad_norm.png", comparison_grid(runs, "grad_norm", notes, steps),
