@@ -10,6 +10,7 @@ the same order; what differs between them is the architecture alone.
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -22,7 +23,6 @@ from flax import nnx
 
 from . import data, models
 from .history import History
-from .losses import cross_entropy
 from .train import train
 
 ARCH_BASES = models.ARCHS
@@ -31,6 +31,7 @@ ARCH_CHOICES = ARCH_BASES + tuple(a + SEPARABLE for a in ARCH_BASES)
 OPTIMIZERS = ("sgd", "momentum", "adam")
 DEFAULT_LR = {"sgd": 0.05, "momentum": 0.01, "adam": 1e-3}
 MODELS = ("cnn", "mlp")
+EVAL_CHUNK = 1024  # held-out images per inference call
 BN_CALIBRATION = 1024  # training images used to re-estimate BatchNorm statistics for evaluation
 FINAL_WINDOW = 0.1  # final train loss/accuracy: mean over the records in the last 10% of steps
 
@@ -49,6 +50,7 @@ class Config:
     init: str = "lecun"
     activation: str = "relu"
     dataset: str = "synthetic"
+    data_dir: str | None = None
     seed: int = 0
     log_every: int = 5
     extra: dict = field(default_factory=dict)
@@ -89,31 +91,48 @@ def count_params(model) -> int:
     return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
 
 
-def evaluate(model, x, y, x_calib) -> tuple[float, float]:
+def evaluate(model, x, y, x_calib, chunk: int = EVAL_CHUNK) -> tuple[float, float]:
     """(loss, accuracy) of a copy of `model` on (x, y) in inference mode: BatchNorm uses running
     statistics, first re-estimated in one pass over `x_calib` (training images) because after a
-    short run the exponential averages still remember their initial (0, 1) values."""
+    short run the exponential averages still remember their initial (0, 1) values. `x` goes
+    through in chunks of `chunk` (the last one padded), so any split size compiles once."""
     model = nnx.clone(model)
-    for _, m in nnx.iter_modules(model):
-        if isinstance(m, nnx.BatchNorm):
-            m.momentum = 0.0  # the running statistics become those of the calibration pass
+    bns = [m for _, m in nnx.iter_modules(model) if isinstance(m, nnx.BatchNorm)]
+    if bns:
+        for m in bns:
+            m.momentum, m.use_running_average = 0.0, False  # running stats := calibration stats
+        graphdef, state = nnx.split(model)
+        model = nnx.merge(graphdef, _calibrated(graphdef, state, jnp.asarray(x_calib)))
+        for _, m in nnx.iter_modules(model):
+            if isinstance(m, nnx.BatchNorm):
+                m.use_running_average = True
     graphdef, state = nnx.split(model)
+    n = len(x)
+    chunk = min(chunk, n)
+    logits = []
+    for start in range(0, n, chunk):
+        part = x[start:start + chunk]
+        pad = chunk - len(part)
+        if pad:
+            part = np.concatenate([part, np.zeros((pad, *part.shape[1:]), part.dtype)])
+        logits.append(np.asarray(_logits(graphdef, state, jnp.asarray(part)))[:chunk - pad])
+    logits = np.concatenate(logits).astype(np.float64)
+    y = np.asarray(y)
+    z = logits - logits.max(-1, keepdims=True)
+    loss = np.mean(np.log(np.exp(z).sum(-1)) - z[np.arange(n), y])
+    return float(loss), float(np.mean(logits.argmax(-1) == y))
 
-    @jax.jit
-    def run(state, xc, x, y):
-        m = nnx.merge(graphdef, state)
-        bns = [mod for _, mod in nnx.iter_modules(m) if isinstance(mod, nnx.BatchNorm)]
-        if bns:
-            for mod in bns:
-                mod.use_running_average = False
-            m(xc)
-            for mod in bns:
-                mod.use_running_average = True
-        logits = m(x)
-        return cross_entropy(logits, y), jnp.mean(jnp.argmax(logits, -1) == y)
 
-    loss, acc = jax.device_get(run(state, x_calib, x, y))
-    return float(loss), float(acc)
+@functools.partial(jax.jit, static_argnums=0)
+def _calibrated(graphdef, state, x):
+    m = nnx.merge(graphdef, state)
+    m(x)
+    return nnx.state(m)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _logits(graphdef, state, x):
+    return nnx.merge(graphdef, state)(x)
 
 
 def train_arch(arch: str, cfg: Config, ds, progress=None) -> dict:

@@ -39,12 +39,13 @@ def _cells(values: np.ndarray, lo: float) -> np.ndarray:
     return np.where(v == 0, lo / 10, out)
 
 
-def comparison_grid(runs: dict, metric: str = "error_norm", notes: dict | None = None,
+def comparison_grid(runs: dict, metric: str = "error_norm", diverged: dict | None = None,
                     steps: int | None = None):
     """All architectures' layers x steps maps side by side on ONE log color scale (one colorbar),
-    so a weaker signal is a darker colour in every panel. `runs` maps arch -> History; `notes`
-    adds a line under an arch's title; `steps` fixes the common step axis."""
-    notes = notes or {}
+    so a weaker signal is a darker colour in every panel. `runs` maps arch -> History;
+    `diverged` maps an arch to the step where its loss became non-finite (its last record then
+    spans up to that step); `steps` fixes the common step axis."""
+    diverged = diverged or {}
     archs = list(runs)
     lo, hi = shared_range(runs.values(), metric)
     # exactly zero (no signal at all: dead units) in black, below the scale; non-finite
@@ -60,16 +61,20 @@ def comparison_grid(runs: dict, metric: str = "error_norm", notes: dict | None =
         h = runs[arch]
         raw = np.asarray(h[metric], dtype=np.float64)
         any_zero |= bool((raw == 0).any())
-        mesh = ax.pcolormesh(_edges(h.steps), np.arange(raw.shape[1] + 1) + 0.5,
-                             _cells(raw, lo).T, norm=LogNorm(lo, hi), cmap=cmap, shading="flat")
+        x_edges = _edges(h.steps)
+        if arch in diverged:
+            x_edges[-1] = max(diverged[arch], x_edges[-1])
+        mesh = ax.pcolormesh(x_edges, np.arange(raw.shape[1] + 1) + 0.5, _cells(raw, lo).T,
+                             norm=LogNorm(lo, hi), cmap=cmap, shading="flat")
         ax.set_facecolor("0.82")  # steps never reached (after divergence) look non-finite too
-        ax.set_title(arch + (f"\n{notes[arch]}" if arch in notes else ""), fontsize=10)
+        note = f"diverged at step {diverged[arch]}" if arch in diverged else ""
+        ax.set_title(arch + (f"\n{note}" if note else ""), fontsize=10)
         ax.set_xlabel("training step")
         ax.set_xlim(0, last)
-        if arch in notes and h.steps[-1] < 0.6 * last:
-            ax.text(0.55, 0.5, notes[arch].replace(" at", "\nat"), transform=ax.transAxes,
-                    ha="center", va="center", fontsize=10, color="0.3")
         ax.set_ylim(0.5, n_max + 0.5)
+        if note and x_edges[-1] < 0.6 * last:
+            ax.text(0.55, 0.5, note.replace(" at", "\nat"), transform=ax.transAxes,
+                    ha="center", va="center", fontsize=10, color="0.3")
     axes[0][0].set_ylabel("layer (1 = input side)")
     fig.colorbar(mesh, ax=axes[0].tolist(), shrink=0.92, extend="min" if any_zero else "neither",
                  label=label(metric) + ", log scale shared by all panels"
@@ -78,12 +83,12 @@ def comparison_grid(runs: dict, metric: str = "error_norm", notes: dict | None =
     return fig
 
 
-def profiles(runs: dict, metrics=("error_norm", "grad_norm"), notes: dict | None = None):
+def profiles(runs: dict, metrics=("error_norm", "grad_norm"), diverged: dict | None = None):
     """Per-layer profiles, one line per architecture: rows are metrics, columns are the first
     record (at init) and the last (end of training); log y-axis shared along each row. Layers
-    whose value is exactly zero are marked with a triangle on the bottom edge; `notes` (arch ->
-    text) is added to an arch's label in the end column."""
-    notes = notes or {}
+    whose value is exactly zero are marked with a triangle on the bottom edge; `diverged` (arch
+    -> step) is noted in an arch's label in the end column."""
+    diverged = diverged or {}
     fig, axes = plt.subplots(len(metrics), 2, figsize=(11, 3.7 * len(metrics)), squeeze=False,
                              layout="constrained")
     for r, metric in enumerate(metrics):
@@ -94,7 +99,8 @@ def profiles(runs: dict, metrics=("error_norm", "grad_norm"), notes: dict | None
             for i, (arch, h) in enumerate(runs.items()):
                 raw = np.asarray(h[metric][record], dtype=np.float64)
                 layers = np.arange(1, len(raw) + 1)
-                note = f", {notes[arch]}" if record == -1 and arch in notes else ""
+                note = (f", diverged at step {diverged[arch]}" if record == -1 and arch in diverged
+                        else "")
                 if not np.isfinite(raw).all():
                     note = ", non-finite"
                 elif (raw == 0).all():
@@ -197,8 +203,7 @@ def write_run(out, results: list[dict], summary: dict, num_classes: int, steps: 
     out = Path(out)
     written, figures = [], []
     runs = {r["arch"]: r["history"] for r in results if r.get("history") is not None}
-    notes = {r["arch"]: f"diverged at step {r['diverged_at']}" for r in results
-             if r.get("diverged_at") is not None}
+    diverged = {r["arch"]: r["diverged_at"] for r in results if r.get("diverged_at") is not None}
 
     def save(name, fig, title, caption):
         png = png_bytes(fig)
@@ -209,7 +214,7 @@ def write_run(out, results: list[dict], summary: dict, num_classes: int, steps: 
     for arch, h in runs.items():
         written.append(h.save(out / f"{arch}_history.npz").name)
     if runs:
-        save("comparison_error_norm.png", comparison_grid(runs, "error_norm", notes, steps),
+        save("comparison_error_norm.png", comparison_grid(runs, "error_norm", diverged, steps),
              "Error signal in every layer, all architectures",
              "Each panel: layers (input at the bottom) × training steps; colour is the error "
              "signal ‖∂L/∂z‖ on ONE log scale shared by all panels, so a darker band is a weaker "
@@ -218,10 +223,10 @@ def write_run(out, results: list[dict], summary: dict, num_classes: int, steps: 
                                                        for r in results}, steps),
              "Loss and accuracy", "Training loss and accuracy of each recorded batch (thin) and "
              "their moving average (thick); the star is the held-out accuracy after training.")
-        save("profiles.png", profiles(runs, notes=notes), "Per-layer profiles at init and at the end",
+        save("profiles.png", profiles(runs, diverged=diverged), "Per-layer profiles at init and at the end",
              "One line per architecture, layer 1 on the input side, log scale. Top: the error "
              "signal ‖∂L/∂z‖; bottom: the weight-gradient norm ‖∂L/∂W‖.")
-        save("comparison_grad_norm.png", comparison_grid(runs, "grad_norm", notes, steps),
+        save("comparison_grad_norm.png", comparison_grid(runs, "grad_norm", diverged, steps),
              "Weight-gradient norm in every layer, all architectures",
              "‖∂L/∂W‖ per layer and step on one shared log scale.")
     for arch, h in runs.items():
@@ -288,7 +293,8 @@ def html_report(summary: dict, figures: list[tuple[str, str, bytes]]) -> str:
 <h1>Gradient flow through a depth-{cfg['depth']} {e(cfg['model'].upper())}</h1>
 <p>Command: <code>{e(run.get('command', ''))}</code><br>Settings: {e(conf)}<br>
 Data: {e(summary['data']['description'])}<br>
-Started {e(run.get('started', ''))} on {e(run.get('device', ''))}.</p>
+Started {e(run.get('started', ''))} on {e(run.get('device', ''))}; training and evaluation took
+{run.get('training_s', 0):.0f} s.</p>
 <h2>Summary</h2>{table}
 <p class=note><b>Error ratio</b>: {e(d['error_ratio'])}. 1e-06 means the input-side layer receives a
 millionth of the error signal the top layer gets (vanishing); far above 1 it grows toward the input

@@ -8,6 +8,7 @@ colour scale, profiles, curves, summary.json and a self-contained report.html.
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime as _dt
 import math
 import os
@@ -17,6 +18,9 @@ from pathlib import Path
 
 from .experiment import (ARCH_BASES, ARCH_CHOICES, DEFAULT_LR, MODELS, OPTIMIZERS, SEPARABLE,
                          Config, base_arch)
+
+
+RATE_WINDOW = 25  # steps over which the progress line measures the step rate
 
 
 class _Parser(argparse.ArgumentParser):
@@ -90,8 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
       "Flax's default (variance 1/fan_in), he (2/fan_in) preserves the signal through ReLU")
     a("--activation", choices=tuple(ACTIVATIONS), default=Config.activation,
       help="activation function")
-    a("--dataset", choices=tuple(DATASETS), default=Config.dataset,
-      help="training data; synthetic is generated from --seed, no download")
+    a("--dataset", choices=DATASETS, default=Config.dataset,
+      help="training data: synthetic is generated from --seed (no download); the others are "
+      "read from --data-dir in their standard formats (cifar10: the python pickle batches; "
+      "mnist, fashion_mnist: idx files, gzipped or not; npz: a file with x and y; folder: one "
+      "sub-folder of images per class) and standardized per channel")
+    a("--data-dir", default=None, help="directory (for npz: the file) holding --dataset")
     a("--seed", type=_int_at_least(0), default=Config.seed,
       help="seed of the data, the initialization and the batch order")
     a("--log-every", type=_int_at_least(1), default=Config.log_every,
@@ -125,6 +133,10 @@ def parse(argv=None) -> argparse.Namespace:
             hidden_blocks(base_arch(arch), args.depth)
         except ValueError as e:
             p.error(f"argument --depth: {e}")
+    if args.dataset != "synthetic" and args.data_dir is None:
+        p.error(f"argument --data-dir: --dataset {args.dataset} reads files, give --data-dir")
+    if args.dataset == "synthetic" and args.data_dir is not None:
+        p.error("argument --data-dir: not used by --dataset synthetic (it is generated)")
     args.archs = archs
     args.lr = DEFAULT_LR[args.optimizer] if args.lr is None else args.lr
     args.out = _out_dir(p, args.out)
@@ -151,60 +163,61 @@ def _out_dir(p, out) -> Path:
 
 class Progress:
     """Progress on stderr: the current architecture's steps, step rate and time left, and the
-    whole run's. Rewrites one line on a terminal; elsewhere prints a line every quarter."""
+    whole run's. Rewrites one line on a terminal; elsewhere prints a line every quarter.
+
+    Time left for the run assumes each architecture still to come takes as long as the slowest
+    so far (the current one projected to its end), compilation and evaluation included."""
 
     def __init__(self, archs, steps: int, enabled: bool = True, stream=None):
         self.archs, self.steps, self.enabled = list(archs), steps, enabled
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.t_run = time.perf_counter()
-        self.overheads: list[float] = []  # per finished arch: time not explained by its step rate
+        self.took: list[float] = []  # seconds per finished architecture
 
     def start(self, i: int):
         self.i, self.t0, self.t_last = i, time.perf_counter(), 0.0
-        self.warm_t = self.warm_step = None  # steady-state rate starts after the compiles
-        self.quarter = -1
+        self.recent: collections.deque = collections.deque(maxlen=RATE_WINDOW)
+        self.quarter = 0
         self._write(f"[{i + 1}/{len(self.archs)}] {self.archs[i]}: building and compiling…",
                     final=not self.tty)
 
     def step(self, step: int):
+        """The `progress` callback of `gradflow.train`: step `step` (0-based) is done."""
         now = time.perf_counter()
-        if step == 2 or (self.warm_t is None and step >= 2):
-            self.warm_t, self.warm_step = now, step
+        if step >= 2:  # steps 0 and 1 include the compilations
+            self.recent.append(now)
         done = step + 1
-        q = 4 * done // self.steps
-        if self.tty and now - self.t_last < 0.25 and done < self.steps:
-            return
-        if not self.tty and (q == self.quarter or done < self.steps and q == 0):
-            return
-        self.t_last, self.quarter = now, q
-        rate = self._rate(now, step)
-        left = (self.steps - done) / rate if rate else None
-        self._write(self._line(done, rate, left, now), final=not self.tty)
+        if self.tty:
+            if now - self.t_last < 0.25 and done < self.steps:
+                return
+        else:
+            q = 4 * done // self.steps
+            if q == self.quarter:
+                return
+            self.quarter = q
+        self.t_last = now
+        self._write(self._line(done, now), final=not self.tty)
 
     def finish(self, note: str = ""):
-        now = time.perf_counter()
-        took = now - self.t0
-        rate = self._rate(now, self.steps - 1)
-        if rate:
-            self.overheads.append(max(0.0, took - self.steps / rate))
+        took = time.perf_counter() - self.t0
+        self.took.append(took)
         self._write(f"[{self.i + 1}/{len(self.archs)}] {self.archs[self.i]}: {self.steps} steps in "
                     f"{took:.1f}s" + (f" — {note}" if note else ""), final=True)
 
-    def _rate(self, now, step):
-        if self.warm_t is None or step <= self.warm_step or now <= self.warm_t:
-            return None
-        return (step - self.warm_step) / (now - self.warm_t)
-
-    def _line(self, done, rate, left, now):
+    def _line(self, done, now):
         n = len(self.archs)
         bar = "#" * (20 * done // self.steps)
-        s = (f"[{self.i + 1}/{n}] {self.archs[self.i]:<14} [{bar:<20}] {done}/{self.steps}")
-        if rate:
-            overhead = sum(self.overheads) / len(self.overheads) if self.overheads else 5.0
-            total_left = left + (n - self.i - 1) * (self.steps / rate + overhead)
-            s += (f"  {rate:.1f} steps/s  {_clock(left)} left · all archs: ~{_clock(total_left)} "
-                  f"left, {_clock(now - self.t_run)} elapsed")
+        s = f"[{self.i + 1}/{n}] {self.archs[self.i]:<14} [{bar:<20}] {done}/{self.steps}"
+        # Steps are dispatched asynchronously: the first ones queue up faster than they run, so
+        # the rate is taken over a recent window, once the queue has filled.
+        if len(self.recent) >= 10 and self.recent[-1] > self.recent[0]:
+            rate = (len(self.recent) - 1) / (self.recent[-1] - self.recent[0])
+            left = (self.steps - done) / rate
+            per_arch = max(self.took + [now - self.t0 + left])
+            total = left + (n - self.i - 1) * per_arch
+            s += (f"  {rate:.1f} steps/s, {_clock(left)} left · run: {_clock(now - self.t_run)} "
+                  f"elapsed, ~{_clock(total)} left")
         return s
 
     def _write(self, text, final):
@@ -248,13 +261,15 @@ def main(argv=None) -> int:
     started = _dt.datetime.now().isoformat(timespec="seconds")
     import jax
 
-    from . import experiment, report
-    from .data import DATASETS
+    from . import data, experiment, report
 
     cfg = experiment.Config(**{k: getattr(args, k) for k in (
         "depth", "width", "archs", "model", "steps", "batch_size", "lr", "optimizer", "init",
-        "activation", "dataset", "seed", "log_every")})
-    ds = DATASETS[cfg.dataset](seed=cfg.seed)
+        "activation", "dataset", "data_dir", "seed", "log_every")})
+    try:  # before anything is written: a bad data file is a usage error
+        ds = data.load(cfg.dataset, cfg.data_dir, seed=cfg.seed)
+    except ValueError as e:
+        _Parser().error(f"argument --data-dir: {e}")
     if cfg.batch_size > len(ds.x_train):
         _Parser().error(f"argument --batch-size: {cfg.batch_size} is larger than the "
                         f"{len(ds.x_train)} training examples")

@@ -126,6 +126,37 @@ def test_bad_options_exit_2_with_one_line_and_write_nothing(args, option, tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["--dataset", "cifar10"], "--data-dir"),
+    (["--data-dir", "somewhere"], "--data-dir"),
+    (["--dataset", "npz", "--data-dir", "missing.npz"], "missing.npz"),
+    (["--dataset", "mnist", "--data-dir", "."], "train-images-idx3-ubyte"),
+])
+def test_data_options_fail_cleanly_naming_the_file(args, needle, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        run.main([*args, "--out", "o"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and needle in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_real_format_dataset_runs_end_to_end(tmp_path, monkeypatch, capsys):
+    """--dataset npz: grey 8x8 images, 3 classes; the network adapts to shape and classes."""
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "tiny.npz", x=rng.random((60, 8, 8, 1), dtype=np.float32),
+             y=rng.integers(0, 3, 60))
+    assert run.main(["--dataset", "npz", "--data-dir", "tiny.npz", "--depth", "3", "--width",
+                     "2", "--steps", "2", "--batch-size", "8", "--archs", "plain,bn", "--out",
+                     "o", "--quiet"]) == 0
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert s["data"]["name"] == "tiny" and s["data"]["image_shape"] == [8, 8, 1]
+    assert s["data"]["num_classes"] == 3 and s["data"]["n_test"] == 12
+    assert all(a["status"] == "ok" for a in s["archs"])
+    assert "plain" in capsys.readouterr().out
+
+
 def test_accepted_values_are_named(capsys):
     with pytest.raises(SystemExit):
         run.main(["--archs", "resnet"])
@@ -251,9 +282,9 @@ def test_run_figures_render_with_zeros_nan_and_a_diverged_arch():
     short = _history([[1.0, 2.0, 3.0]], [0])
     nan = _history([[np.nan, 1.0, 1.0], [1.0, np.inf, 1.0]], [0, 5])
     runs = {"plain": ok, "residual": short, "bn": nan}
-    notes = {"residual": "diverged at step 3"}
-    for fig in (report.comparison_grid(runs, "error_norm", notes, steps=10),
-                report.profiles(runs, notes=notes),
+    diverged = {"residual": 3}
+    for fig in (report.comparison_grid(runs, "error_norm", diverged, steps=10),
+                report.profiles(runs, diverged=diverged),
                 report.curves(runs, 10, {"plain": 0.1, "residual": None}, steps=10)):
         png = report.png_bytes(fig)
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000

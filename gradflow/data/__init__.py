@@ -1,13 +1,46 @@
-"""Datasets: the built-in generated task and minibatch iteration.
+"""Datasets: the built-in generated task, loaders for real formats, minibatch iteration.
 
     from gradflow import data
     ds = data.synthetic(seed=0)             # ds.x_train (8192, 16, 16, 3) float32, ds.y_train ...
+    ds = data.load("cifar10", "~/data/cifar-10-batches-py")   # standardized per channel
     it = data.batches(ds.x_train, ds.y_train, batch_size=32, seed=0)
 """
+from __future__ import annotations
+
+from pathlib import Path
+
 from .batches import batches
 from .synthetic import PAIRS, Dataset, synthetic
 
-# Name -> loader(seed=...) -> Dataset; the CLI's --dataset choices.
-DATASETS = {"synthetic": synthetic}
+# The CLI's --dataset choices; all but "synthetic" read files from --data-dir.
+DATASETS = ("synthetic", "cifar10", "mnist", "fashion_mnist", "npz", "folder")
 
-__all__ = ["Dataset", "synthetic", "batches", "DATASETS", "PAIRS"]
+
+def load(name: str, data_dir=None, *, seed: int = 0) -> Dataset:
+    """The dataset `name` (one of DATASETS): `synthetic` is generated from `seed`; the others are
+    read from `data_dir` (for `npz`, the .npz file itself) and standardized per channel with
+    training-split statistics. Missing or malformed files raise `loaders.DataError` (a
+    ValueError) naming the file."""
+    if name == "synthetic":
+        return synthetic(seed)
+    if name not in DATASETS:
+        raise ValueError(f"dataset={name!r} is not one of {', '.join(map(repr, DATASETS))}")
+    if data_dir is None:
+        raise ValueError(f"dataset={name!r} needs a data directory (or .npz file)")
+    from . import loaders
+
+    path = Path(data_dir).expanduser()
+    if name == "cifar10":
+        ds = loaders.cifar10(path)
+    elif name == "mnist":
+        ds = loaders.idx_dataset(path, "mnist")
+    elif name == "fashion_mnist":
+        ds = loaders.idx_dataset(path, "fashion_mnist", loaders.FASHION_CLASSES)
+    elif name == "npz":
+        ds = loaders.npz(path, seed=seed)
+    else:
+        ds = loaders.image_folder(path, seed=seed)
+    return loaders.standardize(ds)
+
+
+__all__ = ["Dataset", "synthetic", "batches", "load", "DATASETS", "PAIRS"]
