@@ -5,11 +5,12 @@
     hist = gf.train(model, batches, steps=100, optimizer=optax.sgd(0.1), log_every=10)
     gf.plot.heatmap(hist, "error_norm")
 """
-from . import instrument, losses, models, plot
+from . import instrument, losses, models, plot, theory
+from .diagnose import Finding, diagnose
 from .history import History, Snapshot
 from .probe import probe
 from .train import recorded_steps, train
 
 __version__ = "0.1.0"
-__all__ = ["probe", "train", "recorded_steps", "Snapshot", "History", "models", "instrument",
+__all__ = ["probe", "train", "diagnose", "Finding", "theory", "recorded_steps", "Snapshot", "History", "models", "instrument",
            "plot", "losses"]
