@@ -89,6 +89,7 @@ def profiles(runs: dict, metrics=("error_norm", "grad_norm"), diverged: dict | N
     whose value is exactly zero are marked with a triangle on the bottom edge; `diverged` (arch
     -> step) is noted in an arch's label in the end column."""
     diverged = diverged or {}
+    any_zero = False
     fig, axes = plt.subplots(len(metrics), 2, figsize=(11, 3.7 * len(metrics)), squeeze=False,
                              layout="constrained")
     for r, metric in enumerate(metrics):
@@ -105,10 +106,13 @@ def profiles(runs: dict, metrics=("error_norm", "grad_norm"), diverged: dict | N
                     note = ", non-finite"
                 elif (raw == 0).all():
                     note = ", all zero"
+                stale = record == -1 and arch in diverged  # its last finite record, not the end
                 ax.plot(layers, positive_finite(raw), color=f"C{i}", lw=1.3, ms=3,
-                        marker="." if len(raw) <= 60 else None,
+                        marker="." if len(raw) <= 60 and not stale else None,
+                        ls="--" if stale else "-", alpha=0.6 if stale else 1.0,
                         label=f"{arch} (step {int(h.steps[record])}{note})")
                 zero = raw == 0
+                any_zero |= bool(zero.any())
                 if zero.any():
                     ax.plot(layers[zero], np.full(zero.sum(), floor), "v", color=f"C{i}", ms=4,
                             clip_on=False)
@@ -118,7 +122,8 @@ def profiles(runs: dict, metrics=("error_norm", "grad_norm"), diverged: dict | N
             ax.set_xlabel("layer (1 = input side)")
             ax.grid(True, which="major", alpha=0.3)
             ax.legend(fontsize=7, loc="best")
-    fig.suptitle("Per-layer profiles (▼ on the bottom edge: exactly zero)", fontsize=11)
+    fig.suptitle("Per-layer profiles" + (" (▼ on the bottom edge: exactly zero)" if any_zero
+                                         else ""), fontsize=11)
     return fig
 
 
