@@ -235,7 +235,10 @@ def write_run(out, results: list[dict], summary: dict, num_classes: int, steps: 
              "Weight-gradient norm in every layer, all architectures",
              "‖∂L/∂W‖ per layer and step on one shared log scale.")
     for arch, h in runs.items():
-        save(f"{arch}_heatmap.png", heatmap(h, "error_norm"), f"{arch}: error-signal heatmap",
+        title = (f"{label('error_norm')} — {arch}, diverged at step {diverged[arch]}"
+                 if arch in diverged else None)
+        save(f"{arch}_heatmap.png", heatmap(h, "error_norm", title=title),
+             f"{arch}: error-signal heatmap",
              "On its own colour scale (compare architectures on the grid above).")
     _write_text(out / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
     written.append("summary.json")
