@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import jax
+import numpy as np
 from flax import nnx
 
 from . import losses
@@ -24,12 +25,14 @@ def recorded_steps(steps: int, log_every: int) -> list[int]:
 
 
 def train(model, batches, *, steps: int, optimizer, log_every: int = 1, loss=None,
-          progress=None) -> History:
+          progress=None, stop_on_nonfinite: bool = True) -> History:
     """Trains `model` in place with the optax `optimizer` on `steps` batches (x, y) from the
     iterable `batches`, measuring every layer at the steps given by `recorded_steps`.
 
     A record at step s describes the gradients at the parameters before update s. `progress`,
-    if given, is called as progress(step) after each step.
+    if given, is called as progress(step) after each step. With `stop_on_nonfinite`, a recorded
+    step whose loss is not finite ends training: that record is kept (it shows which layers went
+    non-finite), its update is not applied, and `meta["diverged_at_step"]` is set.
     """
     check_positive_int("steps", steps)
     check_positive_int("log_every", log_every)
@@ -46,21 +49,27 @@ def train(model, batches, *, steps: int, optimizer, log_every: int = 1, loss=Non
     instrumented, bare = train_steps(graphdef, layout, loss_fn, acc_fn, optimizer)
     opt_state = optimizer.init(params)
     record_at = set(recorded_steps(steps, log_every))
-    records, at, done = [], [], 0
+    records, at, done, diverged = [], [], 0, None
     for step, batch in enumerate(itertools.chain([first], it)):
         if step == steps:
             break
         x, y = as_batch(batch)
         step_fn = instrumented if step in record_at else bare
-        params, rest, opt_state, out = step_fn(params, rest, opt_state, x, y)
+        new_params, new_rest, new_opt, out = step_fn(params, rest, opt_state, x, y)
         if step in record_at:
             records.append(out)
             at.append(step)
+            if stop_on_nonfinite and not np.isfinite(float(out["loss"])):
+                diverged = step
+                break
+        params, rest, opt_state = new_params, new_rest, new_opt
         done = step + 1
         if progress is not None:
             progress(step)
-    if done < steps:
+    if done < steps and diverged is None:
         raise ValueError(f"batches ran out after {done} of steps={steps}")
     nnx.update(model, params, rest)
     meta = {"probed": layout.probed, "metrics": list(TRAIN_METRICS)}
+    if diverged is not None:
+        meta["diverged_at_step"] = diverged
     return History.from_records(layout.names, at, jax.device_get(records), meta)

@@ -1,4 +1,5 @@
 """Snapshot and History: shapes, save/load round trips, clear errors on bad files."""
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -61,3 +62,16 @@ def test_train_argument_errors():
         gf.train(model, [batch], steps=1, optimizer="sgd")
     with pytest.raises(ValueError, match="loss"):
         gf.probe(model, batch, loss="hinge")
+
+
+def test_train_stops_on_nonfinite_loss_and_keeps_history():
+    model = gf.models.mlp("residual", 8, width=16, in_features=4, num_classes=3, init="he",
+                          rngs=nnx.Rngs(0))
+    x, y = jnp.ones((8, 4)) * 100, jnp.arange(8) % 3
+    h = gf.train(model, [(x, y)] * 50, steps=50, optimizer=optax.sgd(10.0), log_every=1)
+    stop = h.meta["diverged_at_step"]
+    assert h.steps[-1] == stop < 49 and not np.isfinite(h["loss"][-1])
+    assert np.all(np.isfinite(h["loss"][:-1]))
+    # the diverging update was not applied: the model holds the last finite parameters
+    leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
+    assert all(np.all(np.isfinite(np.asarray(a))) for a in leaves)

@@ -39,4 +39,12 @@ def layer_ticks(names, max_ticks: int = 25):
 
 
 def _short(name: str, keep: int = 28) -> str:
-    return name if len(name) <= keep else "…" + name[-(keep - 1):]
+    """The last path components of a layer name that fit in `keep` characters."""
+    if len(name) <= keep:
+        return name
+    parts, out = name.split("/"), ""
+    for part in reversed(parts):
+        if len(out) + len(part) + 2 > keep and out:
+            break
+        out = part + ("/" + out if out else "")
+    return "…/" + out
