@@ -96,3 +96,16 @@ def error_slope(*, init: str = "lecun", activation: str = "relu", arch: str = "p
     """Predicted `slope_toward_input` of ||dL/dz|| over the hidden layers of a depth-`depth` MLP."""
     p = mlp_profile(depth, init=init, activation=activation, arch=arch, bias_var=bias_var)
     return slope_toward_input(np.sqrt(p["error_sq"][1:-1]))
+
+
+def predicted_profile(metric: str, n_layers: int, *, arch: str, init: str,
+                      activation: str) -> np.ndarray | None:
+    """Predicted `error_norm` or `grad_norm` per layer at init, relative to the output layer
+    (= 1), for a plain or BN(-ReLU) network of `n_layers` weight layers; None where no closed
+    form applies (residual archs, other metrics or activations)."""
+    if metric not in ("error_norm", "grad_norm") or arch not in ("plain", "bn"):
+        return None
+    if activation not in _PHI or init not in SIGMA_W2 or (arch == "bn" and activation != "relu"):
+        return None
+    p = mlp_profile(n_layers, init=init, activation=activation, arch=arch)
+    return np.sqrt(p["error_sq"] if metric == "error_norm" else p["grad_sq"])

@@ -41,3 +41,19 @@ def test_profile_snapshot_and_history(tmp_path):
     fig = gf.plot.profile(h.snapshot(0), "grad_norm")
     assert len(fig.axes[0].lines) == 1
     fig.savefig(tmp_path / "p.png")
+
+
+def test_profile_theory_overlay_follows_mean_field():
+    from gradflow import theory
+    n = 12
+    pred = theory.predicted_profile("error_norm", n, arch="plain", init="lecun",
+                                    activation="relu")
+    h = gf.History([f"l{i}" for i in range(n)], {"error_norm": np.vstack([pred, pred]) * 3},
+                   steps=[0, 1], meta={"arch": "plain", "init": "lecun", "activation": "relu"})
+    ax = gf.plot.profile(h, "error_norm", theory=True).axes[0]
+    line = [ln for ln in ax.lines if "mean-field" in ln.get_label()][0]
+    np.testing.assert_allclose(line.get_ydata(), pred * 3)
+    np.testing.assert_allclose(np.diff(np.log10(pred[1:-1])), np.log10(np.sqrt(0.5)) * -1)
+    h.meta["arch"] = "residual"  # no closed form: no overlay
+    ax = gf.plot.profile(h, "error_norm", theory=True).axes[0]
+    assert not [ln for ln in ax.lines if "mean-field" in ln.get_label()]

@@ -4,13 +4,16 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
+from ..theory import predicted_profile
 from ._style import LOG_METRICS, label, layer_ticks, positive_finite
 
 
 def profile(records, metric: str = "error_norm", *, at=None, ax=None, log: bool | None = None,
-            title: str | None = None):
+            title: str | None = None, theory: bool = False):
     """Plots `metric` against layer index (input on the left) for a Snapshot, or for a History at
-    the records whose steps are in `at` (default: first and last). Returns the Figure."""
+    the records whose steps are in `at` (default: first and last). `theory=True` overlays the
+    mean-field prediction at init (gradflow.theory), anchored at the first line's last hidden layer,
+    where one applies (needs meta "arch", "init", "activation"). Returns the Figure."""
     data = np.asarray(records[metric], dtype=np.float64)
     log = metric in LOG_METRICS if log is None else log
     fig = ax.figure if ax is not None else plt.figure(figsize=(8, 4.5))
@@ -26,6 +29,8 @@ def profile(records, metric: str = "error_norm", *, at=None, ax=None, log: bool 
     for values, name in lines:
         ax.plot(layers, positive_finite(values) if log else values, marker="." if len(layers) <= 60
                 else None, label=name)
+    if theory:
+        _overlay_theory(ax, records, metric, lines[0][0], layers)
     if log:
         ax.set_yscale("log")
     pos, names = layer_ticks(records.layers, max_ticks=12)
@@ -38,3 +43,16 @@ def profile(records, metric: str = "error_norm", *, at=None, ax=None, log: bool 
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def _overlay_theory(ax, records, metric, anchor_line, layers):
+    meta = records.meta
+    base = meta.get("arch", "").removesuffix("_separable")
+    pred = predicted_profile(metric, len(layers), arch=base, init=meta.get("init", ""),
+                             activation=meta.get("activation", ""))
+    # Anchored at the last hidden layer: the head (pooling, no activation) is outside the theory.
+    k = len(layers) - 2 if len(layers) >= 3 else len(layers) - 1
+    if pred is None or not np.isfinite(anchor_line[k]) or anchor_line[k] <= 0:
+        return
+    ax.plot(layers, pred * anchor_line[k] / pred[k], "k--", lw=1.2,
+            label="mean-field prediction (init)")
