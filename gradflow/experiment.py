@@ -21,7 +21,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from . import data, models
+from . import data, models, theory
+from .diagnose import diagnose
 from .history import History
 from .train import train
 
@@ -246,7 +247,21 @@ def arch_summary(res: dict) -> dict:
         "diverged_at": res["diverged_at"], "records": len(h.steps),
         "train_s": round(res["train_s"], 2), "time_s": round(res["time_s"], 2),
         "history": f"{res['arch']}_history.npz", "heatmap": f"{res['arch']}_heatmap.png",
+        **slopes(h), "diagnosis_init": [str(f) for f in diagnose(h.snapshot(0))],
+        "diagnosis_end": [str(f) for f in diagnose(h)],
     }
+
+
+def slopes(h: History) -> dict:
+    """Measured and mean-field-predicted change of log10 ||dL/dz|| per layer toward the input,
+    over the hidden layers at init (None where the theory has no closed form)."""
+    m = h.meta
+    measured = theory.slope_toward_input(h["error_norm"][0][1:-1])
+    pred = theory.predicted_profile("error_norm", len(h.layers), arch=base_arch(m["arch"]),
+                                    init=m["init"], activation=m["activation"])
+    predicted = theory.slope_toward_input(pred[1:-1]) if pred is not None else math.nan
+    return {"error_slope_init": measured if math.isfinite(measured) else None,
+            "error_slope_theory": predicted if math.isfinite(predicted) else None}
 
 
 _NUMBERS = ("params", "final_train_loss", "final_train_accuracy", "held_out_loss",
@@ -274,6 +289,10 @@ def summarize(results: list[dict], cfg: Config, ds) -> dict:
                            f"{FINAL_WINDOW:.0%} of the steps",
             "held_out": f"loss/accuracy on the held-out split in inference mode; BatchNorm "
                         f"running statistics re-estimated on {BN_CALIBRATION} training images",
+            "error_slope": "least-squares change of log10 ‖∂L/∂z‖ per layer toward the input over "
+                           "the hidden layers at init (negative: vanishing); theory: the "
+                           "mean-field prediction (gradflow.theory; plain and BN-ReLU only)",
+            "diagnosis": "gradflow.diagnose findings at init and at the end of training",
         },
         "archs": archs,
     }

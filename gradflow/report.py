@@ -308,9 +308,39 @@ Started {e(run.get('started', ''))} on {e(run.get('device', ''))}; training and 
 millionth of the error signal the top layer gets (vanishing); far above 1 it grows toward the input
 (exploding). <b>Train loss/acc</b>: {e(d['final_train'])}. <b>Held-out acc</b>: {e(d['held_out'])}.
 </p>
+<h2>Diagnosis</h2>{diagnosis_html(summary)}
 <h2>Figures</h2>{figs}
 </body></html>
 """
+
+
+def diagnosis_lines(summary: dict) -> list[str]:
+    """Per architecture: measured vs mean-field slope at init, and the findings at the end."""
+    out = []
+    for a in summary["archs"]:
+        if a["status"] == "failed":
+            continue
+        theory = _fmt(a.get("error_slope_theory"), "+.3f")
+        out.append(f"{a['arch']}: error signal {_fmt(a.get('error_slope_init'), '+.3f')} decades "
+                   f"per layer toward the input at init (mean-field theory: {theory})")
+        out += [f"  - {f}" for f in a.get("diagnosis_end", [])]
+    return out
+
+
+def diagnosis_html(summary: dict) -> str:
+    e = html.escape
+    items = []
+    for a in summary["archs"]:
+        if a["status"] == "failed":
+            continue
+        finds = "".join(f"<li>{e(f)}</li>" for f in a.get("diagnosis_end", []))
+        items.append(
+            f"<li><b>{e(a['arch'])}</b>: error signal {_fmt(a.get('error_slope_init'), '+.3f')} "
+            f"decades per layer toward the input at init (mean-field theory: "
+            f"{_fmt(a.get('error_slope_theory'), '+.3f')})<ul>{finds}</ul></li>")
+    d = summary["definitions"]
+    return (f"<ul>{''.join(items)}</ul><p class=note>{e(d.get('error_slope', ''))}. "
+            f"{e(d.get('diagnosis', ''))}.</p>")
 
 
 def _fmt(v, spec: str) -> str:
