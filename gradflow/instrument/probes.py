@@ -6,17 +6,15 @@ no code: any `nnx.Linear`, `nnx.Conv` or `nnx.ConvTranspose` is found by walking
 """
 from __future__ import annotations
 
-import types
-
 import jax
 from flax import nnx
 
+from ..intercept import swap_call
 from ..models.layers import Activation
 from ..models.stack import Stack
 from .recorder import Recorder, Row, current, path_name, recording
 
 WEIGHT_LAYERS = (nnx.Linear, nnx.Conv, nnx.ConvTranspose)
-_PROBED: dict[type, type] = {}
 
 
 def module_paths(model) -> dict[int, tuple]:
@@ -33,12 +31,9 @@ def use_batch_statistics(model) -> None:
 def install_probes(model) -> None:
     """Swaps probed classes into `model`'s modules (a throwaway copy!)."""
     for _, m in nnx.iter_modules(model):
-        cls = type(m)
-        if cls in _PROBED.values():
-            continue
         call = _probe_call_for(m)
         if call is not None:
-            m.__class__ = _probed_class(cls, call)
+            swap_call(m, "probed", _reporting(call))
 
 
 def run_probed(model, x, dummies):
@@ -60,19 +55,19 @@ def _probe_call_for(m):
     return None
 
 
-def _probed_class(cls: type, call) -> type:
-    if cls not in _PROBED:
-        original = cls.__call__
+_HOOKS: dict = {}
 
-        def __call__(self, *args, **kwargs):
+
+def _reporting(call):
+    """A swap_call hook that runs `call` with the current Recorder, or the original without one."""
+    if call not in _HOOKS:
+        def hook(self, original, *args, **kwargs):
             rec = current()
             if rec is None:
                 return original(self, *args, **kwargs)
             return call(self, rec, original, *args, **kwargs)
-
-        _PROBED[cls] = types.new_class(f"Probed{cls.__name__}", (cls,), {},
-                                       lambda ns: ns.update(__call__=__call__))
-    return _PROBED[cls]
+        _HOOKS[call] = hook
+    return _HOOKS[call]
 
 
 def _weight_call(self, rec: Recorder, original, x, *args, **kwargs):
