@@ -1,0 +1,119 @@
+"""`gf.summary`: the model's hierarchy (network, stages, blocks, layers) with output shapes and
+parameter counts, like Keras' model.summary() but nested."""
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from .instrument.recorder import path_name
+from .intercept import swap_call
+
+_SHAPES: contextvars.ContextVar[dict | None] = contextvars.ContextVar("gradflow_summary",
+                                                                     default=None)
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    path: tuple
+    kind: str  # the module's class name
+    output_shape: tuple | None  # first call's output, batch axis shown as None
+    params: int  # parameters in this module and everything below it
+    note: str = ""
+
+    @property
+    def depth(self) -> int:
+        return len(self.path)
+
+
+class Summary:
+    """Rows in network order (a module after its parent, children in call order)."""
+
+    def __init__(self, rows: list[SummaryRow], total: int, trainable: int):
+        self.rows, self.total, self.trainable = rows, total, trainable
+
+    def __str__(self) -> str:
+        head = ("module (type)", "output shape", "params")
+        cells = [(("  " * r.depth) + (str(r.path[-1]) + ": " if r.path else "") + r.kind
+                  + (f" {r.note}" if r.note else ""),
+                  "" if r.output_shape is None else str(r.output_shape), f"{r.params:,}")
+                 for r in self.rows]
+        w = [max(len(c[i]) for c in cells + [head]) for i in range(3)]
+        line = "-" * (sum(w) + 4)
+        out = [line, f"{head[0]:<{w[0]}}  {head[1]:<{w[1]}}  {head[2]:>{w[2]}}", line]
+        out += [f"{a:<{w[0]}}  {b:<{w[1]}}  {c:>{w[2]}}" for a, b, c in cells]
+        out += [line, f"total parameters: {self.total:,} (trainable: {self.trainable:,})", line]
+        return "\n".join(out)
+
+    def __repr__(self):
+        return str(self)
+
+
+def summary(model: nnx.Module, input_shape, *, dtype=jnp.float32, max_depth: int | None = None
+            ) -> Summary:
+    """The hierarchy of `model` for one input of shape `input_shape` (without the batch axis)."""
+    if not isinstance(model, nnx.Module):
+        raise ValueError(f"model must be a flax.nnx.Module, got {type(model).__name__}")
+    shapes: dict[int, tuple] = {}
+    order: dict[int, int] = {}
+    graphdef, state = nnx.split(model)
+    modules: list = []
+
+    def run(state, x):  # the copy lives in this trace, so BatchNorm may update its statistics
+        copy = nnx.merge(graphdef, state, copy=True)
+        modules.extend((tuple(p), m) for p, m in nnx.iter_modules(copy))
+        for _, m in modules:
+            swap_call(m, "summarized", _hook)
+        return copy(x)
+
+    token = _SHAPES.set((shapes, order))
+    try:
+        jax.eval_shape(run, state, jax.ShapeDtypeStruct((1, *input_shape), dtype))
+    finally:
+        _SHAPES.reset(token)
+    params = {tuple(p): v.get_value().size
+              for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    _rank_uncalled(modules, order)
+    rows = []
+    for path, m in modules:
+        if max_depth is not None and len(path) > max_depth:
+            continue
+        count = sum(n for p, n in params.items() if p[:len(path)] == path)
+        note = f"×{m.n} (scanned)" if getattr(m, "scan", False) and hasattr(m, "n") else ""
+        rows.append(SummaryRow(path, type(model if not path else m).__name__.removeprefix(
+            "Summarized"), shapes.get(id(m)), count, note))
+    rows.sort(key=lambda r: _network_order(r.path, modules, order))
+    total = sum(params.values())
+    return Summary(rows, total, total)
+
+
+def _hook(self, original, *args, **kwargs):
+    """Records each module's first call: its rank in call order and its output shape."""
+    log = _SHAPES.get()
+    out = original(self, *args, **kwargs)
+    if log is not None:
+        shapes, order = log
+        order.setdefault(id(self), len(order))
+        if id(self) not in shapes:
+            leaves = jax.tree.leaves(out)
+            shapes[id(self)] = (None,) + tuple(leaves[0].shape[1:]) if leaves else None
+    return out
+
+
+def _rank_uncalled(modules, order):
+    """Containers that are never called (nnx.List) rank with their first-called descendant."""
+    for path, m in sorted(modules, key=lambda pm: -len(pm[0])):
+        if id(m) not in order:
+            ranks = [order[id(c)] for p, c in modules
+                     if p[:len(path)] == path and p != path and id(c) in order]
+            if ranks:
+                order[id(m)] = min(ranks)
+
+
+def _network_order(path, modules, order):
+    """Sort key: each ancestor's first-call rank, so children follow parents in call order."""
+    by_path = {tuple(p): m for p, m in modules}
+    return tuple(order.get(id(by_path[path[:i]]), 10**9) for i in range(len(path) + 1))
