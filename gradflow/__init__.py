@@ -7,11 +7,13 @@
 """
 from . import instrument, losses, models, plot, theory
 from .diagnose import Finding, diagnose
+from .freeze import freeze_batchnorm, unfreeze_batchnorm
 from .history import History, Snapshot
 from .probe import probe
 from .summary import Summary, summary
 from .train import recorded_steps, train
 
 __version__ = "0.1.0"
-__all__ = ["probe", "train", "diagnose", "Finding", "summary", "Summary", "theory", "recorded_steps", "Snapshot", "History", "models", "instrument",
+__all__ = ["probe", "train", "diagnose", "Finding", "summary", "Summary", "freeze_batchnorm",
+           "unfreeze_batchnorm", "theory", "recorded_steps", "Snapshot", "History", "models", "instrument",
            "plot", "losses"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
+from ..freeze import is_frozen
 from ..intercept import swap_call
 from ..models.layers import Activation
 from ..models.stack import Stack
@@ -22,9 +23,10 @@ def module_paths(model) -> dict[int, tuple]:
 
 
 def use_batch_statistics(model) -> None:
-    """Puts every BatchNorm of `model` (a copy!) in training mode."""
+    """Puts every BatchNorm of `model` (a copy!) in training mode, except frozen ones, which
+    run in inference mode in training too (gradflow.freeze)."""
     for _, m in nnx.iter_modules(model):
-        if isinstance(m, nnx.BatchNorm):
+        if isinstance(m, nnx.BatchNorm) and not is_frozen(m):
             m.use_running_average = False
 
 
