@@ -13,6 +13,7 @@ import datetime as _dt
 import math
 import os
 import sys
+import statistics
 import time
 from pathlib import Path
 
@@ -53,6 +54,27 @@ def _int_at_least(lo: int):
     return parse
 
 
+def _depth_list(text):
+    """One depth, or a comma-separated list of depths (a depth sweep)."""
+    parts = [t.strip() for t in text.split(",") if t.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"{text!r} gives no depth (an integer >= 2, or a "
+                                         "comma-separated list such as 8,16,32)")
+    depths = []
+    for t in parts:
+        try:
+            v = int(t)
+        except ValueError:
+            v = None
+        if v is None or v < 2:
+            where = f" in {text!r}" if len(parts) > 1 else ""
+            raise argparse.ArgumentTypeError(f"{t!r}{where} is not an integer >= 2")
+        if v in depths:
+            raise argparse.ArgumentTypeError(f"{v} is given twice in {text!r}")
+        depths.append(v)
+    return depths
+
+
 def _positive_float(text):
     try:
         v = float(text)
@@ -74,16 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
         "grid, profiles, curves, summary.json and report.html to a new run directory."),
         formatter_class=_Help)
     a = p.add_argument
-    a("--depth", type=_int_at_least(2), default=Config.depth, help="weight layers on the longest "
-      "path (stem + hidden layers + output layer); residual archs need an even depth")
+    a("--depth", type=_depth_list, default=Config.depth, help="weight layers on the longest "
+      "path (stem + hidden layers + output layer); residual archs need an even depth. A "
+      "comma-separated list (e.g. 8,16,32,64,128) runs a depth sweep instead: every arch at "
+      "every depth over --seeds initializations, writing sweep.json, sweep.png and report.html")
     a("--width", type=_int_at_least(1), default=Config.width,
       help="channels (cnn) or units (mlp) of every hidden layer")
     a("--archs", default=",".join(ARCH_BASES),
       help=f"comma-separated architectures, any of: {', '.join(ARCH_CHOICES)}")
     a("--model", choices=MODELS, default=Config.model,
       help="3x3-conv network (cnn) or fully connected (mlp)")
-    a("--steps", type=_int_at_least(1), default=Config.steps,
-      help="training steps per architecture")
+    a("--steps", type=_int_at_least(0), default=Config.steps,
+      help="training steps per architecture; 0 (depth sweeps only) measures at init only")
     a("--batch-size", type=_int_at_least(1), default=Config.batch_size,
       help="training examples per step")
     a("--lr", type=_positive_float, default=None, help="learning rate (default: " + ", ".join(
@@ -102,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--data-dir", default=None, help="directory (for npz: the file) holding --dataset")
     a("--seed", type=_int_at_least(0), default=Config.seed,
       help="seed of the data, the initialization and the batch order")
+    a("--seeds", type=_int_at_least(1), default=None, help="depth sweeps only: initializations "
+      "per depth, seeds --seed, --seed+1, ... (default: 3)")
     a("--log-every", type=_int_at_least(1), default=Config.log_every,
       help="record every layer's statistics every N steps (and at the last step)")
     a("--out", default=None, help="run directory to create; it must not exist or be empty "
@@ -126,13 +152,24 @@ def parse(argv=None) -> argparse.Namespace:
             p.error(f"argument --archs: {arch!r} is given twice")
         if args.model == "mlp" and arch.endswith(SEPARABLE):
             p.error(f"argument --archs: {arch!r} needs --model cnn (separable convs are convs)")
-    if args.depth > MAX_DEPTH:
-        p.error(f"argument --depth: {args.depth} is above the supported maximum of {MAX_DEPTH}")
-    for arch in archs:
-        try:
-            hidden_blocks(base_arch(arch), args.depth)
-        except ValueError as e:
-            p.error(f"argument --depth: {e}")
+    depths = args.depth if isinstance(args.depth, list) else [args.depth]
+    for depth in depths:
+        if depth > MAX_DEPTH:
+            p.error(f"argument --depth: {depth} is above the supported maximum of {MAX_DEPTH}")
+        for arch in archs:
+            try:
+                hidden_blocks(base_arch(arch), depth)
+            except ValueError as e:
+                p.error(f"argument --depth: {e}")
+    args.sweep = len(depths) > 1
+    args.depths = sorted(depths)
+    args.depth = depths[0] if not args.sweep else min(depths)
+    if args.steps == 0 and not args.sweep:
+        p.error("argument --steps: 0 (measure at init only) is for depth sweeps: give --depth "
+                "a comma-separated list, e.g. --depth 8,16,32,64,128")
+    if args.seeds is not None and not args.sweep:
+        p.error("argument --seeds: only used by a depth sweep (give --depth a comma-separated "
+                "list, e.g. --depth 8,16,32,64,128)")
     if args.dataset != "synthetic" and args.data_dir is None:
         p.error(f"argument --data-dir: --dataset {args.dataset} reads files, give --data-dir")
     if args.dataset == "synthetic" and args.data_dir is not None:
@@ -255,17 +292,15 @@ def table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    args = parse(argv)
-    t_start = time.perf_counter()
-    started = _dt.datetime.now().isoformat(timespec="seconds")
-    import jax
+def _command(argv) -> str:
+    return " ".join(["python -m gradflow.run", *(sys.argv[1:] if argv is None else argv)])
 
-    from . import data, experiment, report
 
-    cfg = experiment.Config(**{k: getattr(args, k) for k in (
-        "depth", "width", "archs", "model", "steps", "batch_size", "lr", "optimizer", "init",
-        "activation", "dataset", "data_dir", "seed", "log_every")})
+def _prepare(cfg, args):
+    """Loads the data and creates the run directory; a bad data file, batch size or directory is
+    a usage error (exit 2, nothing written). Returns the Dataset."""
+    from . import data
+
     try:  # before anything is written: a bad data file is a usage error
         ds = data.load(cfg.dataset, cfg.data_dir, seed=cfg.seed)
     except ValueError as e:
@@ -277,6 +312,23 @@ def main(argv=None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         _Parser().error(f"argument --out: cannot create {args.out} ({e.strerror})")
+    return ds
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    if args.sweep:
+        return sweep_main(args, argv)
+    t_start = time.perf_counter()
+    started = _dt.datetime.now().isoformat(timespec="seconds")
+    import jax
+
+    from . import experiment, report
+
+    cfg = experiment.Config(**{k: getattr(args, k) for k in (
+        "depth", "width", "archs", "model", "steps", "batch_size", "lr", "optimizer", "init",
+        "activation", "dataset", "data_dir", "seed", "log_every")})
+    ds = _prepare(cfg, args)
     progress = Progress(cfg.archs, cfg.steps, enabled=not args.quiet)
     results = []
     for i, arch in enumerate(cfg.archs):
@@ -292,13 +344,114 @@ def main(argv=None) -> int:
         results.append(res)
     summary = experiment.summarize(results, cfg, ds)
     summary["run"] = {
-        "command": " ".join(["python -m gradflow.run", *sys.argv[1:]]) if argv is None else
-                   " ".join(["python -m gradflow.run", *argv]),
+        "command": _command(argv),
         "started": started, "device": f"{jax.default_backend()} ({os.cpu_count()} cores)",
         "training_s": round(time.perf_counter() - t_start, 1),
         "output": str(args.out)}
     report.write_run(args.out, results, summary, ds.num_classes, cfg.steps)
     print(table(summary))
+    print(f"\nwrote {args.out}/ in {time.perf_counter() - t_start:.0f}s — open "
+          f"{args.out / 'report.html'}")
+    return 0
+
+
+# -- depth sweep ----------------------------------------------------------------------------------
+
+class SweepProgress:
+    """Depth-sweep progress on stderr: on a terminal one line rewritten after every cell (and
+    every training step); elsewhere a line per finished (arch, depth). Time left counts each
+    remaining cell as long as the finished cells of its depth took, shown once every depth has
+    one."""
+
+    def __init__(self, cell_depths, n_seeds: int, enabled: bool = True, stream=None):
+        self.cell_depths = list(cell_depths)  # the depth of every cell, in the sweep's order
+        self.total, self.n_seeds, self.enabled = len(self.cell_depths), n_seeds, enabled
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.t0 = time.perf_counter()
+        self.took: list[tuple[int, float]] = []  # (depth, seconds) per finished cell
+        self.group: list = []
+        self.t_last = 0.0
+
+    def __call__(self, done: int, total: int, cell):
+        self.took.append((cell.depth, cell.time_s))
+        self.group.append(cell)
+        now = time.perf_counter()
+        clock = f"{_clock(now - self.t0)} elapsed"
+        left = self._left(done)
+        if done < total and left is not None:
+            clock += f", ~{_clock(left)} left"
+        value = "—" if cell.attenuation is None else f"{cell.attenuation:.2g}"
+        if self.tty:
+            self._write(f"[{done}/{total}] {cell.arch} depth {cell.depth} seed {cell.seed}: "
+                        f"attenuation {value} · {clock}", final=done == total)
+        elif len(self.group) == self.n_seeds or done == total:
+            vals = [c.attenuation for c in self.group if c.attenuation is not None]
+            med = f"{statistics.median(vals):.2g}" if vals else "—"
+            bad = [c.status for c in self.group if c.status != "ok"]
+            self._write(f"[{done}/{total}] {cell.arch} depth {cell.depth}: attenuation {med} "
+                        f"(median of {len(vals)}) in {sum(c.time_s for c in self.group):.1f}s"
+                        + (f" ({', '.join(bad)})" if bad else "") + f" · {clock}", final=True)
+        if len(self.group) == self.n_seeds:
+            self.group = []
+
+    def step(self, step: int, steps: int, arch: str, depth: int, seed: int):
+        """Training progress inside a cell (terminal only)."""
+        now = time.perf_counter()
+        if not self.tty or (now - self.t_last < 0.25 and step + 1 < steps):
+            return
+        self.t_last = now
+        self._write(f"[{len(self.took) + 1}/{self.total}] {arch} depth {depth} seed {seed}: "
+                    f"step {step + 1}/{steps} · {_clock(now - self.t0)} elapsed", final=False)
+
+    def _left(self, done: int):
+        """Seconds left, once every depth has a finished cell (None before)."""
+        by_depth: dict = {}
+        for d, t in self.took:
+            by_depth.setdefault(d, []).append(t)
+        rest = self.cell_depths[done:]
+        if any(d not in by_depth for d in rest):
+            return None
+        return sum(statistics.fmean(by_depth[d]) for d in rest)
+
+    def _write(self, text, final):
+        if not self.enabled:
+            return
+        if self.tty:
+            self.stream.write("\r\033[K" + text + ("\n" if final else ""))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def sweep_main(args, argv=None) -> int:
+    """`--depth` with several depths: the depth sweep (gradflow.sweep)."""
+    t_start = time.perf_counter()
+    started = _dt.datetime.now().isoformat(timespec="seconds")
+    import jax
+
+    from . import experiment, sweep
+
+    cfg = experiment.Config(**{k: getattr(args, k) for k in (
+        "depth", "width", "archs", "model", "batch_size", "lr", "optimizer", "init",
+        "activation", "dataset", "data_dir", "seed", "log_every")}, steps=max(args.steps, 1))
+    ds = _prepare(cfg, args)
+    n_seeds = args.seeds or sweep.SEED_COUNT
+    seeds = list(range(cfg.seed, cfg.seed + n_seeds))
+    progress = SweepProgress([d for _ in cfg.archs for d in args.depths for _ in seeds],
+                             n_seeds, enabled=not args.quiet)
+    if not args.quiet:
+        what = (f"at init (one probe batch of {sweep.probe_batch_size(cfg)})" if args.steps == 0
+                else f"training {args.steps} steps each")
+        sys.stderr.write(f"depth sweep: {len(cfg.archs)} archs × {len(args.depths)} depths × "
+                         f"{n_seeds} seeds, {what}\n")
+    res = sweep.depth_sweep(cfg, args.depths, seeds=seeds, steps=args.steps, ds=ds,
+                            progress=progress, on_step=progress.step)
+    res.run = {"command": _command(argv), "started": started,
+               "device": f"{jax.default_backend()} ({os.cpu_count()} cores)",
+               "output": str(args.out)}
+    sweep.write(args.out, res, experiment.describe(ds))
+    print(sweep.table(res))
     print(f"\nwrote {args.out}/ in {time.perf_counter() - t_start:.0f}s — open "
           f"{args.out / 'report.html'}")
     return 0

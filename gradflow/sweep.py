@@ -1,0 +1,506 @@
+"""Depth sweep: how the error-signal attenuation between the first and the last layer grows with
+depth, per architecture, over several initializations, next to the mean-field prediction.
+
+    from gradflow import data, experiment, sweep
+    cfg = experiment.Config(archs=("plain", "residual_bn"))
+    ds = data.synthetic(cfg.seed)
+    res = sweep.depth_sweep(cfg, [8, 16, 32, 64, 128], steps=0, ds=ds)   # at init only
+    res.save("sweep.json"); gf.plot.depth_sweep(res)
+
+Each (architecture, depth, seed) cell builds the network the way `gradflow.run` does (seed =
+cfg.seed + k: the initialization, and with training the batch order; the data stay those of
+cfg.seed). With `steps == 0` it probes one batch at init (`gf.probe`); with `steps > 0` it trains
+like the run (`experiment.train_arch`) and the attenuation at init is the training run's first
+record, measured on its first batch before any update.
+
+The attenuation is error_norm[0] / error_norm[-1] = ||dL/dz|| of layer 1 (the stem) over that of
+the output layer: far below 1 the error signal vanishes toward the input, far above 1 it explodes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import data, models
+from .experiment import SEPARABLE, Config, base_arch, build_model, final_train, train_arch
+
+SEED_COUNT = 3  # initializations per depth: cfg.seed, cfg.seed + 1, ...
+# Examples in the probe batch at init (fewer when cfg.batch_size is smaller). CNNs: 8, because
+# the scanned deep probes run in time proportional to the batch (depth 128: ~0.5 s at 8, ~3.5 s
+# at 32) and a CNN's BatchNorm still averages over 8 x H x W positions per channel; the
+# attenuation agrees with batch 32 within the seed-to-seed spread (measured). MLPs are fast, and
+# their BatchNorm averages over the batch alone: the training batch size up to 32.
+PROBE_BATCH = {"cnn": 8, "mlp": 32}
+# Stacking of the hidden CNN blocks for the probes at init. Compilation dominates a sweep: an
+# unrolled CNN compiles super-linearly in depth (residual_bn, depth 128: ~50 s), a scanned one
+# in about a second at any depth but runs its conv weight-gradients slowly on XLA:CPU (depth
+# 128, batch 32: ~3.5 s per probe). Unrolled up to this depth, scanned above: on the default
+# sweep (depths 8..128, 4 archs, 3 seeds) 16 measured ~3 s faster than 32 end to end. The
+# attenuation is the same quantity either way; only the random draws of the init differ.
+# Training (steps > 0) keeps the run's own choice, stack="auto".
+UNROLL_MAX_DEPTH = 16
+# Error norms are square roots of float32 sums of squares: below ~1e-19 per element the squares
+# underflow to 0 (a depth-128 plain ReLU CNN with lecun init attenuates ~1e-21). The backward
+# pass is linear in dL, so such a probe is repeated with the loss multiplied by this factor and
+# the ratio, which the factor cancels from, is taken there.
+RESCUE_SCALE = 1e12
+_SAFE_NORM = 1e17  # the rescue is skipped where a scaled norm would overflow float32 squares
+
+
+@dataclass
+class Cell:
+    """One (arch, depth, seed) measurement. `status`: "ok", "underflow" (no finite positive
+    ratio even with the loss scaled), "diverged" (training's loss became non-finite; the
+    attenuation at init is still measured) or "failed" (an exception, in `note`)."""
+    arch: str
+    depth: int
+    seed: int
+    attenuation: float | None = None  # error_norm[0] / error_norm[-1] at init
+    error_first: float | None = None  # error_norm[0] at init (at loss scale 1)
+    error_last: float | None = None  # error_norm[-1] at init (at loss scale 1)
+    layers: int | None = None
+    initial_loss: float | None = None
+    loss_scale: float = 1.0  # the factor the loss was multiplied by for the ratio
+    attenuation_end: float | None = None  # after training (steps > 0)
+    final_train_loss: float | None = None  # steps > 0: mean over the last 10% of the records
+    held_out_accuracy: float | None = None
+    status: str = "ok"
+    note: str = ""
+    time_s: float = 0.0
+
+
+@dataclass
+class Sweep:
+    """A depth sweep's settings, its cells (one per arch, depth and seed, in that order) and the
+    mean-field prediction per arch and depth (None where no theory applies)."""
+    config: dict
+    archs: tuple
+    depths: tuple
+    seeds: tuple
+    steps: int
+    probe_batch: int | None
+    cells: list = field(default_factory=list)
+    theory: dict = field(default_factory=dict)  # arch -> [attenuation per depth or None]
+    num_classes: int | None = None
+    elapsed_s: float = 0.0
+    run: dict = field(default_factory=dict)  # how it was run (command, start, device)
+
+    def values(self, arch: str, depth: int, key: str = "attenuation") -> list[float]:
+        """The finite values of `key` over the seeds of one (arch, depth)."""
+        out = [getattr(c, key) for c in self.cells if c.arch == arch and c.depth == depth]
+        return [v for v in out if v is not None and math.isfinite(v)]
+
+    def stats(self, arch: str, key: str = "attenuation") -> dict:
+        """Per depth: median, min, max and count of `key` over the seeds (NaN where none)."""
+        out = {k: [] for k in ("median", "min", "max", "n")}
+        for d in self.depths:
+            v = self.values(arch, d, key)
+            out["n"].append(len(v))
+            for k, f in (("median", np.median), ("min", np.min), ("max", np.max)):
+                out[k].append(float(f(v)) if v else float("nan"))
+        return {k: np.asarray(v) for k, v in out.items()}
+
+    def rows(self) -> list[dict]:
+        """One summary row per (arch, depth): median/min/max over seeds, theory, final loss."""
+        rows = []
+        for arch in self.archs:
+            for i, d in enumerate(self.depths):
+                a = self.values(arch, d)
+                row = {"arch": arch, "depth": d, "seeds": len(a),
+                       "median": _med(a), "min": min(a, default=None),
+                       "max": max(a, default=None), "theory": self.theory.get(arch, [None] * len(
+                           self.depths))[i]}
+                if self.steps:
+                    loss = self.values(arch, d, "final_train_loss")
+                    row["final_train_loss_median"] = _med(loss)
+                    row["diverged"] = sum(c.status == "diverged" for c in self.cells
+                                          if c.arch == arch and c.depth == d)
+                rows.append(row)
+        return rows
+
+    def to_dict(self) -> dict:
+        """JSON-ready (NaN and infinities as null)."""
+        return _clean({
+            "kind": "depth_sweep",
+            "config": self.config,
+            "archs": list(self.archs), "depths": list(self.depths), "seeds": list(self.seeds),
+            "steps": self.steps, "probe_batch": self.probe_batch,
+            "num_classes": self.num_classes,
+            "definitions": DEFINITIONS,
+            "summary": self.rows(),
+            "theory": {a: list(v) for a, v in self.theory.items()},
+            "cells": [dataclasses.asdict(c) for c in self.cells],
+            "elapsed_s": round(self.elapsed_s, 2),
+            "run": self.run,
+        })
+
+    def save(self, path) -> Path:
+        """Writes `to_dict()` as JSON, atomically; returns the path."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n",
+                       encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+
+DEFINITIONS = {
+    "attenuation": "error_norm (||dL/dz||) of layer 1 (the stem) divided by that of the output "
+                   "layer, at init, on one training batch; < 1: the error signal vanishes toward "
+                   "the input, > 1: it explodes",
+    "theory": "mean-field prediction at init (gradflow.theory, infinite width): "
+              "sqrt(error_sq[0] / error_sq[-1]); for CNNs times 1/sqrt(H*W), the global average "
+              "pooling before the head spreading the error over H*W positions; plain and bn "
+              "(ReLU) archs only",
+    "final_train_loss": "mean training loss over the recorded batches in the last 10% of the "
+                        "steps",
+    "seeds": "seed of the initialization (and, with training, of the batch order); the data are "
+             "generated or shuffled from config.seed for every cell",
+}
+
+
+def _med(v):
+    return float(np.median(v)) if len(v) else None
+
+
+def _clean(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return _clean(obj.item())
+    return obj
+
+
+# -- building and measuring ------------------------------------------------------------------
+
+def probe_stack(model: str, depth: int) -> str:
+    """The `stack` the sweep's probes at init use (see UNROLL_MAX_DEPTH)."""
+    if model != "cnn":
+        return "scan"  # as "auto" does for MLPs: fast to compile and to run
+    return "unrolled" if depth <= UNROLL_MAX_DEPTH else "scan"
+
+
+def build(arch: str, cfg: Config, image_shape, num_classes: int, stack: str = "auto"):
+    """`experiment.build_model`'s network (initialized from cfg.seed), with the hidden blocks
+    stacked as `stack` says ("auto" is exactly `experiment.build_model`). A scanned network is
+    initialized by one compiled program per structure, reused for every seed: built eagerly, its
+    initializers compile once per new stacked shape, seconds per depth (values agree with the
+    eager build to float32 rounding)."""
+    if stack == "auto":
+        return build_model(arch, cfg, image_shape, num_classes)
+    import jax
+    from flax import nnx
+    if stack != "scan":
+        return _make(arch, cfg, image_shape, num_classes, stack, nnx.Rngs(cfg.seed))
+    key = (arch, dataclasses.replace(cfg, seed=0, extra={}).__repr__(), tuple(image_shape),
+           num_classes)
+    if key not in _INIT:
+        def init(rng):
+            return nnx.state(_make(arch, cfg, image_shape, num_classes, stack, nnx.Rngs(rng)))
+        rng = jax.random.key(0)
+        graphdef = nnx.graphdef(nnx.eval_shape(
+            lambda: _make(arch, cfg, image_shape, num_classes, stack, nnx.Rngs(rng))))
+        # Runs once per seed: compile for speed, not for run time.
+        compiled = jax.jit(init).lower(rng).compile(
+            compiler_options={"xla_backend_optimization_level": 0})
+        _INIT[key] = graphdef, compiled
+    graphdef, compiled = _INIT[key]
+    return nnx.merge(graphdef, compiled(jax.random.key(cfg.seed)))
+
+
+_INIT: dict = {}
+
+
+def _make(arch, cfg, image_shape, num_classes, stack, rngs):
+    common = dict(width=cfg.width, num_classes=num_classes, init=cfg.init,
+                  activation=cfg.activation, stack=stack, rngs=rngs)
+    if cfg.model == "mlp":
+        return models.mlp(base_arch(arch), cfg.depth, in_features=math.prod(image_shape),
+                          **common)
+    return models.cnn(base_arch(arch), cfg.depth, in_channels=image_shape[-1],
+                      conv="separable" if arch.endswith(SEPARABLE) else "standard", **common)
+
+
+def first_batch(ds, batch_size: int, seed: int):
+    """The first batch training with `seed` would see (`data.batches`)."""
+    return next(data.batches(ds.x_train, ds.y_train, batch_size, seed))
+
+
+_SCALED: dict = {}
+
+
+def _scaled_loss(scale: float):
+    """Cross-entropy times `scale`, one function object per scale (compiled probes are cached
+    per loss function)."""
+    if scale not in _SCALED:
+        from .losses import cross_entropy
+
+        def loss(logits, labels):
+            return cross_entropy(logits, labels) * scale
+        _SCALED[scale] = loss
+    return _SCALED[scale]
+
+
+def attenuation(model, batch, scale: float | None = None) -> dict:
+    """error_norm[0] / error_norm[-1] of `model` on `batch` at its current parameters, by
+    `gf.probe`; where the first layer's norm underflows to 0, probed again with the loss
+    multiplied by RESCUE_SCALE (or straight away with `scale`). Returns a dict with
+    attenuation (None if still not measurable), error_first and error_last (divided by the
+    scale where scaled), layers, initial_loss and loss_scale."""
+    from .probe import probe
+
+    def ratio(e):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = float(e[0] / e[-1])
+        return r if math.isfinite(r) and r > 0 else None
+
+    out = {"loss_scale": 1.0}
+    if not scale or scale == 1.0:
+        snap = probe(model, batch)
+        e = np.asarray(snap["error_norm"], dtype=np.float64)
+        out.update(attenuation=ratio(e), error_first=float(e[0]), error_last=float(e[-1]),
+                   layers=len(e), initial_loss=float(snap["loss"]))
+        top = float(np.nanmax(np.where(np.isfinite(e), e, np.nan))) if np.isfinite(e).any() \
+            else math.inf
+        if out["attenuation"] is not None or not (e[-1] > 0 and top * RESCUE_SCALE < _SAFE_NORM):
+            return out
+        scale = RESCUE_SCALE
+    snap = probe(model, batch, loss=_scaled_loss(scale))
+    e = np.asarray(snap["error_norm"], dtype=np.float64)
+    out["error_first"] = float(e[0]) / scale  # the underflowed 0 measured again
+    out.setdefault("error_last", float(e[-1]) / scale)
+    out.setdefault("layers", len(e))
+    out.setdefault("initial_loss", float(snap["loss"]) / scale)
+    out.update(attenuation=ratio(e), loss_scale=scale)
+    return out
+
+
+def theory_attenuation(arch: str, depth: int, *, model: str, init: str, activation: str,
+                       image_shape=None) -> float | None:
+    """The mean-field attenuation error_norm[0] / error_norm[-1] at init for `depth` weight
+    layers, None where no closed form applies (residual archs, separable convs, other
+    activations). For CNNs the global average pooling before the head divides the error reaching
+    the last conv by H*W at each of its H*W positions: a factor 1/sqrt(H*W) on the norm (the
+    zoo's CNNs built by the run keep the input's H x W up to the pooling)."""
+    from .theory import predicted_profile
+
+    if arch.endswith(SEPARABLE):
+        return None
+    pred = predicted_profile("error_norm", depth, arch=arch, init=init, activation=activation)
+    if pred is None:
+        return None
+    r = float(pred[0] / pred[-1])
+    if model == "cnn" and depth >= 2:
+        r /= math.sqrt(image_shape[0] * image_shape[1])
+    return r
+
+
+# -- the sweep -------------------------------------------------------------------------------
+
+def probe_batch_size(cfg: Config) -> int:
+    """The probe batch at init for cfg's model: min(cfg.batch_size, PROBE_BATCH[model])."""
+    return min(cfg.batch_size, PROBE_BATCH[cfg.model])
+
+
+def depth_sweep(cfg: Config, depths, *, seeds=None, steps: int | None = None, ds=None,
+                progress=None, probe_batch: int | None = None, on_step=None) -> Sweep:
+    """Measures every arch of `cfg` at every depth in `depths` for each seed in `seeds` (default
+    SEED_COUNT seeds from cfg.seed). `steps` (default cfg.steps): 0 probes one batch at init;
+    more trains each cell like `gradflow.run` and records its final training loss. `ds`: the
+    data (default: `data.load(cfg.dataset, cfg.data_dir, seed=cfg.seed)`). `probe_batch`
+    (steps == 0): examples in the probe batch, default `probe_batch_size(cfg)`.
+    `progress(done, total, cell)` is called after each cell; with training,
+    `on_step(step, steps, arch, depth, seed)` after each step. Returns a Sweep."""
+    t0 = time.perf_counter()
+    depths = sorted({int(d) for d in depths})
+    seeds = tuple(range(cfg.seed, cfg.seed + SEED_COUNT)) if seeds is None else tuple(seeds)
+    steps = cfg.steps if steps is None else int(steps)
+    if not depths or not seeds:
+        raise ValueError("depth_sweep needs at least one depth and one seed")
+    if steps < 0:
+        raise ValueError(f"steps={steps} must be >= 0")
+    for arch in cfg.archs:
+        for d in depths:
+            models.hidden_blocks(base_arch(arch), d)  # ValueError: depth impossible for arch
+    if ds is None:
+        ds = data.load(cfg.dataset, cfg.data_dir, seed=cfg.seed)
+    batch = probe_batch_size(cfg) if probe_batch is None else int(probe_batch)
+    config = {k: v for k, v in vars(cfg).items() if k not in ("extra", "depth", "seed")}
+    config.update(archs=",".join(cfg.archs), seed=cfg.seed, dataset=ds.name,
+                  image_shape=list(ds.image_shape))
+    if steps == 0:
+        config.update(probe_stack={d: probe_stack(cfg.model, d) for d in depths})
+        config.pop("steps", None)
+        config.pop("log_every", None)
+    res = Sweep(config=config, archs=tuple(cfg.archs), depths=tuple(depths), seeds=seeds,
+                steps=steps, probe_batch=batch if steps == 0 else None,
+                num_classes=ds.num_classes)
+    for arch in cfg.archs:
+        res.theory[arch] = [theory_attenuation(arch, d, model=cfg.model, init=cfg.init,
+                                               activation=cfg.activation,
+                                               image_shape=ds.image_shape) for d in depths]
+    total = len(cfg.archs) * len(depths) * len(seeds)
+    for arch in cfg.archs:
+        for d in depths:
+            scale = None  # the loss scale a previous seed needed at this (arch, depth)
+            for s in seeds:
+                cell = _cell(arch, dataclasses.replace(cfg, depth=d, seed=s, steps=max(steps, 1)),
+                             ds, steps, batch, scale, on_step)
+                if cell.loss_scale != 1.0:
+                    scale = cell.loss_scale
+                res.cells.append(cell)
+                if progress is not None:
+                    progress(len(res.cells), total, cell)
+    res.elapsed_s = time.perf_counter() - t0
+    return res
+
+
+def _cell(arch: str, cfg: Config, ds, steps: int, batch: int, scale, on_step=None) -> Cell:
+    t0 = time.perf_counter()
+    cell = Cell(arch, cfg.depth, cfg.seed)
+    try:
+        if steps == 0:
+            model = build(arch, cfg, ds.image_shape, ds.num_classes,
+                          probe_stack(cfg.model, cfg.depth))
+            m = attenuation(model, first_batch(ds, batch, cfg.seed), scale)
+        else:
+            r = train_arch(arch, cfg, ds, None if on_step is None else (
+                lambda step: on_step(step, steps, arch, cfg.depth, cfg.seed)))
+            h = r["history"]
+            e = np.asarray(h["error_norm"], dtype=np.float64)
+            m = {"layers": int(e.shape[1]), "error_first": float(e[0, 0]),
+                 "error_last": float(e[0, -1]), "initial_loss": float(h["loss"][0]),
+                 "loss_scale": 1.0}
+            with np.errstate(divide="ignore", invalid="ignore"):
+                r0, r1 = e[0, 0] / e[0, -1], e[-1, 0] / e[-1, -1]
+            m["attenuation"] = float(r0) if np.isfinite(r0) and r0 > 0 else None
+            if m["attenuation"] is None:  # underflow at init: probe the same init again
+                m.update({k: v for k, v in attenuation(
+                    build_model(arch, cfg, ds.image_shape, ds.num_classes),
+                    first_batch(ds, cfg.batch_size, cfg.seed), scale or RESCUE_SCALE).items()
+                    if k in ("attenuation", "loss_scale")})
+            if r["diverged_at"] is None:
+                cell.attenuation_end = float(r1) if np.isfinite(r1) and r1 > 0 else None
+                cell.final_train_loss = final_train(h)[0]
+                cell.held_out_accuracy = r["held_out_accuracy"]
+            else:
+                cell.status, cell.note = "diverged", f"loss non-finite at step {r['diverged_at']}"
+        for k, v in m.items():
+            setattr(cell, k, v)
+        if cell.attenuation is None and cell.status == "ok":
+            cell.status = "underflow"
+            cell.note = "error signal at layer 1 below float32 range"
+    except Exception as e:  # one cell failing (e.g. out of memory) must not lose the others
+        cell.status, cell.note = "failed", f"{type(e).__name__}: {e}".splitlines()[0]
+    cell.time_s = round(time.perf_counter() - t0, 3)
+    return cell
+
+
+# -- output ----------------------------------------------------------------------------------
+
+def table_rows(res: Sweep) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the summary as text cells: per arch and depth the median attenuation
+    over the seeds, its min-max, the theory, and with training the median final loss."""
+    head = ["arch", "depth", "attenuation", "min – max", "theory"]
+    if res.steps:
+        head += ["final loss", "diverged"]
+    rows = []
+    for r in res.rows():
+        cells = [r["arch"], str(r["depth"]), _e(r["median"]),
+                 f"{_e(r['min'])} – {_e(r['max'])}" if r["seeds"] else "—", _e(r["theory"])]
+        if res.steps:
+            cells += [_f(r["final_train_loss_median"]), f"{r['diverged']}/{len(res.seeds)}"]
+        rows.append(cells)
+    return head, rows
+
+
+def table(res: Sweep) -> str:
+    """The compact text table printed by `python -m gradflow.run --depth 8,16,...`."""
+    head, rows = table_rows(res)
+    rows = [head] + rows
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = []
+    for k, row in enumerate(rows):
+        lines.append("  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in
+                                                             zip(row[1:], widths[1:])]))
+        if k == 0:
+            lines.append("-" * len(lines[0]))
+    lines.append(f"attenuation: error signal ‖∂L/∂z‖ at layer 1 / at the output layer, at init, "
+                 f"median over {len(res.seeds)} seeds (≪ 1: vanishing, ≫ 1: exploding); theory: "
+                 "mean-field prediction (plain and bn ReLU archs)")
+    return "\n".join(lines)
+
+
+def _e(v) -> str:
+    return "—" if v is None or not math.isfinite(v) else f"{v:.1e}"
+
+
+def _f(v) -> str:
+    return "—" if v is None or not math.isfinite(v) else f"{v:.3f}"
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.45}table{border-collapse:collapse;font-size:14px;margin:1em 0}
+td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child,th:first-child
+{text-align:left}th{background:#f2f2f2}img{max-width:100%;border:1px solid #eee;margin:.5em 0}
+code{background:#f4f4f4;padding:1px 4px}.note{color:#555;font-size:14px}"""
+
+
+def html_report(res: Sweep, png: bytes, data_description: str = "") -> str:
+    """A standalone page: settings, the table and the figure inlined as base64 PNG."""
+    import base64
+    import html
+
+    e = html.escape
+    head, rows = table_rows(res)
+    head = [{"attenuation": "attenuation (median)", "final loss": "final loss (median)"}.get(
+        h, h) for h in head]
+    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows)
+    conf = ", ".join(f"{k}={v}" for k, v in res.config.items() if k != "probe_stack")
+    run = res.run
+    what = ("at init only (one probe batch of "
+            f"{res.probe_batch} per cell)" if not res.steps else f"trained {res.steps} steps")
+    return f"""<!doctype html><html><head><meta charset="utf-8">
+<title>gradflow — depth sweep {e(",".join(map(str, res.depths)))}</title>
+<style>{_CSS}</style></head><body>
+<h1>Depth sweep: error-signal attenuation against depth</h1>
+<p>Command: <code>{e(run.get("command", ""))}</code><br>Settings: {e(conf)}<br>
+Depths {e(", ".join(map(str, res.depths)))}; seeds {e(", ".join(map(str, res.seeds)))}; {e(what)}.
+<br>{"Data: " + e(data_description) + "<br>" if data_description else ""}
+Started {e(str(run.get("started", "")))} on {e(str(run.get("device", "")))}; took
+{res.elapsed_s:.0f} s.</p>
+<h2>Summary</h2><table><tr>{"".join(f"<th>{e(h)}</th>" for h in head)}</tr>{body}</table>
+<p class=note><b>Attenuation</b>: {e(DEFINITIONS["attenuation"])}. <b>Theory</b>:
+{e(DEFINITIONS["theory"])}. <b>Seeds</b>: {e(DEFINITIONS["seeds"])}.</p>
+<h2>Figure</h2>
+<img alt="depth sweep" src="data:image/png;base64,{base64.b64encode(png).decode()}">
+</body></html>
+"""
+
+
+def write(out, res: Sweep, data_description: str = "") -> list[str]:
+    """Writes sweep.json, sweep.png and report.html into the directory `out`; returns the
+    names written."""
+    from .plot import depth_sweep as figure
+    from .report import png_bytes
+
+    out = Path(out)
+    res.save(out / "sweep.json")
+    png = png_bytes(figure(res))
+    (out / "sweep.png").write_bytes(png)
+    page = html_report(res, png, data_description)
+    tmp = out / "report.html.tmp"
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, out / "report.html")
+    return ["sweep.json", "sweep.png", "report.html"]
