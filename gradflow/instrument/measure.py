@@ -11,6 +11,7 @@ from flax import nnx
 
 from .probes import WEIGHT_LAYERS, run_probed, use_batch_statistics
 from .recorder import Row, UnreachableLayer, path_name
+from .tap import error_norm_from
 
 LAYER_METRICS = ("grad_norm", "error_norm", "act_mean", "act_std", "dead_frac", "weight_norm")
 TRAIN_METRICS = LAYER_METRICS + ("update_ratio",)
@@ -140,9 +141,9 @@ def value_grads_and_stats(graphdef, layout: Layout, loss_fn, params, rest, x, y,
         acts = rec.act_stats() if layout.probed else jnp.full((n, 3), jnp.nan)
         return loss_fn(out, y), (out, new_rest, acts)
 
-    (loss, (out, new_rest, acts)), (grads, sq_err) = jax.value_and_grad(
-        objective, argnums=(0, 1), has_aux=True)(params, jnp.zeros((n,), jnp.float32), rest)
-    error = jnp.sqrt(sq_err) if layout.probed else jnp.full((n,), jnp.nan)
+    (loss, (out, new_rest, acts)), (grads, sums) = jax.value_and_grad(
+        objective, argnums=(0, 1), has_aux=True)(params, jnp.zeros((n, 2), jnp.float32), rest)
+    error = error_norm_from(sums) if layout.probed else jnp.full((n,), jnp.nan)
     stats = {"grad_norm": row_norms(grads, layout), "error_norm": error,
              "act_mean": acts[:, 0], "act_std": acts[:, 1], "dead_frac": acts[:, 2],
              "weight_norm": row_norms(params, layout)}

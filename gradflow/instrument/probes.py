@@ -102,7 +102,7 @@ def _stack_call(self, rec: Recorder, original, x):
     inner, per_block = found["sub"], len(found["sub"].rows)
     dummies = rec.take_dummies(self.n * per_block)
     if dummies is not None:
-        dummies = dummies.reshape(self.n, per_block)
+        dummies = dummies.reshape(self.n, per_block, *dummies.shape[1:])
 
     def body(x, slices):
         block_state, d = slices

@@ -50,7 +50,7 @@ class _Chunk:
 
 
 class Recorder:
-    """Per-trace collector. `dummies` is the (n_rows,) vector of error-tap scalars, or None while
+    """Per-trace collector. `dummies` is the (n_rows, 2) array of error-tap inputs, or None while
     discovering rows. `paths` maps id(module) to its path in the traced model."""
 
     def __init__(self, dummies, paths: dict[int, tuple]):

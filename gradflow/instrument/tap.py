@@ -1,9 +1,10 @@
-"""The error tap: an identity whose backward pass reports the squared norm of the cotangent.
+"""The error tap: an identity whose backward pass reports the norm of the cotangent.
 
 `error_tap(z, d)` returns `z` unchanged. In reverse mode the cotangent of `z` (dL/dz) passes
-through untouched, and the cotangent of the scalar `d` is sum((dL/dz)**2). Differentiating the
-loss with respect to a vector of such scalars, one per layer, yields every layer's squared error
-norm in the same backward pass, without materializing full-size perturbation arrays.
+through untouched, and the cotangent of `d` (shape (2,)) is [sum(g^2), sum((2^60 g)^2)] for g = dL/dz,
+from which `error_norm_from` takes ||dL/dz|| without float32 underflow. Differentiating the loss
+with respect to one such pair per layer yields every layer's error norm in the
+same backward pass, without materializing full-size perturbation arrays.
 """
 from __future__ import annotations
 
@@ -22,11 +23,22 @@ def _fwd(z, d):
     return z, None
 
 
+_UP = 2.0 ** 60  # rescales error signals below ~1e-19, whose float32 squares vanish
+
+
 def _bwd(_, g):
-    return g, jnp.sum(jnp.square(g.astype(jnp.float32)))
+    g32 = g.astype(jnp.float32)
+    return g, jnp.stack([jnp.sum(jnp.square(g32)), jnp.sum(jnp.square(g32 * _UP))])
 
 
 error_tap.defvjp(_fwd, _bwd)
+
+
+def error_norm_from(sums) -> jax.Array:
+    """||dL/dz|| from the tap's [sum g^2, sum (2^60 g)^2] pairs (shape (..., 2)): the first
+    unless it lost the signal to underflow, then the rescaled one."""
+    plain, scaled = sums[..., 0], sums[..., 1]
+    return jnp.where(plain > 1e-30, jnp.sqrt(plain), jnp.sqrt(scaled) / _UP)
 
 
 def activation_stats(a) -> jax.Array:
