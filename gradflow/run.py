@@ -350,6 +350,8 @@ def main(argv=None) -> int:
         "output": str(args.out)}
     report.write_run(args.out, results, summary, ds.num_classes, cfg.steps)
     print(table(summary))
+    from .report import diagnosis_lines
+    print("\n" + "\n".join(diagnosis_lines(summary)))
     print(f"\nwrote {args.out}/ in {time.perf_counter() - t_start:.0f}s — open "
           f"{args.out / 'report.html'}")
     return 0
