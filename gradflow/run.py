@@ -198,7 +198,21 @@ def _out_dir(p, out) -> Path:
 
 # -- progress -----------------------------------------------------------------------------------
 
-class Progress:
+class _LineWriter:
+    """Progress on a stream: one line rewritten on a terminal, a line per update elsewhere.
+    Subclasses set `enabled`, `stream` and `tty`."""
+
+    def _write(self, text, final):
+        if not self.enabled:
+            return
+        if self.tty:
+            self.stream.write("\r\033[K" + text + ("\n" if final else ""))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+class Progress(_LineWriter):
     """Progress on stderr: the current architecture's steps, step rate and time left, and the
     whole run's. Rewrites one line on a terminal; elsewhere prints a line every quarter.
 
@@ -257,14 +271,6 @@ class Progress:
                   f"elapsed, ~{_clock(total)} left")
         return s
 
-    def _write(self, text, final):
-        if not self.enabled:
-            return
-        if self.tty:
-            self.stream.write("\r\033[K" + text + ("\n" if final else ""))
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
 
 
 def _clock(seconds: float) -> str:
@@ -359,7 +365,7 @@ def main(argv=None) -> int:
 
 # -- depth sweep ----------------------------------------------------------------------------------
 
-class SweepProgress:
+class SweepProgress(_LineWriter):
     """Depth-sweep progress on stderr: on a terminal one line rewritten after every cell (and
     every training step); elsewhere a line per finished (arch, depth). Time left counts each
     remaining cell as long as the finished cells of its depth took, shown once every depth has
@@ -416,14 +422,6 @@ class SweepProgress:
             return None
         return sum(statistics.fmean(by_depth[d]) for d in rest)
 
-    def _write(self, text, final):
-        if not self.enabled:
-            return
-        if self.tty:
-            self.stream.write("\r\033[K" + text + ("\n" if final else ""))
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
 
 
 def sweep_main(args, argv=None) -> int:
