@@ -80,9 +80,10 @@ def hidden_blocks(arch: str, depth: int) -> int:
     return hidden // 2 if residual else hidden
 
 
-# On CPU, unrolled CNN steps run ~10x faster than scanned ones (depth-50 residual_bn CNN, batch
-# 32: 0.11 s vs 1.3 s; conv weight-gradients in loops are slow on XLA:CPU), but compile time
-# grows super-linearly with unrolled residual depth (3 s at depth 50, 13 s at 100, ~80 s at 200).
+# On CPU, unrolled CNN steps run ~5-10x faster than scanned ones (depth-50 residual_bn CNN probe:
+# 0.07 s vs 0.35 s; conv weight-gradients in loops are slow on XLA:CPU), but compile time grows
+# super-linearly with unrolled residual depth (depth-1,000 CNN: over 120 s unrolled, 15 s
+# scanned). Numbers: benchmarks/RESULTS.md.
 # Scanned MLPs run as fast as unrolled ones and compile in seconds at any depth.
 # "auto" therefore unrolls only CNNs on CPU, up to this depth (benchmarks/RESULTS.md).
 CPU_UNROLL_MAX_DEPTH = 64
