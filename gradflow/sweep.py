@@ -46,28 +46,21 @@ PROBE_BATCH = {"cnn": 8, "mlp": 32}
 # attenuation is the same quantity either way; only the random draws of the init differ.
 # Training (steps > 0) keeps the run's own choice, stack="auto".
 UNROLL_MAX_DEPTH = 16
-# Error norms are square roots of float32 sums of squares: below ~1e-19 per element the squares
-# underflow to 0 (a depth-128 plain ReLU CNN with lecun init attenuates ~1e-21). The backward
-# pass is linear in dL, so such a probe is repeated with the loss multiplied by this factor and
-# the ratio, which the factor cancels from, is taken there.
-RESCUE_SCALE = 1e12
-_SAFE_NORM = 1e17  # the rescue is skipped where a scaled norm would overflow float32 squares
 
 
 @dataclass
 class Cell:
     """One (arch, depth, seed) measurement. `status`: "ok", "underflow" (no finite positive
-    ratio even with the loss scaled), "diverged" (training's loss became non-finite; the
+    ratio: the signal is below even the error tap's rescaled float32 range), "diverged" (training's loss became non-finite; the
     attenuation at init is still measured) or "failed" (an exception, in `note`)."""
     arch: str
     depth: int
     seed: int
     attenuation: float | None = None  # error_norm[0] / error_norm[-1] at init
-    error_first: float | None = None  # error_norm[0] at init (at loss scale 1)
-    error_last: float | None = None  # error_norm[-1] at init (at loss scale 1)
+    error_first: float | None = None  # error_norm[0] at init
+    error_last: float | None = None  # error_norm[-1] at init
     layers: int | None = None
     initial_loss: float | None = None
-    loss_scale: float = 1.0  # the factor the loss was multiplied by for the ratio
     attenuation_end: float | None = None  # after training (steps > 0)
     final_train_loss: float | None = None  # steps > 0: mean over the last 10% of the records
     held_out_accuracy: float | None = None
@@ -237,53 +230,22 @@ def first_batch(ds, batch_size: int, seed: int):
     return next(data.batches(ds.x_train, ds.y_train, batch_size, seed))
 
 
-_SCALED: dict = {}
-
-
-def _scaled_loss(scale: float):
-    """Cross-entropy times `scale`, one function object per scale (compiled probes are cached
-    per loss function)."""
-    if scale not in _SCALED:
-        from .losses import cross_entropy
-
-        def loss(logits, labels):
-            return cross_entropy(logits, labels) * scale
-        _SCALED[scale] = loss
-    return _SCALED[scale]
-
-
-def attenuation(model, batch, scale: float | None = None) -> dict:
+def attenuation(model, batch) -> dict:
     """error_norm[0] / error_norm[-1] of `model` on `batch` at its current parameters, by
-    `gf.probe`; where the first layer's norm underflows to 0, probed again with the loss
-    multiplied by RESCUE_SCALE (or straight away with `scale`). Returns a dict with
-    attenuation (None if still not measurable), error_first and error_last (divided by the
-    scale where scaled), layers, initial_loss and loss_scale."""
+    `gf.probe`: attenuation (None if not a finite positive number), error_first, error_last,
+    layers and initial_loss."""
     from .probe import probe
 
-    def ratio(e):
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r = float(e[0] / e[-1])
-        return r if math.isfinite(r) and r > 0 else None
-
-    out = {"loss_scale": 1.0}
-    if not scale or scale == 1.0:
-        snap = probe(model, batch)
-        e = np.asarray(snap["error_norm"], dtype=np.float64)
-        out.update(attenuation=ratio(e), error_first=float(e[0]), error_last=float(e[-1]),
-                   layers=len(e), initial_loss=float(snap["loss"]))
-        top = float(np.nanmax(np.where(np.isfinite(e), e, np.nan))) if np.isfinite(e).any() \
-            else math.inf
-        if out["attenuation"] is not None or not (e[-1] > 0 and top * RESCUE_SCALE < _SAFE_NORM):
-            return out
-        scale = RESCUE_SCALE
-    snap = probe(model, batch, loss=_scaled_loss(scale))
+    snap = probe(model, batch)
     e = np.asarray(snap["error_norm"], dtype=np.float64)
-    out["error_first"] = float(e[0]) / scale  # the underflowed 0 measured again
-    out.setdefault("error_last", float(e[-1]) / scale)
-    out.setdefault("layers", len(e))
-    out.setdefault("initial_loss", float(snap["loss"]) / scale)
-    out.update(attenuation=ratio(e), loss_scale=scale)
-    return out
+    return {"attenuation": _ratio(e[0], e[-1]), "error_first": float(e[0]),
+            "error_last": float(e[-1]), "layers": len(e), "initial_loss": float(snap["loss"])}
+
+
+def _ratio(a, b) -> float | None:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = float(a / b)
+    return r if math.isfinite(r) and r > 0 else None
 
 
 def theory_attenuation(arch: str, depth: int, *, model: str, init: str, activation: str,
@@ -353,12 +315,9 @@ def depth_sweep(cfg: Config, depths, *, seeds=None, steps: int | None = None, ds
     total = len(cfg.archs) * len(depths) * len(seeds)
     for arch in cfg.archs:
         for d in depths:
-            scale = None  # the loss scale a previous seed needed at this (arch, depth)
             for s in seeds:
                 cell = _cell(arch, dataclasses.replace(cfg, depth=d, seed=s, steps=max(steps, 1)),
-                             ds, steps, batch, scale, on_step)
-                if cell.loss_scale != 1.0:
-                    scale = cell.loss_scale
+                             ds, steps, batch, on_step)
                 res.cells.append(cell)
                 if progress is not None:
                     progress(len(res.cells), total, cell)
@@ -366,14 +325,14 @@ def depth_sweep(cfg: Config, depths, *, seeds=None, steps: int | None = None, ds
     return res
 
 
-def _cell(arch: str, cfg: Config, ds, steps: int, batch: int, scale, on_step=None) -> Cell:
+def _cell(arch: str, cfg: Config, ds, steps: int, batch: int, on_step=None) -> Cell:
     t0 = time.perf_counter()
     cell = Cell(arch, cfg.depth, cfg.seed)
     try:
         if steps == 0:
             model = build(arch, cfg, ds.image_shape, ds.num_classes,
                           probe_stack(cfg.model, cfg.depth))
-            m = attenuation(model, first_batch(ds, batch, cfg.seed), scale)
+            m = attenuation(model, first_batch(ds, batch, cfg.seed))
         else:
             r = train_arch(arch, cfg, ds, None if on_step is None else (
                 lambda step: on_step(step, steps, arch, cfg.depth, cfg.seed)))
@@ -381,17 +340,9 @@ def _cell(arch: str, cfg: Config, ds, steps: int, batch: int, scale, on_step=Non
             e = np.asarray(h["error_norm"], dtype=np.float64)
             m = {"layers": int(e.shape[1]), "error_first": float(e[0, 0]),
                  "error_last": float(e[0, -1]), "initial_loss": float(h["loss"][0]),
-                 "loss_scale": 1.0}
-            with np.errstate(divide="ignore", invalid="ignore"):
-                r0, r1 = e[0, 0] / e[0, -1], e[-1, 0] / e[-1, -1]
-            m["attenuation"] = float(r0) if np.isfinite(r0) and r0 > 0 else None
-            if m["attenuation"] is None:  # underflow at init: probe the same init again
-                m.update({k: v for k, v in attenuation(
-                    build_model(arch, cfg, ds.image_shape, ds.num_classes),
-                    first_batch(ds, cfg.batch_size, cfg.seed), scale or RESCUE_SCALE).items()
-                    if k in ("attenuation", "loss_scale")})
+                 "attenuation": _ratio(e[0, 0], e[0, -1])}
             if r["diverged_at"] is None:
-                cell.attenuation_end = float(r1) if np.isfinite(r1) and r1 > 0 else None
+                cell.attenuation_end = _ratio(e[-1, 0], e[-1, -1])
                 cell.final_train_loss = final_train(h)[0]
                 cell.held_out_accuracy = r["held_out_accuracy"]
             else:
