@@ -2,8 +2,7 @@
 
 Flax's BatchNorm writes `self.mean[...] = new`, and that indexed write asks the traced value for
 its `.sharding`; under `jit` the resulting AttributeError message walks the whole trace, making
-tracing quadratic in depth (~7 s of tracing at 100 BN layers, minutes at 1,000). Assigning the
-whole value skips that check. The arithmetic is Flax's own (`_compute_stats`, `_normalize`).
+tracing quadratic in the number of BN layers. Assigning the whole value skips that check. The arithmetic is Flax's own (`_compute_stats`, `_normalize`).
 """
 from __future__ import annotations
 
