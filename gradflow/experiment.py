@@ -22,7 +22,7 @@ import optax
 from flax import nnx
 
 from . import data, models, theory
-from .diagnose import diagnose
+from .diagnose import Finding, diagnose
 from .history import History
 from .train import train
 
@@ -248,8 +248,19 @@ def arch_summary(res: dict) -> dict:
         "train_s": round(res["train_s"], 2), "time_s": round(res["time_s"], 2),
         "history": f"{res['arch']}_history.npz", "heatmap": f"{res['arch']}_heatmap.png",
         **slopes(h), "diagnosis_init": [str(f) for f in diagnose(h.snapshot(0))],
-        "diagnosis_end": [str(f) for f in diagnose(h)],
+        "diagnosis_end": _end_findings(h, res["diverged_at"]),
     }
+
+
+def _end_findings(h: History, diverged_at) -> list[str]:
+    """gf.diagnose at the last record; a diverged arch's History stops before the non-finite
+    record, so its divergence is stated first."""
+    found = [str(f) for f in diagnose(h)]
+    if diverged_at is None:
+        return found
+    div = Finding("divergence", (), f"loss became non-finite by step {diverged_at}",
+                  "lower the learning rate; add normalization or gradient clipping")
+    return [str(div)] + [f for f in found if not f.startswith("healthy")]
 
 
 def slopes(h: History) -> dict:

@@ -199,6 +199,8 @@ def test_a_diverging_arch_is_reported_with_its_history_so_far():
     a = s["archs"][0]
     assert a["status"] == "diverged" and "diverged" in a["verdict"]
     assert a["final_train_loss"] is None and a["error_ratio_end"] is None
+    assert a["diagnosis_end"][0].startswith("divergence") and str(res["diverged_at"]) in \
+        a["diagnosis_end"][0]
     json.dumps(s, allow_nan=False)  # summary.json never holds NaN
 
 
