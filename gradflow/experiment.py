@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from . import data, models, theory
+from . import data, distributed, models, theory
 from .diagnose import Finding, diagnose
 from .history import History
 from .train import train
@@ -39,7 +39,8 @@ FINAL_WINDOW = 0.1  # final train loss/accuracy: mean over the records in the la
 
 @dataclass
 class Config:
-    """One experiment's settings; `lr=None` takes the optimizer's default from DEFAULT_LR."""
+    """One experiment's settings; `lr=None` takes the optimizer's default from DEFAULT_LR;
+    `devices`: data-parallel devices (None: every visible one), as in `gf.train`."""
     depth: int = 50
     width: int = 16
     archs: tuple = ARCH_BASES
@@ -54,6 +55,7 @@ class Config:
     data_dir: str | None = None
     seed: int = 0
     log_every: int = 5
+    devices: int | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -92,36 +94,49 @@ def count_params(model) -> int:
     return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
 
 
-def evaluate(model, x, y, x_calib, chunk: int = EVAL_CHUNK) -> tuple[float, float]:
+def evaluate(model, x, y, x_calib, chunk: int = EVAL_CHUNK, mesh=None) -> tuple[float, float]:
     """(loss, accuracy) of a copy of `model` on (x, y) in inference mode: BatchNorm uses running
     statistics, first re-estimated in one pass over `x_calib` (training images) because after a
     short run the exponential averages still remember their initial (0, 1) values. `x` goes
-    through in chunks of `chunk` (the last one padded), so any split size compiles once."""
+    through in chunks of `chunk` (the last one padded), so any split size compiles once.
+    With a `mesh` (`gradflow.distributed`), every process passes the whole of `x`, `y` and
+    `x_calib`; chunks are split across the devices, and `x_calib` is cut to a multiple of them."""
     model = nnx.clone(model)
     bns = [m for _, m in nnx.iter_modules(model) if isinstance(m, nnx.BatchNorm)]
     if bns:
         for m in bns:
             m.momentum, m.use_running_average = 0.0, False  # running stats := calibration stats
         graphdef, state = nnx.split(model)
-        model = nnx.merge(graphdef, _calibrated(graphdef, state, jnp.asarray(x_calib)))
+        if mesh is not None:
+            x_calib = x_calib[:len(x_calib) - len(x_calib) % mesh.shape[distributed.DATA_AXIS]]
+        calibrated = _calibrated if mesh is None else distributed.gathered(_calibrated, mesh)
+        model = nnx.merge(graphdef, calibrated(graphdef, state, _rows(x_calib, mesh)))
         for _, m in nnx.iter_modules(model):
             if isinstance(m, nnx.BatchNorm):
                 m.use_running_average = True
     graphdef, state = nnx.split(model)
     n = len(x)
     chunk = min(chunk, n)
+    logits_fn = _logits
+    if mesh is not None:
+        k = mesh.shape[distributed.DATA_AXIS]
+        chunk, logits_fn = -(-chunk // k) * k, distributed.gathered(_logits, mesh)
     logits = []
     for start in range(0, n, chunk):
         part = x[start:start + chunk]
         pad = chunk - len(part)
         if pad:
             part = np.concatenate([part, np.zeros((pad, *part.shape[1:]), part.dtype)])
-        logits.append(np.asarray(_logits(graphdef, state, jnp.asarray(part)))[:chunk - pad])
+        logits.append(np.asarray(logits_fn(graphdef, state, _rows(part, mesh)))[:chunk - pad])
     logits = np.concatenate(logits).astype(np.float64)
     y = np.asarray(y)
     z = logits - logits.max(-1, keepdims=True)
     loss = np.mean(np.log(np.exp(z).sum(-1)) - z[np.arange(n), y])
     return float(loss), float(np.mean(logits.argmax(-1) == y))
+
+
+def _rows(a, mesh):
+    return jnp.asarray(a) if mesh is None else distributed.place_global(a, mesh)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -143,13 +158,17 @@ def train_arch(arch: str, cfg: Config, ds, progress=None) -> dict:
     model = build_model(arch, cfg, ds.image_shape, ds.num_classes)
     res = {"arch": arch, "params": count_params(model), "diverged_at": None,
            "held_out_loss": None, "held_out_accuracy": None}
+    mesh = distributed.resolve(cfg.devices)
     batches = data.batches(ds.x_train, ds.y_train, cfg.batch_size, cfg.seed)
+    if mesh is not None:  # several processes: each feeds its own rows of every batch
+        batches = distributed.process_shares(batches, mesh)
     hist = train(model, batches, steps=cfg.steps, optimizer=make_optimizer(cfg.optimizer, cfg.lr),
-                 log_every=cfg.log_every, progress=progress)
+                 log_every=cfg.log_every, progress=progress, mesh=mesh)
     res["train_s"] = time.perf_counter() - t0
     hist.meta.update(arch=arch, depth=cfg.depth, width=cfg.width, model=cfg.model, init=cfg.init,
                      activation=cfg.activation, optimizer=cfg.optimizer, lr=cfg.lr,
-                     batch_size=cfg.batch_size, seed=cfg.seed, dataset=ds.name)
+                     batch_size=cfg.batch_size, seed=cfg.seed, dataset=ds.name,
+                     devices=1 if mesh is None else mesh.size)
     bad = np.flatnonzero(~np.isfinite(hist["loss"]))
     params_ok = all(bool(np.isfinite(np.asarray(p)).all())
                     for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
@@ -160,7 +179,7 @@ def train_arch(arch: str, cfg: Config, ds, progress=None) -> dict:
         hist = truncate(hist, max(1, int(bad[0])) if bad.size else len(hist.steps))
         hist.meta["diverged_at_step"] = res["diverged_at"]
     else:
-        loss, acc = evaluate(model, ds.x_test, ds.y_test, ds.x_train[:BN_CALIBRATION])
+        loss, acc = evaluate(model, ds.x_test, ds.y_test, ds.x_train[:BN_CALIBRATION], mesh=mesh)
         res["held_out_loss"] = loss if math.isfinite(loss) else None
         res["held_out_accuracy"] = acc
     res["history"] = hist
@@ -265,7 +284,7 @@ def _end_findings(h: History, diverged_at) -> list[str]:
 
 def slopes(h: History) -> dict:
     """Measured and mean-field-predicted change of log10 ||dL/dz|| per layer toward the input,
-    over the hidden layers at init (None where the theory has no closed form)."""
+    over the hidden layers at init (None where the theory does not apply)."""
     m = h.meta
     measured = theory.slope_toward_input(h["error_norm"][0][1:-1])
     pred = theory.predicted_profile("error_norm", len(h.layers), arch=base_arch(m["arch"]),

@@ -230,13 +230,17 @@ def first_batch(ds, batch_size: int, seed: int):
     return next(data.batches(ds.x_train, ds.y_train, batch_size, seed))
 
 
-def attenuation(model, batch) -> dict:
+def attenuation(model, batch, devices=None) -> dict:
     """error_norm[0] / error_norm[-1] of `model` on `batch` at its current parameters, by
-    `gf.probe`: attenuation (None if not a finite positive number), error_first, error_last,
-    layers and initial_loss."""
+    `gf.probe` on `devices`: attenuation (None if not a finite positive number), error_first,
+    error_last, layers and initial_loss. `batch` is the whole batch in every process."""
+    from . import distributed
     from .probe import probe
 
-    snap = probe(model, batch)
+    mesh = distributed.resolve(devices)
+    if mesh is not None:
+        batch = distributed.process_share(batch, mesh)
+    snap = probe(model, batch, mesh=mesh)
     e = np.asarray(snap["error_norm"], dtype=np.float64)
     return {"attenuation": _ratio(e[0], e[-1]), "error_first": float(e[0]),
             "error_last": float(e[-1]), "layers": len(e), "initial_loss": float(snap["loss"])}
@@ -251,7 +255,7 @@ def _ratio(a, b) -> float | None:
 def theory_attenuation(arch: str, depth: int, *, model: str, init: str, activation: str,
                        image_shape=None) -> float | None:
     """The mean-field attenuation error_norm[0] / error_norm[-1] at init for `depth` weight
-    layers, None where no closed form applies (residual archs, separable convs, other
+    layers, None where the theory does not apply (separable convs, odd residual depths, other
     activations). For CNNs the global average pooling before the head divides the error reaching
     the last conv by H*W at each of its H*W positions: a factor 1/sqrt(H*W) on the norm (the
     zoo's CNNs built by the run keep the input's H x W up to the pooling)."""
@@ -332,7 +336,7 @@ def _cell(arch: str, cfg: Config, ds, steps: int, batch: int, on_step=None) -> C
         if steps == 0:
             model = build(arch, cfg, ds.image_shape, ds.num_classes,
                           probe_stack(cfg.model, cfg.depth))
-            m = attenuation(model, first_batch(ds, batch, cfg.seed))
+            m = attenuation(model, first_batch(ds, batch, cfg.seed), cfg.devices)
         else:
             r = train_arch(arch, cfg, ds, None if on_step is None else (
                 lambda step: on_step(step, steps, arch, cfg.depth, cfg.seed)))
