@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 import gradflow as gf
-from gradflow import data, experiment, run, sweep
+from gradflow import data, experiment, run, sweep, theory
 
 TINY = ["--depth", "4,8", "--steps", "0", "--width", "4", "--archs", "plain,residual_bn"]
 
@@ -40,7 +40,7 @@ def test_cli_sweep_writes_its_files_table_and_progress(tiny_sweep):
     rows = [ln.split() for ln in lines[2:6]]
     assert [(r[0], r[1]) for r in rows] == [("plain", "4"), ("plain", "8"), ("residual_bn", "4"),
                                            ("residual_bn", "8")]
-    assert rows[2][-1] == "—"  # no theory for residual archs
+    assert float(rows[2][-1]) > 0  # residual archs: the population-dynamics theory
     assert "Traceback" not in stderr
     assert stderr.startswith("depth sweep: 2 archs × 2 depths × 3 seeds, at init")
     assert sum(": attenuation" in ln for ln in stderr.splitlines()) == 4  # one per arch, depth
@@ -135,8 +135,13 @@ def test_theory_attenuation():
     growth = math.pi / (math.pi - 1)
     assert sweep.theory_attenuation("bn", 6, model="mlp", init="lecun",
                                     activation="relu") == pytest.approx(growth ** 2.5)
-    for arch, act in (("residual", "relu"), ("residual_bn", "relu"), ("bn", "tanh"),
-                      ("plain", "gelu"), ("plain_separable", "relu")):
+    # residual archs: the population-dynamics profile (tested against measurements in
+    # test_theory), read the same way; with BN the error grows toward the input
+    res = sweep.theory_attenuation("residual_bn", 8, model="mlp", init="lecun", activation="relu")
+    p = theory.residual_profile(8, init="lecun", bn=True)["error_sq"]
+    assert res == pytest.approx(math.sqrt(p[0] / p[-1])) and res > 1
+    for arch, act in (("residual", "gelu"), ("bn", "tanh"), ("plain", "gelu"),
+                      ("plain_separable", "relu")):
         assert sweep.theory_attenuation(arch, 8, model="cnn", init="lecun", activation=act,
                                         image_shape=(16, 16, 3)) is None
 
