@@ -1,0 +1,390 @@
+"""Peers: gradflow's train step against PyTorch eager, PyTorch with norm logging, and Cockpit.
+
+    pip install -e ".[peers]"                # torch 2.13 (CPU), cockpit-for-pytorch, backpack-for-pytorch
+    python benchmarks/peers.py               # depth-50 residual_bn and plain CNNs, a few minutes
+    python benchmarks/peers.py --quick       # residual_bn only, fewer rounds, under a minute
+
+One process, one model per architecture: the zoo's `gf.models.cnn(arch, 50, width=16)` and a
+PyTorch module mirroring it layer for layer (stem 3x3 conv -> hidden units / v1 residual blocks ->
+global average pooling -> Linear; BN without conv bias), started from the same weights (copied
+from the gradflow model and checked by comparing one forward pass). Same data (one batch of the
+built-in synthetic set, batch 32, 16x16x3), same loss (mean cross-entropy), same optimizer (SGD,
+lr 0.01, momentum 0.9). Configurations, each training its own copy:
+
+- `torch bare`         PyTorch eager: zero_grad, forward, loss, backward, step, loss.item();
+- `torch norm logging` the same, then `norms[name] = p.grad.norm().item()` for every parameter;
+- `cockpit economy`    the same under Cockpit's "economy" quantities (BackPACK-extended model and
+                       loss, per-example losses handed in, create_graph as Cockpit asks);
+- `gradflow bare`      the compiled bare step (`gradflow.steps.train_steps`), loss and accuracy;
+- `gradflow instrumented` the compiled instrumented step, its per-layer statistics fetched to host.
+
+After one warm-up round (compiles, first runs; excluded), `--rounds` rounds run every
+configuration for `--steps` timed steps each, in a freshly shuffled order per round; the median
+ms per step is reported with its overhead over the configuration's own bare step (PyTorch bare for
+the PyTorch peers, gradflow bare for gradflow) and its ratio to PyTorch bare. PyTorch runs with
+`torch.set_num_threads(--threads)`; XLA:CPU uses its own thread pool over all cores. The load
+average before and after is printed and saved, since other processes may share the CPU.
+Writes `--out` (default benchmarks/peers.json).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import sys
+import time
+import warnings
+
+PEERS_HINT = "peers benchmark needs: pip install -e '.[peers]' (torch, cockpit-for-pytorch, backpack-for-pytorch)"
+
+
+def _threads(argv) -> int:
+    """--threads, read before JAX is imported: XLA:CPU takes its thread settings at start-up."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--threads", type=int, default=2)
+    return pre.parse_known_args(argv)[0].threads
+
+
+# XLA:CPU runs one step on a thread pool over all cores; with --threads 1 it gets one thread, as
+# torch does, so that both frameworks use the same number of cores.
+SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+if _threads(sys.argv[1:]) == 1:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + SINGLE_THREAD_XLA).strip()
+
+try:
+    import torch
+    from torch import nn
+    with warnings.catch_warnings():  # cockpit imports the deprecated pkg_resources
+        warnings.simplefilter("ignore")
+        from backpack import extend
+        from cockpit import Cockpit
+        from cockpit.utils.configuration import configuration
+except ImportError as e:
+    sys.exit(f"{PEERS_HINT}; missing: {e.name}")
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+
+import gradflow as gf
+from gradflow import data as gf_data
+from gradflow.losses import LOSSES
+from gradflow.steps import layout_for, train_steps
+
+DEPTH, WIDTH, BATCH, LR, MOMENTUM = 50, 16, 32, 0.01, 0.9
+TORCH_BARE, GF_BARE = "torch bare", "gradflow bare"
+OWN_BARE = {"torch bare": TORCH_BARE, "torch norm logging": TORCH_BARE,
+            "cockpit economy": TORCH_BARE, "gradflow bare": GF_BARE,
+            "gradflow instrumented": GF_BARE}
+
+
+# --- the PyTorch mirror of gf.models.cnn(arch, depth, width) ----------------------------------
+
+class TorchUnit(nn.Module):
+    """conv 3x3 (bias unless BN) -> optional BatchNorm -> optional ReLU, as gradflow's Unit."""
+
+    def __init__(self, cin, cout, *, norm: bool, act: bool):
+        super().__init__()
+        self.layer = nn.Conv2d(cin, cout, 3, padding=1, bias=not norm)
+        # flax momentum 0.99 (weight of the old value) is torch momentum 0.01; same epsilon
+        self.norm = nn.BatchNorm2d(cout, eps=1e-5, momentum=0.01) if norm else None
+        self.act = nn.ReLU() if act else None
+
+    def forward(self, x):
+        x = self.layer(x)
+        if self.norm is not None:
+            x = self.norm(x)
+        return self.act(x) if self.act is not None else x
+
+
+class TorchResidualBlock(nn.Module):
+    """relu(unit2(unit1(x)) + x), He et al. v1, as gradflow's ResidualBlock with equal shapes."""
+
+    def __init__(self, width, *, norm: bool):
+        super().__init__()
+        self.unit1 = TorchUnit(width, width, norm=norm, act=True)
+        self.unit2 = TorchUnit(width, width, norm=norm, act=False)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        return self.act(self.unit2(self.unit1(x)) + x)
+
+
+class TorchCNN(nn.Module):
+    """stem -> hidden blocks -> global average pooling -> Linear (NCHW inputs)."""
+
+    def __init__(self, arch: str, depth: int, width: int, num_classes: int = 10):
+        super().__init__()
+        norm, residual = arch in ("bn", "residual_bn"), arch in ("residual", "residual_bn")
+        n_blocks = gf.models.networks.hidden_blocks(arch, depth)
+        self.stem = TorchUnit(3, width, norm=norm, act=True)
+        self.blocks = nn.ModuleList(
+            TorchResidualBlock(width, norm=norm) if residual else
+            TorchUnit(width, width, norm=norm, act=True) for _ in range(n_blocks))
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def _torch_name(path) -> str:
+    """A gradflow state path -> the mirror's parameter/buffer name."""
+    keys = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+    keys = [k for k in keys if k != "value"]
+    if keys[:3] == ["stages", "0", "rest"]:
+        keys = keys[3:]
+    leaf = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
+            "var": "running_var"}[keys[-1]]
+    return ".".join(keys[:-1] + [leaf])
+
+
+def copy_weights(model: nnx.Module, net: TorchCNN) -> None:
+    """Load the gradflow model's parameters and BN statistics into the mirror (shapes checked)."""
+    target = dict(net.named_parameters()) | dict(net.named_buffers())
+    leaves = [leaf for kind in (nnx.Param, nnx.BatchStat)
+              for leaf in jax.tree_util.tree_leaves_with_path(nnx.state(model, kind))]
+    names = set()
+    for path, value in leaves:
+        name, a = _torch_name(path), np.asarray(value)
+        if a.ndim == 4:  # conv kernel HWIO -> OIHW
+            a = a.transpose(3, 2, 0, 1)
+        elif a.ndim == 2:  # linear kernel (in, out) -> (out, in)
+            a = a.T
+        if target[name].shape != a.shape:
+            raise ValueError(f"{name}: gradflow {a.shape} vs torch {tuple(target[name].shape)}")
+        with torch.no_grad():
+            target[name].copy_(torch.from_numpy(np.array(a)))
+        names.add(name)
+    missing = {n for n in target if not n.endswith("num_batches_tracked")} - names
+    if missing:
+        raise ValueError(f"mirror has tensors gradflow lacks: {sorted(missing)[:5]}")
+
+
+def check_mirror(model, net, x, y) -> float:
+    """Max |logit difference| of one training-mode forward pass (BN on batch statistics)."""
+    logits = np.asarray(nnx.clone(model)(x))
+    with torch.no_grad():
+        ref = net.train()(_to_torch(x)).numpy()
+    return float(np.max(np.abs(logits - ref)))
+
+
+def _to_torch(x) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
+
+
+# --- the configurations: each a closure running one train step to completion ------------------
+
+def torch_step(net, xt, yt, log_norms: bool):
+    opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
+    loss_fn = nn.CrossEntropyLoss()
+    net.train()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(net(xt), yt)
+        loss.backward()
+        if log_norms:  # the usual per-layer logging loop
+            norms = {}
+            for name, p in net.named_parameters():
+                norms[name] = p.grad.norm().item()
+        opt.step()
+        return loss.item()
+
+    return step
+
+
+def cockpit_step(net, xt, yt):
+    net = extend(net)
+    loss_fn = extend(nn.CrossEntropyLoss(reduction="mean"))
+    individual_loss_fn = nn.CrossEntropyLoss(reduction="none")
+    opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
+    cockpit = Cockpit(net.parameters(), quantities=configuration("economy"))
+    net.train()
+    global_step = [0]
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        out = net(xt)
+        loss, losses = loss_fn(out, yt), individual_loss_fn(out, yt)
+        i = global_step[0]
+        info = {"batch_size": xt.shape[0], "individual_losses": losses, "loss": loss,
+                "optimizer": opt}
+        with cockpit(i, info=info):
+            loss.backward(create_graph=cockpit.create_graph(i))
+        opt.step()
+        global_step[0] += 1
+        return loss.item()
+
+    return step
+
+
+def gradflow_steps(model, x, y):
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    tx = optax.sgd(LR, momentum=MOMENTUM)
+    instrumented, bare = train_steps(graphdef, layout_for(graphdef, params, rest, x),
+                                     *LOSSES["cross_entropy"], tx)
+    states = {"bare": (params, rest, tx.init(params)), "inst": (params, rest, tx.init(params))}
+
+    def make(kind, fn):
+        def step():
+            out = fn(*states[kind], x, y)
+            measured = jax.device_get(out[3])  # the user sees the numbers, like .item()
+            states[kind] = out[:3]
+            return float(measured["loss"])
+        return step
+
+    return make("bare", bare), make("inst", instrumented)
+
+
+# --- timing ----------------------------------------------------------------------------------
+
+def time_interleaved(configs: dict, rounds: int, steps: int, seed: int = 0) -> dict:
+    """Per configuration, the seconds of each timed step; round 0 is warm-up and not kept."""
+    times = {name: [] for name in configs}
+    order, rng = list(configs), random.Random(seed)
+    for r in range(rounds + 1):
+        rng.shuffle(order)
+        for name in order:
+            for _ in range(steps):
+                t = time.perf_counter()
+                loss = configs[name]()
+                dt = time.perf_counter() - t
+                if not np.isfinite(loss):
+                    raise RuntimeError(f"{name}: non-finite loss in round {r}")
+                if r:
+                    times[name].append(dt)
+    return times
+
+
+def summarize(times: dict) -> dict:
+    med = {name: float(np.median(t)) for name, t in times.items()}
+    rows = {}
+    for name, t in times.items():
+        rows[name] = {"ms": med[name] * 1e3,
+                      "p25_ms": float(np.percentile(t, 25)) * 1e3,
+                      "p75_ms": float(np.percentile(t, 75)) * 1e3,
+                      "n": len(t),
+                      "own_bare": OWN_BARE[name],
+                      "overhead": med[name] / med[OWN_BARE[name]] - 1,
+                      "vs_torch_bare": med[name] / med[TORCH_BARE]}
+    return rows
+
+
+def run_arch(arch: str, x, y, rounds: int, steps: int) -> dict:
+    model = gf.models.cnn(arch, DEPTH, width=WIDTH, rngs=nnx.Rngs(0))
+    nets = {}
+    for name in ("torch bare", "torch norm logging", "cockpit economy"):
+        nets[name] = TorchCNN(arch, DEPTH, WIDTH)
+        copy_weights(model, nets[name])
+    n_torch = sum(p.numel() for p in nets[TORCH_BARE].parameters())
+    n_gf = sum(int(np.size(a)) for a in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    if n_torch != n_gf:
+        raise RuntimeError(f"mirror has {n_torch} parameters, gradflow {n_gf}")
+    diff = check_mirror(model, nets[TORCH_BARE], x, y)
+    if diff > 1e-3:
+        raise RuntimeError(f"mirror's logits differ from gradflow's by {diff:.2e}")
+    xt, yt = _to_torch(x), torch.from_numpy(np.asarray(y)).long()
+    gf_bare, gf_inst = gradflow_steps(model, x, y)
+    configs = {"torch bare": torch_step(nets["torch bare"], xt, yt, False),
+               "torch norm logging": torch_step(nets["torch norm logging"], xt, yt, True),
+               "cockpit economy": cockpit_step(nets["cockpit economy"], xt, yt),
+               "gradflow bare": gf_bare, "gradflow instrumented": gf_inst}
+    with warnings.catch_warnings():
+        # BackPACK: BN in training mode mixes samples (per-example gradients of BN nets are not
+        # per-example); containers "have parameters" (their children's); a full backward hook
+        # fires on module outputs since the input needs no gradient. None changes the timing.
+        for message in ("Encountered BatchNorm module in training mode",
+                        "Extension saving to .* does not have an extension for Module",
+                        "Full backward hook is firing"):
+            warnings.filterwarnings("ignore", message=message)
+        times = time_interleaved(configs, rounds, steps)
+    return {"arch": arch, "params": n_gf, "mirror_max_logit_diff": diff,
+            "rows": summarize(times)}
+
+
+def print_table(result: dict) -> None:
+    print(f"\n{result['arch']} CNN, depth {DEPTH}, width {WIDTH}, {result['params']:,} parameters "
+          f"(mirror logits within {result['mirror_max_logit_diff']:.1e})")
+    print("| framework / config | ms per step (p25-p75) | overhead over own bare | vs PyTorch bare |")
+    print("|---|---|---|---|")
+    for name, r in result["rows"].items():
+        over = "—" if name == r["own_bare"] else f"{r['overhead'] * 100:+.0f}% ({r['own_bare']})"
+        print(f"| {name} | {r['ms']:.1f} ({r['p25_ms']:.1f}-{r['p75_ms']:.1f}) | {over} | "
+              f"{r['vs_torch_bare']:.2f}x |", flush=True)
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import backpack, cockpit, flax
+    versions = {"python": platform.python_version(), "torch": torch.__version__,
+                "jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
+                "cockpit": getattr(cockpit, "__version__", "?"),
+                "backpack": getattr(backpack, "__version__", "?")}
+    return {"cpu": cpu, "cores": os.cpu_count(), "versions": versions}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="residual_bn only, 5 rounds of 2 steps")
+    p.add_argument("--archs", default="residual_bn,plain",
+                   help="comma-separated: residual_bn, bn, plain, residual (default residual_bn,plain)")
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--steps", type=int, default=3, help="timed steps per configuration per round")
+    p.add_argument("--threads", type=int, default=2,
+                   help="torch.set_num_threads; 1 also makes XLA:CPU single-threaded (default 2)")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "peers.json"))
+    a = p.parse_args(argv)
+    archs = ["residual_bn"] if a.quick else a.archs.split(",")
+    bad = [arch for arch in archs if arch not in gf.models.ARCHS]
+    if bad:
+        p.error(f"--archs: {bad[0]!r} is not one of {', '.join(gf.models.ARCHS)}")
+    for flag in ("rounds", "steps", "threads"):
+        if getattr(a, flag) < 1:
+            p.error(f"--{flag} must be a positive integer")
+    rounds, steps = (5, 2) if a.quick else (a.rounds, a.steps)
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    ds = gf_data.synthetic(seed=0)
+    x, y = ds.x_train[:BATCH], ds.y_train[:BATCH]
+    info = machine()
+    load_before = os.getloadavg()
+    xla_threads = "1 thread" if a.threads == 1 else "its default thread pool"
+    print(f"{info['cpu']}, {info['cores']} cores; torch {torch.__version__} with "
+          f"{torch.get_num_threads()} threads, jax {jax.__version__} ({jax.default_backend()}, "
+          f"{xla_threads}); load average {load_before[0]:.2f}")
+    print(f"batch {BATCH}, 16x16x3, SGD lr {LR} momentum {MOMENTUM}; {rounds} rounds x {steps} "
+          "steps per configuration after 1 warm-up round; median")
+    t0 = time.perf_counter()
+    results = []
+    for arch in archs:
+        results.append(run_arch(arch, x, y, rounds, steps))
+        print_table(results[-1])
+    load_after = os.getloadavg()
+    print(f"\nload average {load_before[0]:.2f} before, {load_after[0]:.2f} after; "
+          f"{time.perf_counter() - t0:.0f} s")
+    record = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
+              "command": "python benchmarks/peers.py " + " ".join(sys.argv[1:] if argv is None else argv),
+              "machine": info, "torch_threads": torch.get_num_threads(),
+              "xla_flags": os.environ.get("XLA_FLAGS", ""),
+              "loadavg_before": load_before, "loadavg_after": load_after,
+              "batch": BATCH, "depth": DEPTH, "width": WIDTH, "lr": LR, "momentum": MOMENTUM,
+              "rounds": rounds, "steps_per_round": steps, "results": results}
+    with open(a.out, "w") as f:
+        json.dump(record, f, indent=1)
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
