@@ -112,3 +112,55 @@ def binary_accuracy(model, x, y) -> tuple[float, float]:
 
 def finite_or_none(v):
     return v if v is not None and math.isfinite(v) else None
+
+
+def numbers(res: dict) -> dict:
+    """The JSON-ready numbers of a `fit` result (plus whatever evaluation added to it)."""
+    from ..diagnose import diagnose
+    from ..experiment import error_ratio, final_train
+
+    h = res["history"]
+    ok = res["diverged_at"] is None
+    loss, acc = final_train(h) if ok else (None, None)
+    return {"name": res["name"], "params": res["params"], "layers": len(h.layers),
+            "final_train_loss": loss, "final_train_accuracy": acc,
+            "held_out_loss": res.get("held_out_loss"),
+            "held_out_accuracy": res.get("held_out_accuracy"),
+            "error_ratio_init": error_ratio(h, 0), "error_ratio_end": error_ratio(h, -1) if ok
+            else None, "diverged_at": res["diverged_at"], "train_s": round(res["train_s"], 2),
+            "diagnosis_end": [str(f) for f in diagnose(h)]}
+
+
+def comparison_rows(items: list[dict]) -> tuple[tuple, list[tuple]]:
+    """(head, rows) of the usual comparison table from `numbers` dicts."""
+    from .report import fmt
+
+    head = ("model", "params", "train loss", "train acc", "held-out acc", "err ratio init",
+            "err ratio end")
+    rows = [(a["name"], f"{a['params']:,}", fmt(a["final_train_loss"], ".3f"),
+             fmt(a["final_train_accuracy"], ".1%"),
+             fmt(a["held_out_accuracy"], ".1%") if a["diverged_at"] is None
+             else f"diverged at step {a['diverged_at']}",
+             fmt(a["error_ratio_init"], ".1e"), fmt(a["error_ratio_end"], ".1e"))
+            for a in items]
+    return head, rows
+
+
+def recalibrate(model, x) -> None:
+    """Sets every BatchNorm's running statistics of `model` (in place) to the batch statistics
+    of `x` (one pass), as after a long training run; modes and momenta are kept."""
+    bns = [m for _, m in nnx.iter_modules(model) if isinstance(m, nnx.BatchNorm)]
+    saved = [(m.momentum, m.use_running_average) for m in bns]
+    for m in bns:
+        m.momentum, m.use_running_average = 0.0, False
+    graphdef, state = nnx.split(model)
+    nnx.update(model, _stats_pass(graphdef, state, jnp.asarray(x)))
+    for m, (momentum, mode) in zip(bns, saved):
+        m.momentum, m.use_running_average = momentum, mode
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _stats_pass(graphdef, state, x):
+    m = nnx.merge(graphdef, state)
+    m(x)
+    return nnx.state(m)

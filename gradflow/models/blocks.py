@@ -19,19 +19,24 @@ from .norm import BatchNorm
 
 
 class Unit(nnx.Module):
-    """weight layer -> optional BatchNorm -> optional Activation."""
+    """weight layer -> optional BatchNorm -> optional Activation; with `norm_after_act`,
+    weight layer -> Activation -> BatchNorm (the order the seed advises against)."""
 
-    def __init__(self, layer: nnx.Module, features: int, *, norm: bool, activation: str | None, rngs):
+    def __init__(self, layer: nnx.Module, features: int, *, norm: bool, activation: str | None,
+                 norm_after_act: bool = False, rngs):
         self.layer = layer
         self.norm = BatchNorm(features, rngs=rngs) if norm else None
         self.act = Activation(activation) if activation else None
+        self.norm_after_act = norm_after_act
 
     def __call__(self, x):
         x = self.layer(x)
-        if self.norm is not None:
+        if self.norm is not None and not self.norm_after_act:
             x = self.norm(x)
         if self.act is not None:
             x = self.act(x)
+        if self.norm is not None and self.norm_after_act:
+            x = self.norm(x)
         return x
 
 

@@ -14,7 +14,7 @@ from flax import nnx
 
 from .blocks import ResidualBlock, Unit
 from .layers import make_conv
-from .options import (ARCHS, CONVS, STACKS, activation_fn, check_choice, check_positive_int,
+from .options import (ARCHS, BN_POSITIONS, CONVS, STACKS, activation_fn, check_choice, check_positive_int,
                       initializer)
 from .stack import Stack
 
@@ -115,34 +115,40 @@ def _stages(make_block, n_blocks: int, width: int, n_stages: int, scan: bool, rn
     return stages
 
 
-def _block_factory(arch, make_layer, make_projection, activation):
+def _block_factory(arch, make_layer, make_projection, activation, norm_after_act=False):
     norm = arch in ("bn", "residual_bn")
     if arch in ("residual", "residual_bn"):
         return lambda fin, fout, strides, rngs: ResidualBlock(
             make_layer, make_projection, fin, fout, strides=strides, norm=norm,
             activation=activation, rngs=rngs)
     return lambda fin, fout, strides, rngs: Unit(
-        make_layer(fin, fout, strides, rngs=rngs), fout, norm=norm, activation=activation, rngs=rngs)
+        make_layer(fin, fout, strides, rngs=rngs), fout, norm=norm, activation=activation,
+        norm_after_act=norm_after_act, rngs=rngs)
 
 
 def cnn(arch: str, depth: int, *, width: int = 16, in_channels: int = 3, num_classes: int = 10,
         conv: str = "standard", init: str = "lecun", activation: str = "relu", stages: int = 1,
-        stack: str = "auto", rngs: nnx.Rngs) -> Network:
+        stack: str = "auto", bn_position: str = "before_act", rngs: nnx.Rngs) -> Network:
     """A 3x3-conv network on NHWC images, ResNet-CIFAR style.
 
     stem conv (3x3, `width` channels) -> hidden blocks split over `stages` (stage s has
     width*2**s channels; each later stage starts with a stride-2 block, with a projection shortcut
     in residual archs) -> global average pooling -> Linear(num_classes). `conv="separable"` makes
     every hidden 3x3 conv depthwise-separable (the stem stays standard, as in Xception).
-    `stack`: "unrolled", "scan", or "auto" (scan off CPU). Returns logits.
+    `stack`: "unrolled", "scan", or "auto" (scan off CPU). `bn_position="after_act"` (arch "bn"
+    only) gives Conv(with bias) -> act -> BN instead of Conv(no bias) -> BN -> act. Returns logits.
     """
     _check_common(arch, depth, width, init, activation, stack, stages)
     check_choice("conv", conv, CONVS)
+    check_choice("bn_position", bn_position, BN_POSITIONS)
+    if bn_position == "after_act" and arch != "bn":
+        raise ValueError(f"bn_position='after_act' needs arch='bn', got arch={arch!r}")
+    after = bn_position == "after_act"
     check_positive_int("in_channels", in_channels)
     check_positive_int("num_classes", num_classes)
     n_blocks = hidden_blocks(arch, depth)
     kinit, norm = initializer(init), arch in ("bn", "residual_bn")
-    layer = partial(make_conv, conv, kernel_init=kinit, use_bias=not norm)
+    layer = partial(make_conv, conv, kernel_init=kinit, use_bias=not norm or after)
 
     def make_layer(fin, fout, strides, *, rngs):
         return layer(fin, fout, (3, 3), strides=strides, rngs=rngs)
@@ -151,9 +157,10 @@ def cnn(arch: str, depth: int, *, width: int = 16, in_channels: int = 3, num_cla
         return nnx.Conv(fin, fout, (1, 1), strides=strides, use_bias=not norm, kernel_init=kinit,
                         rngs=rngs)
 
-    make_block = _block_factory(arch, make_layer, make_projection, activation)
-    stem = Unit(nnx.Conv(in_channels, width, (3, 3), use_bias=not norm, kernel_init=kinit, rngs=rngs),
-                width, norm=norm, activation=activation, rngs=rngs)
+    make_block = _block_factory(arch, make_layer, make_projection, activation, after)
+    stem = Unit(nnx.Conv(in_channels, width, (3, 3), use_bias=not norm or after, kernel_init=kinit,
+                         rngs=rngs), width, norm=norm, activation=activation,
+                norm_after_act=after, rngs=rngs)
     body = _stages(make_block, n_blocks, width, stages, _use_scan(stack, depth), rngs)
     head = nnx.Linear(width * 2 ** (stages - 1), num_classes, kernel_init=kinit, rngs=rngs)
     return Network(stem, body, head, pool=True)

@@ -7,6 +7,7 @@ from flax import nnx
 
 ARCHS = ("plain", "residual", "bn", "residual_bn")
 CONVS = ("standard", "separable")
+BN_POSITIONS = ("before_act", "after_act")  # Conv -> BN -> act, or Conv -> act -> BN
 STACKS = ("auto", "unrolled", "scan")
 
 # Variance-scaling initializers: Var(W) = scale / fan_in (lecun, he) or 2 / (fan_in + fan_out) (glorot).

@@ -1,0 +1,111 @@
+"""Experiment `residual`: the seed's Keras ResNet with and without its shortcuts.
+
+`seed_resnet()` (three residual blocks 32/64/128, the first two with max-pooling and a strided
+1x1 projection shortcut, the third with a plain 1x1 projection, sigmoid output) and the same
+network with every shortcut removed are trained from the same initialization on the same batches
+of a binary task cut from the built-in data, with every layer recorded.
+
+The task: does the image contain the 0° grating? (classes whose texture pair includes type 0:
+4 of the 10 pair classes, ~40% positives). The seed model starts with Rescaling(1/255), so the
+standardized images are mapped to 8-bit pixel values: round(128 + 48·x) clipped to 0..255.
+Images are the built-in 16x16 (the model is size-agnostic: global average pooling); the summary
+is shown for the seed's own 32x32x3 input, as Keras prints it.
+"""
+from __future__ import annotations
+
+import numpy as np
+from flax import nnx
+
+from .. import data
+from ..experiment import describe
+from ..models import seed_resnet
+from ..plot import heatmap
+from ..report import comparison_grid, curves, profiles
+from ..summary import summary
+from .common import binary_accuracy, comparison_rows, fit, numbers
+from .report import Page, text_table
+
+POSITIVE_TYPE = 0  # the 0° grating
+PIXEL_SCALE = 48.0  # standardized value -> 8-bit pixel: 128 + 48 x (|x| > 2.67 clips)
+VARIANTS = (("with shortcuts", True), ("no shortcuts", False))
+
+
+def to_pixels(x: np.ndarray) -> np.ndarray:
+    """Standardized images -> 0..255 pixel values (float32), what Rescaling(1/255) expects."""
+    return np.clip(np.round(128.0 + PIXEL_SCALE * x), 0, 255).astype(np.float32)
+
+
+def binary_task(ds):
+    """(x_train, y_train, x_test, y_test): pixels, label 1 where the pair includes the 0°
+    grating."""
+    positive = np.asarray([POSITIVE_TYPE in pair for pair in data.PAIRS])
+    return (to_pixels(ds.x_train), positive[ds.y_train].astype(np.int32),
+            to_pixels(ds.x_test), positive[ds.y_test].astype(np.int32))
+
+
+def run(out, *, log, meta, steps: int, batch_size: int, optimizer: str, lr: float,
+        log_every: int, seed: int) -> str:
+    ds = data.synthetic(seed)
+    x, y, xt, yt = binary_task(ds)
+    page = Page(out, "Residual connections: the seed's ResNet with and without shortcuts", meta)
+    page.text(f"Task: does the image contain the 0° grating? {describe(ds)}; label 1 for the "
+              f"{sum(POSITIVE_TYPE in p for p in data.PAIRS)} pair "
+              f"classes that include it ({y.mean():.0%} of the training images). Images mapped "
+              f"to 0..255 pixels (round(128 + {PIXEL_SCALE:g}·x), clipped) for the model's "
+              f"Rescaling(1/255). Both networks start from the same weights (seed {seed}) and "
+              f"see the same batches; binary cross-entropy, {optimizer} lr {lr:g}, batch "
+              f"{batch_size}, {steps} steps.")
+    s = summary(seed_resnet(rngs=nnx.Rngs(seed)), (32, 32, 3))
+    page.heading("The seed's model (gf.summary, 32×32×3 input as in the paper)")
+    page.pre(str(s))
+    names = [f"seed_resnet ({v})" for v, _ in VARIANTS]
+    progress = log.progress(names, steps)
+    results = []
+    for i, ((variant, shortcuts), name) in enumerate(zip(VARIANTS, names)):
+        progress.start(i)
+        model = seed_resnet(shortcuts=shortcuts, rngs=nnx.Rngs(seed))
+        res = fit(model, name, x, y, steps=steps, batch_size=batch_size, optimizer=optimizer,
+                  lr=lr, log_every=log_every, seed=seed, loss="binary_cross_entropy",
+                  progress=progress.step)
+        if res["diverged_at"] is None:
+            res["held_out_loss"], res["held_out_accuracy"] = binary_accuracy(model, xt, yt)
+        progress.finish("diverged" if res["diverged_at"] is not None
+                        else f"held-out accuracy {res['held_out_accuracy']:.1%}")
+        results.append(res)
+    nums = [numbers(r) for r in results]
+    head, rows = comparison_rows(nums)
+    page.heading("Results")
+    page.table(head, rows, "err ratio: error signal ‖∂L/∂z‖ of the first conv over that of the "
+               "output layer, on a training batch (≪ 1: vanishing toward the input); init = "
+               "before the first update, end = the last recorded step. Held-out: "
+               f"{len(yt)} images, accuracy at threshold 0.5 (majority class: "
+               f"{max(yt.mean(), 1 - yt.mean()):.1%}).")
+    runs = {r["name"]: r["history"] for r in results}
+    diverged = {r["name"]: r["diverged_at"] for r in results if r["diverged_at"] is not None}
+    page.figure("comparison_error_norm.png", comparison_grid(runs, "error_norm", diverged, steps),
+                "Error signal in every layer, both networks, one colour scale",
+                "Layers (input at the bottom; with shortcuts, each block's projection is a row "
+                "before its two convs) × training steps.")
+    page.figure("comparison_grad_norm.png", comparison_grid(runs, "grad_norm", diverged, steps),
+                "Weight-gradient norm in every layer, one colour scale")
+    for r in results:
+        key = "shortcuts" if "with" in r["name"] else "no_shortcuts"
+        page.figure(f"heatmap_{key}.png", heatmap(r["history"], "error_norm"),
+                    f"{r['name']}: error-signal heatmap (own colour scale)")
+    page.figure("profiles.png", profiles(runs, diverged=diverged),
+                "Per-layer profiles at init and at the end")
+    page.figure("curves.png", curves(runs, 2, {r["name"]: r.get("held_out_accuracy")
+                                               for r in results}, steps),
+                "Loss and accuracy", "Binary cross-entropy and accuracy of the recorded "
+                "batches; the star is the held-out accuracy.")
+    for r in results:
+        r["history"].save(out / f"{'shortcuts' if 'with' in r['name'] else 'no_shortcuts'}"
+                          f"_history.npz")
+    page.write("residual.json", {
+        "task": {"positive": "contains the 0° grating", "n_train": len(y), "n_test": len(yt),
+                 "positive_fraction_train": float(y.mean()), "pixel_scale": PIXEL_SCALE},
+        "summary_32x32": {"total": s.total, "rows": [
+            {"path": "/".join(map(str, q.path)), "kind": q.kind, "output_shape": q.output_shape,
+             "params": q.params} for q in s.rows]},
+        "models": nums})
+    return "\n\n".join([str(s), text_table(head, rows)])
