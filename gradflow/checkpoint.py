@@ -1,0 +1,179 @@
+"""Training checkpoints (orbax-checkpoint) and the periodic flush of a History in training.
+
+A checkpoint of one architecture holds everything `gf.train` needs to continue bit for bit: the
+parameters, the optimizer state, the model's other state (BatchNorm statistics, RNG keys and
+counters), the step reached — which is also the data position, since the batch order is a
+function of the seed and resuming skips that many batches — and the records so far.
+
+`ArchSaver` gives `gf.train` its `resume` and `on_record` hooks for one architecture of a run:
+the History so far goes to `<arch>_history.npz` at the first record and then at most every
+FLUSH_S seconds (atomically: a temporary file renamed into place, so the file on disk always
+loads), a checkpoint to `checkpoints/<arch>/` at most every CHECKPOINT_S seconds and at once
+where training stops early (SIGINT/SIGTERM).
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .history import History
+from .train import TrainState
+
+FLUSH_S = 2.0  # seconds between two flushes of the History in training (at the next record)
+CHECKPOINT_S = 30.0  # seconds between two periodic checkpoints (at the next record)
+CHECKPOINTS = "checkpoints"
+_FORMAT = "gradflow-checkpoint-1"
+
+
+def _ocp():
+    import orbax.checkpoint as ocp  # imported on first use: ~1 s, only runs that checkpoint pay
+    return ocp
+
+
+def _is_key(leaf) -> bool:
+    return jax.dtypes.issubdtype(getattr(leaf, "dtype", np.float32), jax.dtypes.prng_key)
+
+
+def _host(leaf) -> np.ndarray:
+    return np.asarray(jax.random.key_data(leaf) if _is_key(leaf) else leaf)
+
+
+def _stack(records: list, at) -> dict:
+    """Per-record dicts of host arrays -> {"steps", "metric": {name: (n, layers)}, "scalar":
+    {name: (n,)}}."""
+    stacked = {k: np.stack([np.asarray(r[k]) for r in records]) for k in records[0]}
+    return {"steps": np.asarray(at, dtype=np.int64),
+            "metric": {k: v for k, v in stacked.items() if v.ndim == 2},
+            "scalar": {k: v for k, v in stacked.items() if v.ndim == 1}}
+
+
+def _unstack(stacked: dict) -> tuple[list, list]:
+    steps = [int(s) for s in np.asarray(stacked["steps"])]
+    arrays = {**stacked.get("metric", {}), **stacked.get("scalar", {})}
+    return steps, [{k: np.asarray(v[i]) for k, v in arrays.items()} for i in range(len(steps))]
+
+
+class Checkpoint:
+    """The latest training checkpoint of one architecture in `directory` (orbax
+    CheckpointManager, one step kept, written synchronously and atomically by orbax)."""
+
+    def __init__(self, directory):
+        self.directory = Path(directory).absolute()
+        self._manager = None
+
+    def _mgr(self):
+        if self._manager is None:
+            ocp = _ocp()
+            self._manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
+                max_to_keep=1, enable_async_checkpointing=False, create=True))
+        return self._manager
+
+    def exists(self) -> bool:
+        return self.directory.is_dir() and self._mgr().latest_step() is not None
+
+    def save(self, state: TrainState, meta: dict | None = None) -> None:
+        """Writes `state` (device arrays are copied to the host)."""
+        ocp = _ocp()
+        leaves, treedef = jax.tree.flatten((state.params, state.rest, state.opt_state))
+        arrays = {f"{i:05d}": _host(leaf) for i, leaf in enumerate(leaves)}
+        header = {"format": _FORMAT, "step": int(state.step), "treedef": str(treedef),
+                  "shapes": [list(a.shape) for a in arrays.values()],
+                  "layers": list(state.layers), "meta": meta or {}}
+        records = _stack(jax.device_get(list(state.records)), state.at)
+        self._mgr().save(int(state.step), args=ocp.args.Composite(
+            state=ocp.args.StandardSave(arrays), records=ocp.args.StandardSave(records),
+            header=ocp.args.JsonSave(header)), force=True)
+        self._mgr().wait_until_finished()
+
+    def restore(self, fresh: TrainState) -> TrainState:
+        """The saved state, laid out as `fresh` (the state of a freshly built model and
+        optimizer); ValueError if it was written for another model or optimizer."""
+        ocp = _ocp()
+        mgr = self._mgr()
+        step = mgr.latest_step()
+        if step is None:
+            raise ValueError(f"{self.directory}: no checkpoint")
+        header = mgr.restore(step, args=ocp.args.Composite(header=ocp.args.JsonRestore()))["header"]
+        leaves, treedef = jax.tree.flatten((fresh.params, fresh.rest, fresh.opt_state))
+        host = [_host(leaf) for leaf in leaves]
+        if (header.get("format") != _FORMAT or header["treedef"] != str(treedef)
+                or header["shapes"] != [list(a.shape) for a in host]):
+            raise ValueError(f"{self.directory}: the checkpoint was written for another model "
+                             "or optimizer")
+        abstract = {f"{i:05d}": jax.ShapeDtypeStruct(a.shape, a.dtype) for i, a in enumerate(host)}
+        got = mgr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), records=ocp.args.StandardRestore()))
+        restored = []
+        for i, leaf in enumerate(leaves):
+            value = np.asarray(got["state"][f"{i:05d}"])
+            restored.append(jax.random.wrap_key_data(value, impl=jax.random.key_impl(leaf))
+                            if _is_key(leaf) else jnp.asarray(value))
+        params, rest, opt_state = jax.tree.unflatten(treedef, restored)
+        at, records = _unstack(got["records"])
+        return TrainState(int(header["step"]), params, rest, opt_state, at, records,
+                          tuple(header["layers"]))
+
+    def close(self):
+        if self._manager is not None:
+            self._manager.close()
+            self._manager = None
+
+    def delete(self):
+        self.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class ArchSaver:
+    """`resume` and `on_record` hooks of `gf.train` for the architecture `arch` of the run in
+    `run_dir`. `clock` (shared by the archs of a run) keeps the time of the last checkpoint."""
+
+    def __init__(self, run_dir, arch: str, clock: dict | None = None):
+        self.run_dir, self.arch = Path(run_dir), arch
+        self.checkpoint = Checkpoint(self.run_dir / CHECKPOINTS / arch)
+        self.clock = clock if clock is not None else {}
+        self.clock.setdefault("checkpoint", time.monotonic())
+        self.last_flush = -float("inf")
+        self.meta: dict = {}
+        self.resumed_from: int | None = None
+        self._host: list = []  # records already copied to the host
+
+    @property
+    def history_path(self) -> Path:
+        return self.run_dir / f"{self.arch}_history.npz"
+
+    def hooks(self, meta: dict) -> dict:
+        """keyword arguments for `gf.train`; `meta` goes into the flushed History."""
+        self.meta = dict(meta)
+        return {"on_record": self.on_record,
+                "resume": self.resume if self.checkpoint.exists() else None}
+
+    def resume(self, fresh: TrainState) -> TrainState:
+        state = self.checkpoint.restore(fresh)
+        self.resumed_from = state.step
+        self._host = list(state.records)
+        return state
+
+    def on_record(self, state: TrainState, final: bool = False) -> None:
+        now = time.monotonic()
+        if final or now - self.last_flush >= FLUSH_S:
+            self.flush(state)
+            self.last_flush = now
+        if final or now - self.clock["checkpoint"] >= CHECKPOINT_S:
+            self.checkpoint.save(state, {"arch": self.arch})
+            self.clock["checkpoint"] = time.monotonic()
+
+    def flush(self, state: TrainState) -> Path:
+        """Writes the History so far (atomically) to `<arch>_history.npz`."""
+        self._host += jax.device_get(list(state.records[len(self._host):]))
+        hist = History.from_records(state.layers, state.at, self._host,
+                                    {**self.meta, "partial": True, "flushed_at_step": state.step})
+        return hist.save(self.history_path)
+
+    def finish(self) -> None:
+        """The arch is done: its checkpoint is no longer needed."""
+        self.checkpoint.delete()
