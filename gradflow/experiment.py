@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from . import data, distributed, models, theory
+from . import data, divergence, distributed, models, theory
 from .diagnose import Finding, diagnose
 from .history import History
 from .train import train
@@ -69,8 +69,11 @@ def base_arch(arch: str) -> str:
     return arch[:-len(SEPARABLE)] if arch.endswith(SEPARABLE) else arch
 
 
+@functools.lru_cache(maxsize=64)
 def make_optimizer(name: str, lr: float):
-    """sgd, sgd with momentum 0.9 (the default), or adam, as an optax transformation."""
+    """sgd, sgd with momentum 0.9 (the default), or adam, as an optax transformation. The same
+    object for the same (name, lr): the compiled train steps are cached per optimizer, so runs
+    in one process (a resumed run, the tests) reuse their compilation."""
     if name == "sgd":
         return optax.sgd(lr)
     if name == "momentum":
@@ -80,10 +83,13 @@ def make_optimizer(name: str, lr: float):
     raise ValueError(f"optimizer={name!r} is not one of {', '.join(map(repr, OPTIMIZERS))}")
 
 
-def build_model(arch: str, cfg: Config, image_shape, num_classes: int):
-    """The network for `arch` under `cfg`, initialized from cfg.seed."""
+def build_model(arch: str, cfg: Config, image_shape, num_classes: int, *, stack: str = "auto",
+                rngs: nnx.Rngs | None = None):
+    """The network for `arch` under `cfg`, its hidden blocks stacked as `stack` says,
+    initialized from `rngs` (default: nnx.Rngs(cfg.seed))."""
     common = dict(width=cfg.width, num_classes=num_classes, init=cfg.init,
-                  activation=cfg.activation, rngs=nnx.Rngs(cfg.seed))
+                  activation=cfg.activation, stack=stack,
+                  rngs=nnx.Rngs(cfg.seed) if rngs is None else rngs)
     if cfg.model == "mlp":
         return models.mlp(base_arch(arch), cfg.depth, in_features=math.prod(image_shape), **common)
     return models.cnn(base_arch(arch), cfg.depth, in_channels=image_shape[-1],
@@ -151,9 +157,12 @@ def _logits(graphdef, state, x):
     return nnx.merge(graphdef, state)(x)
 
 
-def train_arch(arch: str, cfg: Config, ds, progress=None) -> dict:
+def train_arch(arch: str, cfg: Config, ds, progress=None, *, saver=None, stop=None) -> dict:
     """Builds, trains and evaluates one architecture. Returns a dict with its History; a
-    non-finite loss marks it diverged, its History kept up to the last finite record."""
+    non-finite loss or gradient marks it diverged (`diverged_at`, `nonfinite` says where), its
+    History kept up to the last finite record. `saver` (a `checkpoint.ArchSaver`) flushes and
+    checkpoints the training and resumes it from its checkpoint; `stop` is `gf.train`'s stop
+    hook: a stop sets `interrupted_at` (the steps done) and skips the evaluation."""
     t0 = time.perf_counter()
     model = build_model(arch, cfg, ds.image_shape, ds.num_classes)
     res = {"arch": arch, "params": count_params(model), "diverged_at": None,
@@ -162,22 +171,31 @@ def train_arch(arch: str, cfg: Config, ds, progress=None) -> dict:
     batches = data.batches(ds.x_train, ds.y_train, cfg.batch_size, cfg.seed)
     if mesh is not None:  # several processes: each feeds its own rows of every batch
         batches = distributed.process_shares(batches, mesh)
+    meta = dict(arch=arch, depth=cfg.depth, width=cfg.width, model=cfg.model, init=cfg.init,
+                activation=cfg.activation, optimizer=cfg.optimizer, lr=cfg.lr,
+                batch_size=cfg.batch_size, seed=cfg.seed, dataset=ds.name,
+                devices=1 if mesh is None else mesh.size)
+    hooks = saver.hooks(meta) if saver is not None else {}
     hist = train(model, batches, steps=cfg.steps, optimizer=make_optimizer(cfg.optimizer, cfg.lr),
-                 log_every=cfg.log_every, progress=progress, mesh=mesh)
+                 log_every=cfg.log_every, progress=progress, mesh=mesh, stop=stop, **hooks)
     res["train_s"] = time.perf_counter() - t0
-    hist.meta.update(arch=arch, depth=cfg.depth, width=cfg.width, model=cfg.model, init=cfg.init,
-                     activation=cfg.activation, optimizer=cfg.optimizer, lr=cfg.lr,
-                     batch_size=cfg.batch_size, seed=cfg.seed, dataset=ds.name,
-                     devices=1 if mesh is None else mesh.size)
-    bad = np.flatnonzero(~np.isfinite(hist["loss"]))
+    hist.meta.update(meta)
+    where = divergence.locate(hist)
     params_ok = all(bool(np.isfinite(np.asarray(p)).all())
                     for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
-    if bad.size or not params_ok:
-        # The first non-finite record's per-layer values are NaN-propagation debris (zeros, NaN):
-        # keep the records before it, which show how it got there.
-        res["diverged_at"] = int(hist.steps[bad[0]]) if bad.size else cfg.steps
-        hist = truncate(hist, max(1, int(bad[0])) if bad.size else len(hist.steps))
+    if hist.meta.get("stopped_at_step") is not None:
+        res["interrupted_at"] = hist.meta["stopped_at_step"]
+    elif where is not None or not params_ok:
+        # The first non-finite record's per-layer values are NaN-propagation debris (zeros, NaN)
+        # below the layer where it appeared: keep the records before it, which show how it got
+        # there, and where it appeared.
+        res["diverged_at"] = where["step"] if where else cfg.steps
+        hist = truncate(hist, max(1, where["record"]) if where else len(hist.steps))
         hist.meta["diverged_at_step"] = res["diverged_at"]
+        if where:
+            res["nonfinite"] = {k: where[k] for k in ("backward_layer", "forward_layer")}
+            hist.meta["nonfinite_layer_backward"] = where["backward_layer"]
+            hist.meta["nonfinite_layer_forward"] = where["forward_layer"]
     else:
         loss, acc = evaluate(model, ds.x_test, ds.y_test, ds.x_train[:BN_CALIBRATION], mesh=mesh)
         res["held_out_loss"] = loss if math.isfinite(loss) else None
@@ -217,12 +235,16 @@ def verdict(a: dict, best_acc: float, num_classes: int) -> str:
     chance, chance_loss = 1 / num_classes, math.log(num_classes)
     if a["status"] == "failed":
         return f"failed: {a['error']}"
+    if a["status"] == "interrupted":
+        return f"interrupted after {a['interrupted_at']} steps (resume with --resume)"
     if a["status"] == "diverged":
         why = "loss became non-finite"
         if a["initial_loss"] is not None and a["initial_loss"] > 2 * chance_loss:
             why = (f"initial loss {a['initial_loss']:.3g} ≫ chance {chance_loss:.2f}: "
                    "the forward signal explodes")
-        return f"diverged by step {a['diverged_at']} ({why})"
+        where = a.get("nonfinite_layer")
+        at = f", first non-finite at layer '{where}' (backward order)" if where else ""
+        return f"diverged by step {a['diverged_at']}{at} ({why})"
     r0, r1, acc = a["error_ratio_init"], a["error_ratio_end"], a["held_out_accuracy"]
     if r0 is None:
         flow = "error signal not measured"
@@ -252,34 +274,45 @@ def arch_summary(res: dict) -> dict:
         return {"arch": res["arch"], "status": "failed", "error": res.get("error", "unknown"),
                 **{k: None for k in _NUMBERS}}
     h = res["history"]
-    loss, acc = final_train(h) if res["diverged_at"] is None else (None, None)
+    interrupted = res.get("interrupted_at")
+    ended = res["diverged_at"] is None and interrupted is None
+    loss, acc = final_train(h) if ended else (None, None)
     first_loss = float(h["loss"][0])
+    status = ("diverged" if res["diverged_at"] is not None
+              else "interrupted" if interrupted is not None else "ok")
+    nonfinite = res.get("nonfinite") or {}
     return {
-        "arch": res["arch"], "status": "diverged" if res["diverged_at"] is not None else "ok",
+        "arch": res["arch"], "status": status,
         "params": res["params"], "layers": len(h.layers),
         "final_train_loss": loss, "final_train_accuracy": acc,
         "held_out_loss": res["held_out_loss"], "held_out_accuracy": res["held_out_accuracy"],
         "error_ratio_init": error_ratio(h, 0),
-        "error_ratio_end": error_ratio(h, -1) if res["diverged_at"] is None else None,
+        "error_ratio_end": error_ratio(h, -1) if ended else None,
         "init_step": int(h.steps[0]), "end_step": int(h.steps[-1]),
         "initial_loss": first_loss if math.isfinite(first_loss) else None,
-        "diverged_at": res["diverged_at"], "records": len(h.steps),
+        "diverged_at": res["diverged_at"], "nonfinite_layer": nonfinite.get("backward_layer"),
+        "nonfinite_forward_layer": nonfinite.get("forward_layer"),
+        "interrupted_at": interrupted, "records": len(h.steps),
         "train_s": round(res["train_s"], 2), "time_s": round(res["time_s"], 2),
         "history": f"{res['arch']}_history.npz", "heatmap": f"{res['arch']}_heatmap.png",
         **slopes(h), "diagnosis_init": [str(f) for f in diagnose(h.snapshot(0))],
-        "diagnosis_end": _end_findings(h, res["diverged_at"]),
+        "diagnosis_end": _end_findings(h, res["diverged_at"], nonfinite),
     }
 
 
-def _end_findings(h: History, diverged_at) -> list[str]:
+def _end_findings(h: History, diverged_at, nonfinite: dict | None = None) -> list[str]:
     """gf.diagnose at the last record; a diverged arch's History stops before the non-finite
-    record, so its divergence is stated first."""
+    record, so its divergence (and where it appeared) is stated first."""
     found = [str(f) for f in diagnose(h)]
     if diverged_at is None:
         return found
-    div = Finding("divergence", (), f"loss became non-finite by step {diverged_at}",
+    where = divergence.describe(nonfinite or {})
+    layer = (nonfinite or {}).get("backward_layer")
+    div = Finding("divergence", (layer,) if layer else (),
+                  f"loss or gradients became non-finite by step {diverged_at}"
+                  + (f"; {where}" if where else ""),
                   "lower the learning rate; add normalization or gradient clipping")
-    return [str(div)] + [f for f in found if not f.startswith("healthy")]
+    return [str(div)] + [f for f in found if not f.startswith(("healthy", "divergence"))]
 
 
 def slopes(h: History) -> dict:
@@ -296,7 +329,7 @@ def slopes(h: History) -> dict:
 
 _NUMBERS = ("params", "final_train_loss", "final_train_accuracy", "held_out_loss",
             "held_out_accuracy", "error_ratio_init", "error_ratio_end", "initial_loss",
-            "diverged_at")
+            "diverged_at", "nonfinite_layer", "interrupted_at")
 
 
 def summarize(results: list[dict], cfg: Config, ds) -> dict:

@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
         "grid, profiles, curves, summary.json and report.html to a new run directory."),
         formatter_class=_Help)
     a = p.add_argument
+    from .experiments import EXPERIMENTS
+    a("--experiment", choices=tuple(EXPERIMENTS), default=None, help="run one of the seed "
+      "paper's patterns instead (each takes a subset of the options below, with its own "
+      "defaults): " + "; ".join(f"{k}: {v.description}" for k, v in EXPERIMENTS.items()))
     a("--depth", type=_depth_list, default=Config.depth, help="weight layers on the longest "
       "path (stem + hidden layers + output layer); residual archs need an even depth. A "
       "comma-separated list (e.g. 8,16,32,64,128) runs a depth sweep instead: every arch at "
@@ -127,12 +131,27 @@ def build_parser() -> argparse.ArgumentParser:
     a("--seed", type=_int_at_least(0), default=Config.seed,
       help="seed of the data, the initialization and the batch order")
     a("--seeds", type=_int_at_least(1), default=None, help="depth sweeps only: initializations "
-      "per depth, seeds --seed, --seed+1, ... (default: 3)")
+      "per depth, seeds --seed, --seed+1, ... (default: 3); --experiment batchnorm: "
+      "fine-tuning seeds")
     a("--log-every", type=_int_at_least(1), default=Config.log_every,
       help="record every layer's statistics every N steps (and at the last step)")
     a("--out", default=None, help="run directory to create; it must not exist or be empty "
       "(default: runs/<date>_<time>)")
+    a("--devices", type=_int_at_least(1), default=None, help="data parallelism: split every "
+      "batch across the first N devices, parameters replicated, statistics those of the whole "
+      "batch (default: every visible device; --batch-size must be a multiple of N)")
+    a("--coordinator", default=None, help="multi-process run: host:port of process 0 (default: "
+      "$JAX_COORDINATOR_ADDRESS), or 'auto' to let JAX detect a TPU slice, SLURM or Open MPI "
+      "job; with --num-processes and --process-id ($JAX_NUM_PROCESSES, $JAX_PROCESS_ID). Only "
+      "process 0 writes files")
+    a("--num-processes", type=_int_at_least(1), default=None,
+      help="multi-process run: number of processes")
+    a("--process-id", type=_int_at_least(0), default=None,
+      help="multi-process run: this process's id, 0 .. --num-processes - 1")
     a("--quiet", action="store_true", help="no progress output on stderr")
+    a("--resume", metavar="RUN_DIR", default=None, help="continue the interrupted run in RUN_DIR "
+      "from its last checkpoint, with the options it was started with (other options must "
+      "agree with them); finished architectures are not trained again")
     return p
 
 
@@ -142,6 +161,11 @@ def parse(argv=None) -> argparse.Namespace:
 
     p = build_parser()
     args = p.parse_args(argv)
+    if args.resume is not None:
+        return _resume_args(p, argv)
+    if args.experiment:  # the seed's patterns: their own options and defaults
+        from .experiments.cli import validate
+        return validate(p, args, argv)
     archs = [s.strip() for s in args.archs.split(",") if s.strip()]
     if not archs:
         p.error(f"argument --archs: no architecture given (choose from {', '.join(ARCH_CHOICES)})")
@@ -177,6 +201,63 @@ def parse(argv=None) -> argparse.Namespace:
     args.archs = archs
     args.lr = DEFAULT_LR[args.optimizer] if args.lr is None else args.lr
     args.out = _out_dir(p, args.out)
+    args.devices = _devices(p, args)
+    return args
+
+
+def _devices(p, args) -> int:
+    """Joins a multi-process run if one is configured, then checks --devices against the
+    visible devices and the batch (the sweep's probe batch at init too); returns the count."""
+    from . import distributed
+
+    auto = args.coordinator == "auto"
+    try:
+        distributed.initialize(None if auto else args.coordinator, args.num_processes,
+                               args.process_id, auto=auto)
+    except ValueError as e:
+        p.error(f"argument --coordinator: {e}")
+    import jax
+
+    available, processes = jax.device_count(), jax.process_count()
+    n = available if args.devices is None else args.devices
+    if n > available:
+        p.error(f"argument --devices: {n} is more than the {available} visible devices")
+    if n % processes:
+        p.error(f"argument --devices: {n} is not a multiple of the {processes} processes")
+    batches = {"--batch-size": args.batch_size}
+    if args.sweep and args.steps == 0:
+        from .sweep import PROBE_BATCH
+        batches["the depth sweep's probe batch"] = min(args.batch_size, PROBE_BATCH[args.model])
+    for what, size in batches.items():
+        if size % n:
+            p.error(f"argument --batch-size: {what} of {size} does not divide across {n} "
+                    f"devices; give a multiple of {n}, or --devices")
+    return n
+
+
+def _resume_args(p, argv) -> argparse.Namespace:
+    """--resume RUN_DIR: the run's own options (from its run.json), the directory as --out."""
+    from .resume import RunRecord, conflicts, strip_option
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    given = strip_option(strip_option(argv, "--resume"), "--quiet", value=False)
+    run_dir = p.parse_args(argv).resume
+    try:
+        record = RunRecord.load(run_dir)
+    except ValueError as e:
+        p.error(f"argument --resume: {e}")
+    if record.status == "complete":
+        p.error(f"argument --resume: {run_dir} is a complete run; there is nothing to resume")
+    out = p.parse_args(given).out
+    if out is not None and Path(out).resolve() != Path(run_dir).resolve():
+        p.error(f"argument --out: conflicts with --resume {run_dir} (a resumed run writes into "
+                "its own directory)")
+    bad = conflicts(p, record.argv, strip_option(given, "--out"))
+    if bad:
+        p.error(f"argument {bad[0]}: conflicts with the options of the run being resumed "
+                f"(python -m gradflow.run {' '.join(record.argv)}); give --resume alone")
+    args = parse(record.argv + (["--quiet"] if "--quiet" in argv else []))
+    args.out, args.resume = Path(run_dir), record
     return args
 
 
@@ -250,11 +331,16 @@ class Progress(_LineWriter):
         self.t_last = now
         self._write(self._line(done, now), final=not self.tty)
 
-    def finish(self, note: str = ""):
+    def finish(self, note: str = "", steps: int | None = None):
         took = time.perf_counter() - self.t0
         self.took.append(took)
-        self._write(f"[{self.i + 1}/{len(self.archs)}] {self.archs[self.i]}: {self.steps} steps in "
+        steps = self.steps if steps is None else steps
+        self._write(f"[{self.i + 1}/{len(self.archs)}] {self.archs[self.i]}: {steps} steps in "
                     f"{took:.1f}s" + (f" — {note}" if note else ""), final=True)
+
+    def note(self, i: int, text: str):
+        """A line about architecture `i` that is not trained now."""
+        self._write(f"[{i + 1}/{len(self.archs)}] {self.archs[i]}: {text}", final=True)
 
     def _line(self, done, now):
         n = len(self.archs)
@@ -314,8 +400,13 @@ def _prepare(cfg, args):
     if cfg.batch_size > len(ds.x_train):
         _Parser().error(f"argument --batch-size: {cfg.batch_size} is larger than the "
                         f"{len(ds.x_train)} training examples")
+    if cfg.model == "cnn" and len(ds.image_shape) != 3:
+        _Parser().error(f"argument --model: cnn needs images (N, height, width, channels); "
+                        f"{ds.name} has examples of shape {tuple(ds.image_shape)} (use --model mlp)")
+    from .distributed import is_primary
     try:
-        args.out.mkdir(parents=True, exist_ok=True)
+        if is_primary():  # in a multi-process run only process 0 writes
+            args.out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         _Parser().error(f"argument --out: cannot create {args.out} ({e.strerror})")
     return ds
@@ -323,6 +414,9 @@ def _prepare(cfg, args):
 
 def main(argv=None) -> int:
     args = parse(argv)
+    if args.experiment:
+        from .experiments.cli import main as experiment_main
+        return experiment_main(args, argv)
     if args.sweep:
         return sweep_main(args, argv)
     t_start = time.perf_counter()
@@ -330,37 +424,98 @@ def main(argv=None) -> int:
     import jax
 
     from . import experiment, report
+    from .distributed import is_primary
 
     cfg = experiment.Config(**{k: getattr(args, k) for k in (
         "depth", "width", "archs", "model", "steps", "batch_size", "lr", "optimizer", "init",
-        "activation", "dataset", "data_dir", "seed", "log_every")})
-    ds = _prepare(cfg, args)
-    progress = Progress(cfg.archs, cfg.steps, enabled=not args.quiet)
-    results = []
-    for i, arch in enumerate(cfg.archs):
-        progress.start(i)
-        try:
-            res = experiment.train_arch(arch, cfg, ds, progress.step)
-        except Exception as e:  # one arch failing (e.g. out of memory) must not lose the others
-            res = {"arch": arch, "error": f"{type(e).__name__}: {e}".splitlines()[0]}
-            progress.finish(f"failed: {res['error']}")
-        else:
-            progress.finish("diverged (loss became non-finite)" if res["diverged_at"] is not None
-                            else f"held-out accuracy {res['held_out_accuracy']:.1%}")
-        results.append(res)
-    summary = experiment.summarize(results, cfg, ds)
-    summary["run"] = {
-        "command": _command(argv),
-        "started": started, "device": f"{jax.default_backend()} ({os.cpu_count()} cores)",
-        "training_s": round(time.perf_counter() - t_start, 1),
-        "output": str(args.out)}
-    report.write_run(args.out, results, summary, ds.num_classes, cfg.steps)
-    print(table(summary))
-    from .report import diagnosis_lines
-    print("\n" + "\n".join(diagnosis_lines(summary)))
-    print(f"\nwrote {args.out}/ in {time.perf_counter() - t_start:.0f}s — open "
-          f"{args.out / 'report.html'}")
-    return 0
+        "activation", "dataset", "data_dir", "seed", "log_every", "devices")})
+    from .interrupt import catch_signals
+    from .resume import RunRecord
+
+    with catch_signals() as stop:
+        ds = _prepare(cfg, args)
+        primary = is_primary()  # in a multi-process run only process 0 reports and saves
+        record = args.resume
+        if record is None and primary:
+            record = RunRecord.create(args.out, sys.argv[1:] if argv is None else argv, started)
+        progress = Progress(cfg.archs, cfg.steps, enabled=not args.quiet and primary)
+        results = []
+        for i, arch in enumerate(cfg.archs):
+            if stop.requested:
+                break
+            res = record.result(arch) if record is not None else None
+            if res is not None:
+                progress.note(i, "finished before the interruption, not trained again")
+                results.append(res)
+                continue
+            progress.start(i)
+            saver = record.saver(arch) if record is not None else None
+            try:  # a multi-process run cannot stop at different steps: signals keep their effect
+                res = experiment.train_arch(arch, cfg, ds, progress.step, saver=saver,
+                                            stop=stop if jax.process_count() == 1 else None)
+            except Exception as e:  # one arch failing (e.g. out of memory) must not lose the others
+                res = {"arch": arch, "error": f"{type(e).__name__}: {e}".splitlines()[0]}
+                progress.finish(f"failed: {res['error']}")
+            else:
+                progress.finish(_outcome(res), res.get("interrupted_at"))
+            if record is not None and res.get("interrupted_at") is None:
+                record.finish(res)
+                saver.finish()
+            results.append(res)
+        summary = experiment.summarize(results, cfg, ds)
+        summary["run"] = {
+            "command": _command(argv) if args.resume is None else _command(
+                [*args.resume.argv, "--out", str(args.out)]),
+            "started": started, "device": f"{jax.default_backend()} ({os.cpu_count()} cores)",
+            "devices": cfg.devices, "processes": jax.process_count(),
+            "training_s": round(time.perf_counter() - t_start, 1),
+            "output": str(args.out)}
+        stopped = _stopped(stop, results, cfg.archs)
+        if stopped:
+            summary["run"]["interrupted"] = stopped
+        if args.resume is not None:
+            summary["run"]["resumed"] = _command(argv)
+        if not primary:
+            return stop.exit_code
+        report.write_run(args.out, results, summary, ds.num_classes, cfg.steps)
+        record.close("interrupted" if stopped else "complete")
+        print(table(summary))
+        from .report import diagnosis_lines
+        print("\n" + "\n".join(diagnosis_lines(summary)))
+        print(f"\nwrote {args.out}/ in {time.perf_counter() - t_start:.0f}s — open "
+              f"{args.out / 'report.html'}")
+        if stopped:
+            sys.stderr.write(_stopped_message(stopped, args.out))
+        return stop.exit_code
+
+
+def _outcome(res) -> str:
+    """The progress note of a trained architecture."""
+    if res.get("interrupted_at") is not None:
+        return f"interrupted after {res['interrupted_at']} steps"
+    if res["diverged_at"] is not None:
+        return "diverged (loss or gradients became non-finite)"
+    return f"held-out accuracy {res['held_out_accuracy']:.1%}"
+
+
+def _stopped(stop, results, archs) -> dict | None:
+    """Where a signal stopped the run (None if it did not, or came after the last arch)."""
+    at = next((r for r in results if r.get("interrupted_at") is not None), None)
+    if not stop.requested or (at is None and len(results) == len(archs)):
+        return None
+    done = [r["arch"] for r in results if r.get("interrupted_at") is None]
+    return {"signal": stop.name, "arch": at["arch"] if at else None,
+            "step": at["interrupted_at"] if at else None,
+            "finished": done, "not_started": [a for a in archs if a not in done
+                                              and (at is None or a != at["arch"])]}
+
+
+def _stopped_message(stopped: dict, out) -> str:
+    where = (f"after {stopped['step']} steps of {stopped['arch']}" if stopped["arch"]
+             else "between architectures")
+    return (f"\ninterrupted by {stopped['signal']} {where} ({len(stopped['finished'])} "
+            f"architectures finished); everything recorded so far is in {out}/ — continue with: "
+            f"python -m gradflow.run --resume {out}\n")
 
 
 # -- depth sweep ----------------------------------------------------------------------------------
@@ -431,16 +586,19 @@ def sweep_main(args, argv=None) -> int:
     import jax
 
     from . import experiment, sweep
+    from .distributed import is_primary
 
     cfg = experiment.Config(**{k: getattr(args, k) for k in (
         "depth", "width", "archs", "model", "batch_size", "lr", "optimizer", "init",
-        "activation", "dataset", "data_dir", "seed", "log_every")}, steps=max(args.steps, 1))
+        "activation", "dataset", "data_dir", "seed", "log_every", "devices")},
+        steps=max(args.steps, 1))
     ds = _prepare(cfg, args)
     n_seeds = args.seeds or sweep.SEED_COUNT
     seeds = list(range(cfg.seed, cfg.seed + n_seeds))
+    primary = is_primary()  # in a multi-process run only process 0 reports
     progress = SweepProgress([d for _ in cfg.archs for d in args.depths for _ in seeds],
-                             n_seeds, enabled=not args.quiet)
-    if not args.quiet:
+                             n_seeds, enabled=not args.quiet and primary)
+    if not args.quiet and primary:
         what = (f"at init (one probe batch of {sweep.probe_batch_size(cfg)})" if args.steps == 0
                 else f"training {args.steps} steps each")
         sys.stderr.write(f"depth sweep: {len(cfg.archs)} archs × {len(args.depths)} depths × "
@@ -449,7 +607,10 @@ def sweep_main(args, argv=None) -> int:
                             progress=progress, on_step=progress.step)
     res.run = {"command": _command(argv), "started": started,
                "device": f"{jax.default_backend()} ({os.cpu_count()} cores)",
+               "devices": cfg.devices, "processes": jax.process_count(),
                "output": str(args.out)}
+    if not primary:
+        return 0
     sweep.write(args.out, res, experiment.describe(ds))
     print(sweep.table(res))
     print(f"\nwrote {args.out}/ in {time.perf_counter() - t_start:.0f}s — open "

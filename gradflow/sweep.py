@@ -216,13 +216,7 @@ _INIT: dict = {}
 
 
 def _make(arch, cfg, image_shape, num_classes, stack, rngs):
-    common = dict(width=cfg.width, num_classes=num_classes, init=cfg.init,
-                  activation=cfg.activation, stack=stack, rngs=rngs)
-    if cfg.model == "mlp":
-        return models.mlp(base_arch(arch), cfg.depth, in_features=math.prod(image_shape),
-                          **common)
-    return models.cnn(base_arch(arch), cfg.depth, in_channels=image_shape[-1],
-                      conv="separable" if arch.endswith(SEPARABLE) else "standard", **common)
+    return build_model(arch, cfg, image_shape, num_classes, stack=stack, rngs=rngs)
 
 
 def first_batch(ds, batch_size: int, seed: int):

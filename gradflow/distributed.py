@@ -1,0 +1,224 @@
+"""Data parallelism on JAX's own machinery: a 1-D `jax.sharding.Mesh` with a `data` axis, the
+batch sharded along it, parameters and optimizer state replicated, and the compiled steps
+re-jitted with those shardings. Statistics stay those of the global batch because `jit` has
+global semantics: XLA turns every reduction over the batch (loss, BatchNorm's batch mean, error
+norms, activation statistics) into a cross-device one.
+
+    mesh = data_mesh(4)                  # the first 4 devices; data_mesh() takes them all
+    gf.train(model, batches, ..., mesh=mesh)   # or devices=4
+
+Several processes (hosts): call `initialize()` first (it wraps `jax.distributed.initialize`);
+each process then passes its own share of every global batch (`process_share`), as
+`jax.make_array_from_process_local_data` expects, and only `is_primary()` writes files.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+
+
+# -- processes ------------------------------------------------------------------------------------
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, *, auto: bool = False) -> bool:
+    """Joins a multi-process run through `jax.distributed.initialize`, before anything else
+    touches a device. Settings come from the arguments, else from the environment variables
+    JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID.
+    With none of them set, nothing happens (a single process) unless `auto`, which lets JAX
+    detect a TPU slice, SLURM or Open MPI job. Returns whether the run is multi-process.
+    On CPU the processes talk through gloo collectives."""
+    if jax.distributed.is_initialized():
+        return True
+    given = {"coordinator_address": coordinator_address or os.environ.get(ENV[0]) or None,
+             "num_processes": _env_int(num_processes, ENV[1]),
+             "process_id": _env_int(process_id, ENV[2])}
+    if not auto and all(v is None for v in given.values()):
+        return False
+    missing = [name for name, v in given.items() if v is None]
+    if missing and not auto:
+        raise ValueError(f"multi-process run needs {', '.join(missing)} too (arguments or "
+                         f"{', '.join(ENV)}), or auto=True on a TPU slice / SLURM / Open MPI")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**{k: v for k, v in given.items() if v is not None})
+    return True
+
+
+def _env_int(value, name):
+    if value is not None:
+        return int(value)
+    text = os.environ.get(name)
+    if text is None or text == "":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{name}={text!r} is not an integer") from None
+
+
+def is_primary() -> bool:
+    """True in process 0, the one that writes histories, figures and reports."""
+    return jax.process_index() == 0
+
+
+# -- the mesh -------------------------------------------------------------------------------------
+
+def data_mesh(devices=None) -> Mesh:
+    """A 1-D mesh with axis `data` over `devices`: None (every device of every process), a
+    count N (the first N; with several processes N/P of each process's devices), or a sequence
+    of jax devices."""
+    return Mesh(np.array(_select(devices)), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+
+
+def _select(devices) -> list:
+    if devices is None:
+        return _process_major(jax.devices())
+    if isinstance(devices, (int, np.integer)) and not isinstance(devices, bool):
+        n, total, procs = int(devices), jax.device_count(), jax.process_count()
+        if not 1 <= n <= total:
+            raise ValueError(f"devices={n} must be between 1 and the {total} available")
+        if n % procs:
+            raise ValueError(f"devices={n} must be a multiple of the {procs} processes (each "
+                             "process contributes the same number of devices)")
+        per = n // procs
+        return [d for p in range(procs) for d in _by_process(p)[:per]]
+    try:
+        chosen = list(devices)
+    except TypeError:
+        chosen = None
+    if not chosen or not all(isinstance(d, jax.Device) for d in chosen):
+        raise ValueError(f"devices={devices!r} must be None (all), a count >= 1 or a "
+                         "non-empty list of jax devices")
+    return _process_major(chosen)
+
+
+def _by_process(p: int) -> list:
+    return sorted((d for d in jax.devices() if d.process_index == p), key=lambda d: d.id)
+
+
+def _process_major(devices) -> list:
+    """Each process's devices side by side, so its share of the batch is one block of rows."""
+    return sorted(devices, key=lambda d: (d.process_index, d.id))
+
+
+def resolve(devices=None, mesh: Mesh | None = None) -> Mesh | None:
+    """The mesh `gf.probe` / `gf.train` shard over, or None for one device in one process (then
+    nothing is re-placed or re-jitted: the single-device path is unchanged)."""
+    if mesh is not None:
+        if devices is not None:
+            raise ValueError("give devices= or mesh=, not both")
+        if not isinstance(mesh, Mesh) or DATA_AXIS not in mesh.axis_names:
+            raise ValueError(f"mesh must be a jax.sharding.Mesh with a {DATA_AXIS!r} axis "
+                             "(see gradflow.distributed.data_mesh)")
+        return mesh
+    chosen = _select(devices)
+    if len(chosen) == 1 and jax.process_count() == 1 and not isinstance(devices, (list, tuple)):
+        return None
+    return Mesh(np.array(chosen), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis split along `data`, any other mesh axis replicated."""
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+# -- placement ------------------------------------------------------------------------------------
+
+def check_divisible(rows: int, mesh: Mesh) -> None:
+    """ValueError unless this process's `rows` split evenly over its devices in the mesh."""
+    local = _local_slots(mesh)
+    if rows % local:
+        who = ("a batch" if jax.process_count() == 1
+               else f"process {jax.process_index()}'s share of the batch")
+        raise ValueError(f"{who} of {rows} examples does not divide across {local} devices: "
+                         f"use a batch size that is a multiple of {local}, or fewer devices")
+
+
+def _local_slots(mesh: Mesh) -> int:
+    """How many of the mesh's batch blocks (positions along `data`) this process's devices hold."""
+    local = set(mesh.local_devices)
+    blocks = np.moveaxis(mesh.devices, mesh.axis_names.index(DATA_AXIS), 0)
+    return sum(any(d in local for d in np.ravel(b)) for b in blocks)
+
+
+def place_batch(x, y, mesh: Mesh):
+    """(x, y), this process's share of the global batch, as global arrays sharded along `data`
+    (a single process's share is the whole batch)."""
+    sharding = batch_sharding(mesh)
+    out = []
+    for a in (x, y):
+        if isinstance(a, jax.Array) and not a.is_fully_addressable:
+            out.append(jax.device_put(a, sharding))  # already global
+            continue
+        a = np.asarray(a)
+        if a.ndim == 0:
+            raise ValueError("batch arrays need a leading batch axis")
+        check_divisible(a.shape[0], mesh)
+        out.append(jax.device_put(a, sharding) if jax.process_count() == 1
+                   else jax.make_array_from_process_local_data(sharding, a))
+    return tuple(out)
+
+
+def place_global(a, mesh: Mesh, sharding=None):
+    """An array every process holds in full (held-out data, initial parameters), placed with
+    `sharding` (default: rows along `data`); each device takes only its own slice."""
+    a = np.asarray(a)
+    sharding = batch_sharding(mesh) if sharding is None else sharding
+    return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
+
+
+def replicate(tree, mesh: Mesh):
+    """Every leaf of `tree` (identical in every process) on every device of the mesh."""
+    rep = replicated(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(tree, rep)
+    return jax.tree.map(lambda a: place_global(a, mesh, rep), tree)
+
+
+def process_share(batch, mesh: Mesh):
+    """This process's rows of a global batch (x, y) that every process holds in full: the rows
+    its devices hold under `batch_sharding`, in order (`place_batch`'s input)."""
+    x, y = batch
+    n, blocks = len(x), mesh.shape[DATA_AXIS]
+    if n % blocks:
+        raise ValueError(f"a batch of {n} examples does not divide across {blocks} devices: "
+                         f"use a batch size that is a multiple of {blocks}, or fewer devices")
+    index = batch_sharding(mesh).addressable_devices_indices_map((n,))
+    starts = sorted({s[0].indices(n)[:2] for s in index.values()})
+    rows = np.concatenate([np.arange(a, b) for a, b in starts])
+    return np.asarray(x)[rows], np.asarray(y)[rows]
+
+
+def process_shares(batches, mesh: Mesh):
+    """`process_share` of every batch of an iterable; the batches themselves when one process
+    holds every device."""
+    if jax.process_count() == 1:
+        yield from batches
+        return
+    for batch in batches:
+        yield process_share(batch, mesh)
+
+
+@functools.lru_cache(maxsize=64)
+def sharded(step, mesh: Mesh, n_replicated: int):
+    """`step(*replicated_args, x, y)` jitted with its first `n_replicated` arguments and every
+    output replicated, and x, y sharded along `data`; compiled once per (step, mesh)."""
+    rep, data = replicated(mesh), batch_sharding(mesh)
+    return jax.jit(step, in_shardings=(rep,) * n_replicated + (data, data), out_shardings=rep)
+
+
+@functools.lru_cache(maxsize=64)
+def gathered(fn, mesh: Mesh):
+    """`fn(graphdef, *arrays)` (graphdef static) with every output replicated on the mesh, so
+    each process can read it whole."""
+    return jax.jit(fn, static_argnums=0, out_shardings=replicated(mesh))

@@ -1,0 +1,164 @@
+"""Data parallelism (gradflow.distributed): on 4 simulated CPU devices and on 2 processes on
+localhost (2 devices each, gloo collectives), gf.probe and gf.train give every statistic, the
+trained parameters and the BatchNorm running statistics of a single device on the same global
+batch; bad device counts and batches that do not divide are clear errors; in a multi-process
+CLI run only process 0 writes. The workers (tests/_distributed_worker.py) start together, in
+their own processes, while this one computes the single-device references."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from _distributed_worker import CASES, MULTIHOST_PROBE, case_name, run_case
+from gradflow import History, data, experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).with_name("_distributed_worker.py")
+TIMEOUT = 300
+
+
+def _env(devices: int, **extra) -> dict:
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count")]
+    flags.append("--xla_backend_optimization_level=0")  # ~30% faster compiles
+    return {**os.environ, "JAX_PLATFORMS": "cpu", **extra,
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+            "XLA_FLAGS": " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _tiny_dataset(path: Path) -> Path:
+    """80 training and 20 held-out 2x2x3 'images' (12 features, as the MLP cases)."""
+    rng = np.random.default_rng(3)
+    np.savez(path, x=rng.normal(size=(100, 2, 2, 3)).astype(np.float32),
+             y=rng.integers(0, 10, 100))
+    return path
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory):
+    """Starts the 4-device worker and the two processes of the multi-host run; yields
+    {name: (Popen, output dir)} and stops whatever is still running at the end."""
+    out = tmp_path_factory.mktemp("distributed")
+    npz = _tiny_dataset(out / "tiny.npz")
+    (out / "sharded").mkdir()
+    (out / "multihost").mkdir()
+    port, procs = _free_port(), {}
+
+    def start(name, args, env):
+        log = open(out / f"{name}.log", "w")
+        procs[name] = (subprocess.Popen([sys.executable, str(WORKER), *args], env=env, cwd=out,
+                                        stdout=log, stderr=subprocess.STDOUT), log)
+
+    start("sharded", ["sharded", str(out / "sharded")], _env(4))
+    for pid in (0, 1):
+        start(f"process{pid}", ["multihost", str(out / "multihost"), str(pid), str(npz)],
+              _env(2, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+                   JAX_PROCESS_ID=str(pid)))
+    yield {"out": out, "npz": npz, "procs": procs}
+    for proc, log in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        log.close()
+
+
+def _finished(workers, *names) -> Path:
+    for name in names:
+        proc, log = workers["procs"][name]
+        try:
+            code = proc.wait(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = "timeout"
+        log.flush()
+        text = (workers["out"] / f"{name}.log").read_text()
+        assert code == 0, f"{name} worker failed ({code}):\n{text[-3000:]}"
+    return workers["out"]
+
+
+@pytest.fixture(scope="module")
+def references(workers):
+    """Each case on one device, computed here while the workers run."""
+    return {case_name(c): run_case(c, devices=1) for c in CASES}
+
+
+def _assert_same(got: dict, ref: dict, where: str):
+    """Float tolerance: rtol 1e-5, and an absolute floor relative to the array's largest value
+    for entries near zero (act_mean of logits; a BatchNorm bias, whose gradient is a sum over
+    the batch with cancellation, after a few updates)."""
+    assert sorted(got) == sorted(ref), where
+    for key, want in ref.items():
+        scale = float(np.max(np.abs(want))) if want.size else 0.0
+        floor = 1e-5 if key.split("/")[0] in ("params", "stats") else 1e-6
+        np.testing.assert_allclose(got[key], want, rtol=1e-5, atol=floor * scale,
+                                   err_msg=f"{where}: {key}")
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_name)
+def test_four_devices_equal_one_device_on_the_global_batch(case, workers, references):
+    out = _finished(workers, "sharded") / "sharded"
+    got = dict(np.load(out / f"{case_name(case)}.npz"))
+    ref = references[case_name(case)]
+    assert any(k.startswith("stats/") for k in ref) == ("bn" in case[1])
+    assert len(ref["train/loss"]) == 2 and ref["train/grad_norm"].shape[1] == case[2]
+    _assert_same(got, ref, f"4 devices, {case_name(case)}")
+
+
+def test_batches_are_split_and_bad_counts_are_clear_errors(workers):
+    checks = json.loads((_finished(workers, "sharded") / "sharded" / "checks.json").read_text())
+    assert checks["default_mesh_size"] == 4  # every visible device by default
+    assert checks["rows_per_device"] == [2]  # a batch of 8 is split, not copied
+    assert "6 examples does not divide across 4 devices" in checks["probe_6_rows"]
+    assert "6 examples does not divide across 4 devices" in checks["train_6_rows"]
+    assert "between 1 and the 4 available" in checks["devices_5"]
+    assert "between 1 and the 4 available" in checks["devices_0"]
+    assert "'data' axis" in checks["mesh_without_data"]
+    assert "--devices: 5 is more than the 4 visible devices" in checks["cli_devices_5"]
+    assert "--batch-size of 6 does not divide across 4 devices" in checks["cli_batch_6"]
+    assert "probe batch of 8 does not divide across 3 devices" in checks["cli_sweep_probe_batch"]
+    for key in ("cli_devices_5", "cli_batch_6", "cli_sweep_probe_batch"):
+        assert len(checks[key].splitlines()) == 1
+    assert checks["cli_batch_6_on_2"] == 2
+
+
+def test_two_processes_probe_as_one_process(workers, references):
+    out = _finished(workers, "process0", "process1") / "multihost"
+    ref = {k: v for k, v in references[case_name(MULTIHOST_PROBE)].items()
+           if k.startswith("probe/")}
+    for pid in (0, 1):
+        _assert_same(dict(np.load(out / f"probe_process{pid}.npz")), ref, f"process {pid}")
+
+
+def test_two_process_cli_run_equals_one_process_and_only_process_0_writes(workers):
+    out = _finished(workers, "process0", "process1") / "multihost"
+    assert (out / "done_process0").read_text() == (out / "done_process1").read_text() == "0"
+    assert not (out / "run_process1").exists()
+    run = out / "run_process0"
+    assert {"residual_bn_history.npz", "summary.json", "report.html"} <= {
+        p.name for p in run.iterdir()}
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["run"]["processes"] == 2 and summary["run"]["devices"] == 4
+    got = History.load(run / "residual_bn_history.npz")
+    cfg = experiment.Config(model="mlp", depth=4, width=8, archs=("residual_bn",), steps=3,
+                            log_every=1, batch_size=8, dataset="npz",
+                            data_dir=str(workers["npz"]), devices=1)  # CLI_ARGS, one device
+    ds = data.load("npz", workers["npz"], seed=cfg.seed)
+    ref = experiment.train_arch("residual_bn", cfg, ds)
+    for m in (*ref["history"].metrics, *ref["history"].scalars):
+        np.testing.assert_allclose(got[m], ref["history"][m], rtol=1e-5, atol=1e-7, err_msg=m)
+    arch = summary["archs"][0]
+    assert arch["held_out_loss"] == pytest.approx(ref["held_out_loss"], rel=1e-5)
+    assert arch["held_out_accuracy"] == ref["held_out_accuracy"]
