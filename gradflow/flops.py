@@ -90,7 +90,8 @@ class Costs:
 
 def costs(model: nnx.Module, input_shape, *, dtype=jnp.float32) -> Costs:
     """Parameters and MACs per example of every nnx.Conv / nnx.Linear call of `model` for one
-    input of shape `input_shape` (no batch axis), traced abstractly (nothing is computed)."""
+    input of shape `input_shape` (no batch axis), traced abstractly (nothing is computed; an
+    abstract model from `nnx.eval_shape(lambda: Model(...))` works as well as a real one)."""
     if not isinstance(model, nnx.Module):
         raise ValueError(f"model must be a flax.nnx.Module, got {type(model).__name__}")
     graphdef, state = nnx.split(model)

@@ -44,15 +44,15 @@ EXPERIMENTS: dict[str, Experiment] = {
         "batch normalization: (a) Conv(no bias)-BN-ReLU against Conv+ReLU-BN at equal depth; "
         "(b) fine-tuning on a small new task with BN frozen against BN training, over seeds",
         _lazy("batchnorm"),
-        {**_COMMON, **_TRAINING, "depth": 20, "width": 16, "steps": 150, "optimizer": "momentum",
+        {**_COMMON, **_TRAINING, "depth": 10, "width": 16, "steps": 150, "optimizer": "momentum",
          "lr": 0.01, "init": "lecun", "seeds": 3}),
     "separable": Experiment(
         "depthwise separable convolutions: parameters and multiply-adds per layer and model "
         "(checked against closed forms), forward+backward time against standard convs at "
         "widths W, 4W, 16W, gradient flow and accuracy at equal depth",
         _lazy("separable"),
-        {**_COMMON, **_TRAINING, "depth": 20, "width": 16, "steps": 150, "optimizer": "momentum",
-         "lr": 0.01, "init": "lecun", "archs": ("bn", "residual_bn")}),
+        {**_COMMON, **_TRAINING, "depth": 10, "width": 16, "steps": 150, "optimizer": "momentum",
+         "lr": 0.01, "init": "lecun", "archs": ("residual_bn",)}),
 }
 
 NAMES = tuple(EXPERIMENTS)

@@ -21,19 +21,20 @@ import numpy as np
 from flax import nnx
 
 from .. import data, losses, models
-from ..experiment import BN_CALIBRATION, evaluate, make_optimizer
+from ..experiment import BN_CALIBRATION, evaluate
 from ..freeze import freeze_batchnorm
 from ..probe import split_model
 from ..report import comparison_grid, curves, profiles
 from ..steps import layout_for, train_steps
-from .common import accuracy, comparison_rows, fit, numbers, recalibrate, subset
+from .common import (accuracy, comparison_rows, fit, numbers, recalibrate, shared_optimizer,
+                     subset)
 from .report import Page, fmt, text_table
 
 PLACEMENTS = (("conv-BN-ReLU", "before_act"), ("conv-ReLU-BN", "after_act"))
 PRETRAIN_CLASSES = (0, 1, 2, 3, 4)
 FINETUNE_CLASSES = (5, 6, 7, 8, 9)
 FINETUNE_EXAMPLES = 256  # the small new task's training set
-EVALS = 15  # held-out evaluations during fine-tuning (plus one before the first step)
+EVALS = 10  # held-out evaluations during fine-tuning (plus one before the first step)
 VARIANTS = ("BN frozen", "BN training")
 
 
@@ -104,7 +105,8 @@ def pretrain(ds, *, log, depth, width, steps, batch_size, optimizer, lr, init, l
 
 
 def fine_tune(pretrained, ds, *, frozen: bool, seed: int, steps, batch_size, optimizer, lr):
-    """One fine-tuning run; returns its curves and whether frozen BN stayed bit-identical."""
+    """One fine-tuning run of a copy of `pretrained` with a new head; returns (its numbers and
+    curves, including whether frozen BN stayed bit-identical; the fine-tuned model)."""
     x, y = subset(ds.x_train, ds.y_train, FINETUNE_CLASSES, limit=FINETUNE_EXAMPLES, seed=seed)
     xt, yt = subset(ds.x_test, ds.y_test, FINETUNE_CLASSES)
     model = nnx.clone(pretrained)
@@ -114,7 +116,7 @@ def fine_tune(pretrained, ds, *, frozen: bool, seed: int, steps, batch_size, opt
         freeze_batchnorm(model)
     bn_before = _bn_arrays(model)
     batches = data.batches(x, y, min(batch_size, len(x)), seed)
-    tx = make_optimizer(optimizer, lr)
+    tx = shared_optimizer(optimizer, lr)
     graphdef, params, rest = split_model(model)
     x0, _ = next(data.batches(x, y, min(batch_size, len(x)), seed))
     _, step = train_steps(graphdef, layout_for(graphdef, params, rest, x0, model),
@@ -132,7 +134,7 @@ def fine_tune(pretrained, ds, *, frozen: bool, seed: int, steps, batch_size, opt
     for i in range(steps):
         bx, by = next(batches)
         params, rest, opt_state, out = step(params, rest, opt_state, bx, by)
-        train_loss.append(float(out["loss"]))
+        train_loss.append(out["loss"])  # stays on the device: no wait per step
         if (i + 1) % every == 0 or i + 1 == steps:
             evaluate_now(i + 1)
     nnx.update(model, params, rest)
@@ -144,8 +146,9 @@ def fine_tune(pretrained, ds, *, frozen: bool, seed: int, steps, batch_size, opt
             "final_accuracy": eval_acc[-1], "best_accuracy": max(eval_acc),
             "accuracy_std_second_half": float(np.std(half)),
             "largest_drop": max(drops, default=0.0),
-            "train_loss": train_loss, "eval_steps": eval_steps, "eval_accuracy": eval_acc,
-            "bn_unchanged": unchanged, "n_train": len(y), "n_test": len(yt)}
+            "train_loss": [float(v) for v in train_loss], "eval_steps": eval_steps,
+            "eval_accuracy": eval_acc,
+            "bn_unchanged": unchanged, "n_train": len(y), "n_test": len(yt)}, model
 
 
 def finetune_figure(runs, steps):
@@ -206,7 +209,7 @@ def run(out, *, log, meta, depth, width, steps, batch_size, optimizer, lr, init,
     for s in seed_list:
         for frozen in (True, False):
             progress.start(len(ft_runs))
-            r = fine_tune(pretrained, ds, frozen=frozen, seed=s, steps=steps,
+            r, _ = fine_tune(pretrained, ds, frozen=frozen, seed=s, steps=steps,
                           batch_size=batch_size, optimizer=optimizer, lr=lr)
             progress.finish(f"held-out accuracy {r['final_accuracy']:.1%}")
             ft_runs.append(r)

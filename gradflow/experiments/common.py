@@ -20,6 +20,13 @@ from ..train import train
 EVAL_CHUNK = 512
 
 
+@functools.lru_cache(maxsize=None)
+def shared_optimizer(name: str, lr: float):
+    """One optax transformation per (name, lr): the compiled train steps are cached per
+    optimizer object, so runs of the same structure share one compilation."""
+    return make_optimizer(name, lr)
+
+
 class Log(_LineWriter):
     """Progress lines on stderr (nothing when disabled)."""
 
@@ -59,7 +66,7 @@ def fit(model, name: str, x, y, *, steps: int, batch_size: int, optimizer: str, 
                          f"of {name}")
     t0 = time.perf_counter()
     hist = train(model, data.batches(x, y, batch_size, seed), steps=steps,
-                 optimizer=make_optimizer(optimizer, lr), log_every=log_every, loss=loss,
+                 optimizer=shared_optimizer(optimizer, lr), log_every=log_every, loss=loss,
                  progress=progress)
     bad = np.flatnonzero(~np.isfinite(hist["loss"]))
     diverged = int(hist.steps[bad[0]]) if bad.size else None

@@ -17,7 +17,8 @@ from .. import models
 from ..summary import summary
 from .report import Page, text_table
 
-STAGES = 3  # the zoo CNNs are shown as a pyramid of three stages (width, 2x, 4x)
+STAGES = 3  # the zoo CNNs are shown as a pyramid of three stages (width, 2x, 4x) where the
+# depth gives at least three blocks
 IMAGE = (16, 16, 3)  # the built-in data's images
 SEED_IMAGE = (32, 32, 3)  # the seed's Keras model input
 BLOCK_KINDS = ("Unit", "ResidualBlock", "SeedBlock", "UserBlock")
@@ -53,23 +54,33 @@ class UserNet(nnx.Module):
 
 
 def zoo(depth: int, width: int, archs, seed: int) -> list[tuple[str, str, nnx.Module, tuple]]:
-    """(key, title, model, input shape) of every model summarized."""
+    """(key, title, model, input shape) of every model summarized, built abstractly
+    (`nnx.eval_shape`: shapes only, no initialization to compute)."""
+    out = [(key, title, nnx.eval_shape(make), shape)
+           for key, title, make, shape in _zoo(depth, width, archs, seed)]
+    return out
+
+
+def _zoo(depth, width, archs, seed):
+    """(key, title, constructor, input shape) of every model summarized."""
     rngs = lambda: nnx.Rngs(seed)
     out = [("seed_resnet", "seed_resnet(): the seed paper's Keras ResNet",
-            models.seed_resnet(rngs=rngs()), SEED_IMAGE)]
+            lambda: models.seed_resnet(rngs=rngs()), SEED_IMAGE)]
+    stages = {a: max(1, min(STAGES, models.hidden_blocks(a, depth))) for a in archs}
     for arch in archs:
-        out.append((f"cnn_{arch}", f"cnn({arch!r}, {depth}, width={width}, stages={STAGES})",
-                    models.cnn(arch, depth, width=width, stages=STAGES, rngs=rngs()), IMAGE))
+        out.append((f"cnn_{arch}", f"cnn({arch!r}, {depth}, width={width}, stages={stages[arch]})",
+                    lambda a=arch: models.cnn(a, depth, width=width, stages=stages[a],
+                                              rngs=rngs()), IMAGE))
     sep = archs[-1]
     out.append((f"cnn_{sep}_separable",
-                f"cnn({sep!r}, {depth}, width={width}, stages={STAGES}, conv='separable')",
-                models.cnn(sep, depth, width=width, stages=STAGES, conv="separable",
-                           rngs=rngs()), IMAGE))
+                f"cnn({sep!r}, {depth}, width={width}, stages={stages[sep]}, conv='separable')",
+                lambda: models.cnn(sep, depth, width=width, stages=stages[sep], conv="separable",
+                                   rngs=rngs()), IMAGE))
     out.append((f"mlp_{sep}", f"mlp({sep!r}, {depth}, width={width * 8}) (scanned stack)",
-                models.mlp(sep, depth, width=width * 8, in_features=int(np.prod(IMAGE)),
-                           num_classes=10, rngs=rngs()), IMAGE))
+                lambda: models.mlp(sep, depth, width=width * 8, in_features=int(np.prod(IMAGE)),
+                                   num_classes=10, rngs=rngs()), IMAGE))
     out.append(("user_model", "a user's own NNX model (UserNet, plain Flax code)",
-                UserNet(rngs()), IMAGE))
+                lambda: UserNet(rngs()), IMAGE))
     return out
 
 

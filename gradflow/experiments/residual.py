@@ -55,7 +55,7 @@ def run(out, *, log, meta, steps: int, batch_size: int, optimizer: str, lr: floa
               f"Rescaling(1/255). Both networks start from the same weights (seed {seed}) and "
               f"see the same batches; binary cross-entropy, {optimizer} lr {lr:g}, batch "
               f"{batch_size}, {steps} steps.")
-    s = summary(seed_resnet(rngs=nnx.Rngs(seed)), (32, 32, 3))
+    s = summary(nnx.eval_shape(lambda: seed_resnet(rngs=nnx.Rngs(seed))), (32, 32, 3))
     page.heading("The seed's model (gf.summary, 32×32×3 input as in the paper)")
     page.pre(str(s))
     names = [f"seed_resnet ({v})" for v, _ in VARIANTS]

@@ -49,8 +49,9 @@ def cost_table(archs, depth, width, image_shape, num_classes, seed):
     out = {}
     for arch in archs:
         for conv in ("standard", "separable"):
-            model = models.cnn(arch, depth, width=width, conv=conv, num_classes=num_classes,
-                               in_channels=image_shape[-1], rngs=nnx.Rngs(seed))
+            model = nnx.eval_shape(lambda: models.cnn(  # shapes only: nothing to initialize
+                arch, depth, width=width, conv=conv, num_classes=num_classes,
+                in_channels=image_shape[-1], rngs=nnx.Rngs(seed)))
             c = costs(model, image_shape)
             biased = {n for n, _ in _bias_layers(model)}
             mismatches = [r.name for r in c.layers

@@ -147,6 +147,9 @@ def cnn(arch: str, depth: int, *, width: int = 16, in_channels: int = 3, num_cla
     check_positive_int("in_channels", in_channels)
     check_positive_int("num_classes", num_classes)
     n_blocks = hidden_blocks(arch, depth)
+    if 1 < stages > n_blocks:  # an empty stage would leave the head at the wrong width
+        raise ValueError(f"stages={stages} needs at least {stages} hidden blocks; depth={depth} "
+                         f"gives {n_blocks} for arch={arch!r}")
     kinit, norm = initializer(init), arch in ("bn", "residual_bn")
     layer = partial(make_conv, conv, kernel_init=kinit, use_bias=not norm or after)
 
