@@ -3,8 +3,10 @@
     pip install -e ".[cuda]" && python benchmarks/gpu.py --out benchmarks/gpu_results.json
 
 Prints the device, then the instrumented/bare step ratio for the depth-50 CNN of each arch and
-an MLP, and build + first-probe + probe times at depths 50, 1,000 and 10,000 (scanned, as
-`stack="auto"` picks off CPU). Runs on CPU too (for checking the script), more slowly.
+an MLP, build + first-probe + probe times at depths 50, 1,000 and 10,000 (scanned, as
+`stack="auto"` picks off CPU), and the forward+backward time of one standard against one
+depthwise-separable 3x3 conv layer at several widths (`--separable-widths`). Runs on CPU too
+(for checking the script), more slowly.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 import gradflow as gf
+from gradflow.experiments.conv_timing import time_convs
 from overhead import measure
 
 
@@ -43,13 +46,14 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="gpu_results.json")
     p.add_argument("--depths", default="50,1000,10000")
+    p.add_argument("--separable-widths", default="16,64,256,1024")
     a = p.parse_args(argv)
     device = jax.devices()[0]
     print(f"device: {device.device_kind} ({jax.default_backend()}), {jax.device_count()} device(s)")
     x = jax.random.normal(jax.random.PRNGKey(0), (32, 16, 16, 3))
     y = jnp.arange(32) % 10
     results = {"device": device.device_kind, "backend": jax.default_backend(), "overhead": [],
-               "depth": []}
+               "depth": [], "separable": []}
     for arch in gf.models.ARCHS:
         bare, inst = measure(gf.models.cnn(arch, 50, width=16, rngs=nnx.Rngs(0)), x, y, 30)
         results["overhead"].append({"arch": arch, "bare_ms": bare * 1e3, "inst_ms": inst * 1e3,
@@ -62,6 +66,12 @@ def main(argv=None):
             results["depth"].append(row)
             print(f"depth {kind} {depth:6d}: build {row['build_s']:.1f} s, first probe "
                   f"{row['first_probe_s']:.1f} s, probe {row['probe_s']:.3f} s", flush=True)
+    for width in map(int, a.separable_widths.split(",")):
+        t = time_convs(width, batch=32, size=16, repeats=20, warmup=3)
+        results["separable"].append({"width": width, "standard_ms": t["standard"] * 1e3,
+                                     "separable_ms": t["separable"] * 1e3})
+        print(f"conv 3x3 width {width:5d}, batch 32, 16x16, forward+backward: standard "
+              f"{t['standard'] * 1e3:8.2f} ms, separable {t['separable'] * 1e3:8.2f} ms", flush=True)
     with open(a.out, "w") as f:
         json.dump(results, f, indent=1)
     print(f"wrote {a.out}")

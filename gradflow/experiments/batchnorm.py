@@ -34,7 +34,7 @@ PLACEMENTS = (("conv-BN-ReLU", "before_act"), ("conv-ReLU-BN", "after_act"))
 PRETRAIN_CLASSES = (0, 1, 2, 3, 4)
 FINETUNE_CLASSES = (5, 6, 7, 8, 9)
 FINETUNE_EXAMPLES = 256  # the small new task's training set
-EVALS = 10  # held-out evaluations during fine-tuning (plus one before the first step)
+EVALS = 15  # held-out evaluations during fine-tuning (plus one before the first step)
 VARIANTS = ("BN frozen", "BN training")
 
 
