@@ -28,6 +28,7 @@ from .report import Page, text_table
 POSITIVE_TYPE = 0  # the 0° grating
 PIXEL_SCALE = 48.0  # standardized value -> 8-bit pixel: 128 + 48 x (|x| > 2.67 clips)
 VARIANTS = (("with shortcuts", True), ("no shortcuts", False))
+FIRST_CONV = "blocks/0/unit1/layer"
 
 
 def to_pixels(x: np.ndarray) -> np.ndarray:
@@ -41,6 +42,19 @@ def binary_task(ds):
     positive = np.asarray([POSITIVE_TYPE in pair for pair in data.PAIRS])
     return (to_pixels(ds.x_train), positive[ds.y_train].astype(np.int32),
             to_pixels(ds.x_test), positive[ds.y_test].astype(np.int32))
+
+
+def first_conv_ratios(res: dict) -> dict:
+    """error_ratio_init/end measured at the first 3x3 conv (FIRST_CONV) in both networks: with
+    shortcuts, row 1 is block 0's projection, which would not compare like with like."""
+    h = res["history"]
+    i = h.layers.index(FIRST_CONV)
+    e = np.asarray(h["error_norm"], dtype=np.float64)
+    ratio = lambda k: float(e[k, i] / e[k, -1]) if np.isfinite(e[k, i] / e[k, -1]) else None
+    return {"error_ratio_init": ratio(0),
+            "error_ratio_end": ratio(-1) if res["diverged_at"] is None else None,
+            "projection_error_ratio_init": (float(e[0, 0] / e[0, -1])
+                                            if h.layers[0] != FIRST_CONV else None)}
 
 
 def run(out, *, log, meta, steps: int, batch_size: int, optimizer: str, lr: float,
@@ -72,11 +86,11 @@ def run(out, *, log, meta, steps: int, batch_size: int, optimizer: str, lr: floa
         progress.finish("diverged" if res["diverged_at"] is not None
                         else f"held-out accuracy {res['held_out_accuracy']:.1%}")
         results.append(res)
-    nums = [numbers(r) for r in results]
+    nums = [numbers(r) | first_conv_ratios(r) for r in results]
     head, rows = comparison_rows(nums)
     page.heading("Results")
-    page.table(head, rows, "err ratio: error signal ‖∂L/∂z‖ of the first conv over that of the "
-               "output layer, on a training batch (≪ 1: vanishing toward the input); init = "
+    page.table(head, rows, "err ratio: error signal ‖∂L/∂z‖ of the first 3×3 conv over that of "
+               "the output layer, on a training batch (≪ 1: vanishing toward the input); init = "
                "before the first update, end = the last recorded step. Held-out: "
                f"{len(yt)} images, accuracy at threshold 0.5 (majority class: "
                f"{max(yt.mean(), 1 - yt.mean()):.1%}).")
@@ -85,7 +99,8 @@ def run(out, *, log, meta, steps: int, batch_size: int, optimizer: str, lr: floa
     page.figure("comparison_error_norm.png", comparison_grid(runs, "error_norm", diverged, steps),
                 "Error signal in every layer, both networks, one colour scale",
                 "Layers (input at the bottom; with shortcuts, each block's projection is a row "
-                "before its two convs) × training steps.")
+                "before its two convs) × training steps. The network without shortcuts has 7 "
+                "rows (no projections): the grey band above them is not a layer.")
     page.figure("comparison_grad_norm.png", comparison_grid(runs, "grad_norm", diverged, steps),
                 "Weight-gradient norm in every layer, one colour scale")
     for r in results:
