@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import divergence
+
 RATIO = 100.0
 DEAD = 0.25
 SATURATED = {"tanh": 0.85, "sigmoid": 0.4}
@@ -90,9 +92,8 @@ def _finite(row) -> bool:
 
 
 def _diverged(records, row, step, findings):
-    grads = np.asarray(row.get("grad_norm", []))
-    bad = [i for i in range(len(grads)) if not np.isfinite(grads[i])]
-    first_backward = records.layers[max(bad)] if bad else None  # backprop runs output -> input
+    first_backward = divergence.first_backward(row, records.layers)  # backprop runs output -> input
+    bad = first_backward is not None
     at = f"at step {step}" if step is not None else "in this batch"
     where = f"; first non-finite gradient (backward order) in {first_backward}" if bad else ""
     findings.append(Finding("divergence", (first_backward,) if bad else (),

@@ -10,15 +10,15 @@ FORWARD = ("act_mean", "act_std")
 
 
 def finite_record(record: dict) -> bool:
-    """Whether a record's loss and every layer's error and gradient norm are finite (a metric
-    that is NaN in every layer is one the model could not measure, e.g. error_norm of a model
-    whose layer calls cannot be probed, and is ignored). `gf.train` stops where this is False."""
+    """Whether a record's loss and every layer's gradient and error norm are finite (error norms
+    that are NaN in every layer are ones the model could not measure: its layer calls cannot be
+    probed). `gf.train` stops where this is False."""
     if not np.isfinite(float(record["loss"])):
         return False
     for k in BACKWARD:
         if k in record:
             v = np.asarray(record[k], dtype=np.float64)
-            if not np.isfinite(v).all() and not np.isnan(v).all():
+            if not np.isfinite(v).all() and not (k == "error_norm" and np.isnan(v).all()):
                 return False
     return True
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,7 @@ class _Records:
             with np.load(path, allow_pickle=False) as z:
                 header = json.loads(str(z["header"]))
                 arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
             raise ValueError(f"{path}: not a readable gradflow file ({e})") from None
         if header.get("format") != _FORMAT or header.get("kind") != cls.kind:
             raise ValueError(f"{path}: not a gradflow {cls.kind} file")

@@ -17,6 +17,7 @@ import gzip
 import io
 import pickle
 import struct
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -123,7 +124,7 @@ def npz(path, *, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
             arrays = {k: z[k] for k in z.files}
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(f"{path}: not a readable .npz file ({e})") from None
     if "x" not in arrays or "y" not in arrays:
         raise DataError(f"{path}: needs arrays 'x' and 'y', has {sorted(arrays)}")
@@ -133,13 +134,28 @@ def npz(path, *, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
                         f"(x {x.shape}, y {y.shape} {y.dtype})")
     if "x_test" in arrays and "y_test" in arrays:
         x_test, y_test = arrays["x_test"].astype(np.float32), arrays["y_test"]
+        if (len(x_test) != len(y_test) or y_test.ndim != 1 or not len(y_test)
+                or not np.issubdtype(y_test.dtype, np.integer)):
+            raise DataError(f"{path}: 'y_test' must be N integer labels for the N rows of "
+                            f"'x_test' (x_test {x_test.shape}, y_test {y_test.shape})")
+        _check_values(path, x, y, x_test, y_test)
     else:
+        _check_values(path, x, y)
         order = np.random.default_rng(seed).permutation(len(x))
         n_test = max(1, int(round(test_fraction * len(x))))
         x_test, y_test = x[order[:n_test]], y[order[:n_test]]
         x, y = x[order[n_test:]], y[order[n_test:]]
     n_classes = int(max(y.max(), y_test.max())) + 1
     return Dataset(path.stem, x, y.astype(np.int32), x_test, y_test.astype(np.int32), n_classes)
+
+
+def _check_values(path, *arrays):
+    """Labels >= 0 and finite images (a NaN would make every loss NaN from the first step)."""
+    for name, a in zip(("x", "y", "x_test", "y_test"), arrays):
+        if name.startswith("y") and a.min() < 0:
+            raise DataError(f"{path}: '{name}' has negative labels (classes are 0, 1, ...)")
+        if name.startswith("x") and not np.isfinite(a).all():
+            raise DataError(f"{path}: '{name}' has non-finite values (NaN or infinity)")
 
 
 # --- image folder -------------------------------------------------------------------------------
