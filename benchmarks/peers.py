@@ -340,11 +340,11 @@ def machine() -> dict:
             cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    import backpack, cockpit, flax
-    versions = {"python": platform.python_version(), "torch": torch.__version__,
-                "jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
-                "cockpit": getattr(cockpit, "__version__", "?"),
-                "backpack": getattr(backpack, "__version__", "?")}
+    from importlib.metadata import version
+    versions = {"python": platform.python_version()} | {
+        name: version(dist) for name, dist in (
+            ("torch", "torch"), ("jax", "jax"), ("flax", "flax"), ("optax", "optax"),
+            ("cockpit", "cockpit-for-pytorch"), ("backpack", "backpack-for-pytorch"))}
     return {"cpu": cpu, "cores": os.cpu_count(), "versions": versions}
 
 
