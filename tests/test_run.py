@@ -20,7 +20,7 @@ TINY = ["--depth", "4", "--width", "4", "--steps", "3", "--log-every", "1",
         "--archs", "plain,residual_bn"]
 FILES = ["plain_history.npz", "residual_bn_history.npz", "plain_heatmap.png",
          "residual_bn_heatmap.png", "comparison_error_norm.png", "comparison_grad_norm.png",
-         "profiles.png", "curves.png", "summary.json", "report.html"]
+         "profiles.png", "curves.png", "summary.json", "report.html", "run.json"]
 
 
 def _cli(*args, cwd):
