@@ -436,6 +436,8 @@ def main(argv=None) -> int:
         ds = _prepare(cfg, args)
         primary = is_primary()  # in a multi-process run only process 0 reports and saves
         record = args.resume
+        if record is not None and jax.process_count() > 1:
+            _Parser().error("argument --resume: multi-process runs cannot be resumed yet")
         if record is None and primary:
             record = RunRecord.create(args.out, sys.argv[1:] if argv is None else argv, started)
         progress = Progress(cfg.archs, cfg.steps, enabled=not args.quiet and primary)
