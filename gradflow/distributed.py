@@ -152,20 +152,20 @@ def _local_slots(mesh: Mesh) -> int:
 
 
 def place_batch(x, y, mesh: Mesh):
-    """(x, y), this process's share of the global batch, as global arrays sharded along `data`
-    (a single process's share is the whole batch)."""
+    """(x, y), this process's share of the global batch (a single process's share is the whole
+    batch), as global arrays sharded along `data`. Arrays that are already global are resharded."""
     sharding = batch_sharding(mesh)
     out = []
     for a in (x, y):
-        if isinstance(a, jax.Array) and not a.is_fully_addressable:
-            out.append(jax.device_put(a, sharding))  # already global
-            continue
-        a = np.asarray(a)
+        a = a if isinstance(a, jax.Array) else np.asarray(a)
         if a.ndim == 0:
             raise ValueError("batch arrays need a leading batch axis")
+        if isinstance(a, jax.Array) and not a.is_fully_addressable:
+            out.append(jax.device_put(a, sharding))
+            continue
         check_divisible(a.shape[0], mesh)
         out.append(jax.device_put(a, sharding) if jax.process_count() == 1
-                   else jax.make_array_from_process_local_data(sharding, a))
+                   else jax.make_array_from_process_local_data(sharding, np.asarray(a)))
     return tuple(out)
 
 
@@ -182,7 +182,8 @@ def replicate(tree, mesh: Mesh):
     rep = replicated(mesh)
     if jax.process_count() == 1:
         return jax.device_put(tree, rep)
-    return jax.tree.map(lambda a: place_global(a, mesh, rep), tree)
+    return jax.tree.map(lambda a: jax.device_put(a, rep) if isinstance(a, jax.Array)
+                        and not a.is_fully_addressable else place_global(a, mesh, rep), tree)
 
 
 def process_share(batch, mesh: Mesh):

@@ -8,11 +8,13 @@ device count is fixed when JAX starts). `run_case` is also the test's single-dev
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import io
 import json
 import sys
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -45,11 +47,25 @@ def case_data(case):
 
 
 def build(case):
+    """The zoo's model for `case`, its variables drawn with numpy (kernels N(0, 1/fan_in)):
+    initializing with jax.random costs a compilation per kernel shape, seconds per process."""
     model, arch, depth, width = case
-    if model == "cnn":
-        return gf.models.cnn(arch, depth, width=width, rngs=nnx.Rngs(0))
-    return gf.models.mlp(arch, depth, width=width, in_features=12, num_classes=10,
-                         rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: (
+        gf.models.cnn(arch, depth, width=width, rngs=nnx.Rngs(0)) if model == "cnn" else
+        gf.models.mlp(arch, depth, width=width, in_features=12, num_classes=10,
+                      rngs=nnx.Rngs(0)))))
+    rng = np.random.default_rng(0)
+    for path, v in nnx.to_flat_state(state):
+        shape, name = v.get_value().shape, path[-1]
+        if name == "kernel":  # (in, out), (h, w, in, out), with a leading axis when scanned
+            fan_in = np.prod(shape[-2:-1] if len(shape) in (2, 3) else shape[-4:-1])
+            value = rng.normal(size=shape) / np.sqrt(fan_in)
+        elif name in ("scale", "var"):
+            value = np.ones(shape)
+        else:  # biases, running means
+            value = 0.1 * rng.normal(size=shape) if name == "bias" else np.zeros(shape)
+        v.set_value(jnp.asarray(value, jnp.float32))
+    return nnx.merge(graphdef, state)
 
 
 def run_case(case, share=lambda batch: batch, **where) -> dict:
@@ -144,6 +160,8 @@ def multihost(out: Path, pid: int, npz: str):
 
 
 if __name__ == "__main__":
+    faulthandler.enable()  # a crash in native code: say where
+    faulthandler.dump_traceback_later(240, exit=True)  # a hung collective: say where, and end
     mode, where = sys.argv[1], Path(sys.argv[2])
     if mode == "sharded":
         sharded(where)
