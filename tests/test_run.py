@@ -13,7 +13,7 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from gradflow import History, data, experiment, report, run
+from gradflow import History, data, experiment, report, run, theory
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--depth", "4", "--width", "4", "--steps", "3", "--log-every", "1",
@@ -78,10 +78,13 @@ def test_summary_is_consistent_with_the_histories(tiny_run):
         assert a["held_out_accuracy"] * n_test == pytest.approx(round(a["held_out_accuracy"]
                                                                       * n_test), abs=1e-3)
         assert a["layers"] == len(h.layers) and a["verdict"]
-        # measured slope over the hidden layers at init, and the mean-field one (plain only)
+        # measured slope over the hidden layers at init, and the mean-field one
         hidden = np.log10(e[0, 1:-1])
         assert a["error_slope_init"] == pytest.approx(hidden[0] - hidden[1], rel=1e-6)
-        assert (a["error_slope_theory"] is None) == (a["arch"] != "plain")
+        pred = theory.predicted_profile("error_norm", 4, arch=a["arch"], init="lecun",
+                                        activation="relu")
+        assert a["error_slope_theory"] == pytest.approx(
+            math.log10(pred[1] / pred[2]), rel=1e-6)
         assert isinstance(a["diagnosis_end"], list) and a["diagnosis_end"]
     # parameter counts, recounted from freshly built models: 3x3 convs 3->4 (+bias), 4->4 x2, head
     plain = (27 * 4 + 4) + 2 * (36 * 4 + 4) + (4 * 10 + 10)
