@@ -174,10 +174,10 @@ def test_a_failing_or_unmeasurable_cell_is_kept_and_plotted(monkeypatch):
     ds = data.synthetic(0, n_train=64, n_test=16)
     real = sweep.attenuation
 
-    def flaky(model, batch):
+    def flaky(model, batch, devices=None):
         if len(jax.tree.leaves(nnx.state(model, nnx.BatchStat))):
             raise MemoryError("pretend")
-        return real(model, batch)
+        return real(model, batch, devices)
     monkeypatch.setattr(sweep, "attenuation", flaky)
     res = sweep.depth_sweep(cfg, [3, 4], seeds=[0], steps=0, ds=ds)
     assert [c.status for c in res.cells] == ["ok", "ok", "failed", "failed"]
