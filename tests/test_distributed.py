@@ -173,6 +173,7 @@ def test_batches_are_split_and_bad_counts_are_clear_errors(sharded):
     assert checks["cli_batch_6_on_2"] == 2
 
 
+@pytest.mark.slow
 def test_two_processes_probe_as_one_process(multihost, references):
     out, results = multihost
     for pid in (0, 1):
@@ -183,6 +184,7 @@ def test_two_processes_probe_as_one_process(multihost, references):
         _assert_same(dict(np.load(out / f"probe_process{pid}.npz")), ref, f"process {pid}")
 
 
+@pytest.mark.slow
 def test_two_process_cli_run_equals_one_process_and_only_process_0_writes(multihost, workers):
     out, results = multihost
     for pid in (0, 1):

@@ -82,7 +82,9 @@ def test_bad_init_message_lists_accepted_values():
     assert "'lecun'" in str(e.value) and "'orthogonal'" in str(e.value)
 
 
-@pytest.mark.parametrize("arch,conv", list(itertools.product(M.ARCHS, M.CONVS)))
+@pytest.mark.parametrize("arch,conv", [
+    pytest.param(a, c, marks=[pytest.mark.slow] if c == "separable" else [])
+    for a, c in itertools.product(M.ARCHS, M.CONVS)])
 def test_every_arch_conv_init_activation_builds_and_steps(arch, conv):
     x, y = jnp.ones((2, 6, 6, 3)), jnp.array([0, 1])
     for init, act in itertools.product(M.INITS, ("relu", "tanh", "sigmoid")):
@@ -102,6 +104,7 @@ def test_mlp_archs_step(arch):
     assert h["grad_norm"].shape == (2, 6) and np.all(np.isfinite(h["loss"]))
 
 
+@pytest.mark.slow
 def test_depth_10000_builds_scanned():
     model = M.mlp("residual", 10_000, width=4, in_features=4, num_classes=2, stack="scan",
                   rngs=nnx.Rngs(0))

@@ -300,3 +300,17 @@ def test_run_figures_render_with_zeros_nan_and_a_diverged_arch():
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     lo, hi = report.shared_range(runs.values())
     assert (lo, hi) == (pytest.approx(1e-9), pytest.approx(3.0))
+
+
+def test_same_command_same_seed_gives_bit_identical_histories(tiny_run, tmp_path):
+    """Determinism on CPU: a second process running the same command and seed writes the same
+    histories bit for bit."""
+    _, out = tiny_run
+    proc = _cli(*TINY, "--out", "again", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for arch in ("plain", "residual_bn"):
+        a = History.load(out / f"{arch}_history.npz")
+        b = History.load(tmp_path / "again" / f"{arch}_history.npz")
+        np.testing.assert_array_equal(a.steps, b.steps)
+        for k in a.metrics + a.scalars:
+            np.testing.assert_array_equal(a[k], b[k])
