@@ -2,6 +2,7 @@
 running statistics are used and not updated, and scale and offset are not trained."""
 from __future__ import annotations
 
+import numpy as np
 from flax import nnx
 
 
@@ -18,6 +19,17 @@ def freeze_batchnorm(model: nnx.Module) -> int:
 def unfreeze_batchnorm(model: nnx.Module) -> int:
     """Undoes `freeze_batchnorm`: batch statistics in training, scale and offset trained."""
     return _set(model, frozen=False)
+
+
+def batchnorm_arrays(model: nnx.Module) -> dict:
+    """{(module path, "mean" | "var" | "scale" | "bias"): numpy copy} for every BatchNorm of
+    `model`, to check what fine-tuning changed."""
+    out = {}
+    for path, m in nnx.iter_modules(model):
+        if isinstance(m, nnx.BatchNorm):
+            for k in ("mean", "var", "scale", "bias"):
+                out[(tuple(path), k)] = np.asarray(getattr(m, k).get_value())
+    return out
 
 
 def is_frozen(bn: nnx.BatchNorm) -> bool:

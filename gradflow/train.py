@@ -1,5 +1,6 @@
-"""`gf.train`: the host loop. Recorded steps run the instrumented step, the others the bare one;
-measurements stay on the device until the end, so the loop never waits on them."""
+"""`gf.train`: the host loop. Recorded steps run the instrumented step, the others the bare one.
+Unrecorded steps never wait on the device; at a recorded step the loop fetches the loss and the
+per-layer gradient and error norms (a few hundred floats) to stop at the first non-finite one."""
 from __future__ import annotations
 
 import itertools

@@ -22,7 +22,7 @@ from flax import nnx
 
 from .. import data, losses, models
 from ..experiment import BN_CALIBRATION, evaluate
-from ..freeze import freeze_batchnorm
+from ..freeze import batchnorm_arrays, freeze_batchnorm
 from ..probe import split_model
 from ..report import comparison_grid, curves, profiles
 from ..steps import layout_for, train_steps
@@ -36,15 +36,6 @@ FINETUNE_CLASSES = (5, 6, 7, 8, 9)
 FINETUNE_EXAMPLES = 256  # the small new task's training set
 EVALS = 15  # held-out evaluations during fine-tuning (plus one before the first step)
 VARIANTS = ("BN frozen", "BN training")
-
-
-def _bn_arrays(model) -> dict:
-    out = {}
-    for path, m in nnx.iter_modules(model):
-        if isinstance(m, nnx.BatchNorm):
-            for k in ("mean", "var", "scale", "bias"):
-                out[(tuple(path), k)] = np.asarray(getattr(m, k).get_value())
-    return out
 
 
 def _mean_std(v):
@@ -114,7 +105,7 @@ def fine_tune(pretrained, ds, *, frozen: bool, seed: int, steps, batch_size, opt
     model.head = nnx.Linear(width, len(FINETUNE_CLASSES), rngs=nnx.Rngs(10_000 + seed))
     if frozen:
         freeze_batchnorm(model)
-    bn_before = _bn_arrays(model)
+    bn_before = batchnorm_arrays(model)
     batches = data.batches(x, y, min(batch_size, len(x)), seed)
     tx = shared_optimizer(optimizer, lr)
     graphdef, params, rest = split_model(model)
@@ -138,7 +129,7 @@ def fine_tune(pretrained, ds, *, frozen: bool, seed: int, steps, batch_size, opt
         if (i + 1) % every == 0 or i + 1 == steps:
             evaluate_now(i + 1)
     nnx.update(model, params, rest)
-    bn_after = _bn_arrays(model)
+    bn_after = batchnorm_arrays(model)
     unchanged = all(np.array_equal(bn_before[k], bn_after[k]) for k in bn_before)
     half = eval_acc[len(eval_acc) // 2:]
     drops = [a - b for a, b in zip(eval_acc, eval_acc[1:])]
