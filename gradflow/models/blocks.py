@@ -6,7 +6,9 @@ Choices (the standard recipes, He et al. 2016 "v1"):
 - the residual block is unit(act) -> weight -> [BN] -> add shortcut -> act; the branch is not
   scaled and its last BN scale starts at 1 (no zero-init), so what depth does is shown unaltered;
 - the shortcut is the identity when shapes agree, else a 1x1 projection (strided when the block
-  downsamples) with no activation and, in BN nets, followed by BN.
+  downsamples) with no activation and, in BN nets, followed by BN;
+- the block's output is `materialize`d: on CPU, XLA would otherwise recompute the whole residual
+  stream inside every consumer (see materialize.py).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Callable
 from flax import nnx
 
 from .layers import Activation
+from .materialize import materialize
 from .norm import BatchNorm
 
 
@@ -64,4 +67,4 @@ class ResidualBlock(nnx.Module):
         # The shortcut runs first so the block's activation follows its last main-path layer in
         # call order (the instrumentation attributes an activation to the layer called before it).
         skip = x if self.shortcut is None else self.shortcut(x)
-        return self.act(self.unit2(self.unit1(x)) + skip)
+        return materialize(self.act(self.unit2(self.unit1(x)) + skip))

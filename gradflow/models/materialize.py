@@ -1,0 +1,44 @@
+"""`materialize`: an identity that makes XLA:CPU compute a residual stream once.
+
+Why: a residual stream is a chain of cheap elementwise ops (add the branch, ReLU) across every
+block. XLA's CPU fusion pass treats `max(add, 0)` as cheap to duplicate, so each consumer of a
+block's output (the next block's add, its conv, the backward pass's masks and weight gradients)
+re-fuses the whole chain back to the first block: work quadratic in depth. On the depth-50
+residual_bn CNN that was about two thirds of the step's time. `lax.optimization_barrier` is
+removed before fusion, and a one-trip loop is simplified away, so neither helps.
+
+What works: routing the value through a `lax.cond` whose predicate XLA cannot fold. A
+conditional is never fused, so its result is a buffer every consumer reads. The predicate is
+always true at run time (an integer test on the bits of one element), so the value is returned
+unchanged, bit for bit, including NaN and inf. The cotangent goes through the same barrier, so
+the backward stream is also computed once.
+
+Only on CPU: on GPU a conditional would wait for its predicate on the host, and the GPU fusion
+heuristics do not duplicate this way.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+def _barrier(x: jax.Array) -> jax.Array:
+    bits = lax.bitcast_convert_type(x.reshape(-1)[0], jnp.int32)
+    always = (bits | 1) != 0  # true for every bit pattern; opaque to XLA's simplifier
+    return lax.cond(always, lambda v: v, lambda v: -v, x)
+
+
+@jax.custom_vjp
+def _materialize(x):
+    return _barrier(x)
+
+
+_materialize.defvjp(lambda x: (_barrier(x), None), lambda _, g: (_barrier(g),))
+
+
+def materialize(x: jax.Array) -> jax.Array:
+    """`x`, computed once into its own buffer on CPU (see module docstring); a no-op elsewhere."""
+    if x.size == 0 or jax.default_backend() != "cpu":
+        return x
+    return _materialize(x)
