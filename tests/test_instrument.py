@@ -224,9 +224,12 @@ def test_user_scanned_stack_reports_each_layer_gradient():
 
 
 def test_tiny_gradients_do_not_underflow():
-    """A deep vanishing net's error signal falls below 1e-19, where float32 squares vanish."""
+    """A deep vanishing net's error signal and weight gradients fall below 1e-19, where float32
+    squares vanish; both norms must still be right."""
     model = make("mlp", "plain", "unrolled")
     base = gf.probe(model, (X_VEC, Y))
     tiny = gf.probe(model, (X_VEC, Y), loss=lambda out, y: 1e-25 * cross_entropy(out, y))
     assert np.all(1e-25 * base["error_norm"] < 1e-19)  # a plain sum of squares reads 0 here
     np.testing.assert_allclose(tiny["error_norm"], 1e-25 * base["error_norm"], rtol=1e-5)
+    assert np.all(1e-25 * base["grad_norm"] < 1e-19)
+    np.testing.assert_allclose(tiny["grad_norm"], 1e-25 * base["grad_norm"], rtol=1e-5)

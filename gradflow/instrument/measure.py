@@ -11,7 +11,7 @@ from flax import nnx
 
 from .probes import WEIGHT_LAYERS, run_probed, use_batch_statistics
 from .recorder import Row, UnreachableLayer, path_name
-from .tap import error_norm_from
+from .tap import error_norm_from, safe_norm
 
 LAYER_METRICS = ("grad_norm", "error_norm", "act_mean", "act_std", "dead_frac", "weight_norm")
 TRAIN_METRICS = LAYER_METRICS + ("update_ratio",)
@@ -115,15 +115,16 @@ def _definition_order(model) -> dict[int, int]:
 
 
 def row_norms(state, layout: Layout) -> jax.Array:
-    """Frobenius norm of each row's kernel in `state` (gradients, parameters or updates)."""
+    """Frobenius norm of each row's kernel in `state` (gradients, parameters or updates), exact
+    for entries down to float32's smallest normal (see `safe_norm`)."""
     arrays = flat_arrays(state)
     offsets, pieces, index = {}, [], []
     for r in layout.rows:
         if r.kernel_path not in offsets:
-            a = arrays[r.kernel_path].astype(jnp.float32)
+            a = arrays[r.kernel_path]
             axes = tuple(range(1 if r.index is not None else 0, a.ndim))
             offsets[r.kernel_path] = sum(p.size for p in pieces)
-            pieces.append(jnp.sqrt(jnp.sum(jnp.square(a), axis=axes)).reshape(-1))
+            pieces.append(safe_norm(a, axes).reshape(-1))
         index.append(offsets[r.kernel_path] + (r.index or 0))
     if not pieces:
         return jnp.zeros((0,), jnp.float32)

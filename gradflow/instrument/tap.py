@@ -26,9 +26,21 @@ def _fwd(z, d):
 _UP = 2.0 ** 60  # rescales error signals below ~1e-19, whose float32 squares vanish
 
 
+def square_sums(a, axis=None) -> jax.Array:
+    """[sum a^2, sum (2^60 a)^2] over `axis` (stacked last), in one pass over `a`."""
+    a32 = a.astype(jnp.float32)
+    return jnp.stack([jnp.sum(jnp.square(a32), axis=axis),
+                      jnp.sum(jnp.square(a32 * _UP), axis=axis)], axis=-1)
+
+
+def safe_norm(a, axis=None) -> jax.Array:
+    """Euclidean norm of `a` over `axis` that stays right for entries below 1e-19, where a plain
+    float32 sum of squares underflows to 0."""
+    return error_norm_from(square_sums(a, axis))
+
+
 def _bwd(_, g):
-    g32 = g.astype(jnp.float32)
-    return g, jnp.stack([jnp.sum(jnp.square(g32)), jnp.sum(jnp.square(g32 * _UP))])
+    return g, square_sums(g)
 
 
 error_tap.defvjp(_fwd, _bwd)
