@@ -53,8 +53,13 @@ def _threads(argv) -> int:
 # XLA:CPU runs one step on a thread pool over all cores; with --threads 1 it gets one thread, as
 # torch does, so that both frameworks use the same number of cores.
 SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-if _threads(sys.argv[1:]) == 1:
+# The flags alone leave XLA's runtime pool running on every core (CPU time exceeded wall time),
+# so the process is also pinned to `--threads` cores: neither framework can use more.
+THREADS = _threads(sys.argv[1:])
+if THREADS == 1:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + SINGLE_THREAD_XLA).strip()
+if hasattr(os, "sched_setaffinity") and THREADS < len(os.sched_getaffinity(0)):
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:THREADS])
 
 try:
     import torch
