@@ -1,7 +1,7 @@
 """The error tap: an identity whose backward pass reports the norm of the cotangent.
 
 `error_tap(z, d)` returns `z` unchanged. In reverse mode the cotangent of `z` (dL/dz) passes
-through untouched, and the cotangent of `d` (shape (2,)) is [sum(g^2), sum((2^60 g)^2)] for g = dL/dz,
+through untouched, and the cotangent of `d` (shape (2,)) is [sum(g^2), sum((2^80 g)^2)] for g = dL/dz,
 from which `error_norm_from` takes ||dL/dz|| without float32 underflow. Differentiating the loss
 with respect to one such pair per layer yields every layer's error norm in the
 same backward pass, without materializing full-size perturbation arrays.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 
 @jax.custom_vjp
@@ -23,20 +24,38 @@ def _fwd(z, d):
     return z, None
 
 
-_UP = 2.0 ** 60  # rescales error signals below ~1e-19, whose float32 squares vanish
+_UP = 2.0 ** 80  # rescales values below ~1e-19, whose float32 squares vanish; 2^80 keeps every
+# normal float32 (>= 1.2e-38) in range and cannot overflow for a sum that was <= _TINY unscaled
+_TINY = 1e-30  # a sum of squares below this may have lost terms to underflow
 
 
 def square_sums(a, axis=None) -> jax.Array:
-    """[sum a^2, sum (2^60 a)^2] over `axis` (stacked last), in one pass over `a`."""
+    """[sum a^2, sum (2^80 a)^2] over `axis` (stacked last), in one pass over `a`."""
     a32 = a.astype(jnp.float32)
     return jnp.stack([jnp.sum(jnp.square(a32), axis=axis),
                       jnp.sum(jnp.square(a32 * _UP), axis=axis)], axis=-1)
 
 
-def safe_norm(a, axis=None) -> jax.Array:
+def safe_norm(a, axis=None, *, lazy: bool | None = None) -> jax.Array:
     """Euclidean norm of `a` over `axis` that stays right for entries below 1e-19, where a plain
-    float32 sum of squares underflows to 0."""
-    return error_norm_from(square_sums(a, axis))
+    float32 sum of squares underflows to 0.
+
+    `lazy` (default: on CPU) takes the rescaled second pass over `a` only when some sum is that
+    small, behind a `lax.cond`; otherwise both sums are always taken (a conditional would make a
+    GPU wait on the host).
+    """
+    if lazy is None:
+        lazy = jax.default_backend() == "cpu"
+    if not lazy:
+        return error_norm_from(square_sums(a, axis))
+    a32 = a.astype(jnp.float32)
+    plain = jnp.sum(jnp.square(a32), axis=axis)
+
+    def rescaled():
+        return error_norm_from(jnp.stack(
+            [plain, jnp.sum(jnp.square(a32 * _UP), axis=axis)], axis=-1))
+
+    return lax.cond(jnp.any(plain <= _TINY), rescaled, lambda: jnp.sqrt(plain))
 
 
 def _bwd(_, g):
@@ -47,10 +66,10 @@ error_tap.defvjp(_fwd, _bwd)
 
 
 def error_norm_from(sums) -> jax.Array:
-    """||dL/dz|| from the tap's [sum g^2, sum (2^60 g)^2] pairs (shape (..., 2)): the first
+    """||dL/dz|| from the tap's [sum g^2, sum (2^80 g)^2] pairs (shape (..., 2)): the first
     unless it lost the signal to underflow, then the rescaled one."""
     plain, scaled = sums[..., 0], sums[..., 1]
-    return jnp.where(plain > 1e-30, jnp.sqrt(plain), jnp.sqrt(scaled) / _UP)
+    return jnp.where(plain > _TINY, jnp.sqrt(plain), jnp.sqrt(scaled) / _UP)
 
 
 def activation_stats(a) -> jax.Array:
