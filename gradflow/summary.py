@@ -1,15 +1,19 @@
 """`gf.summary`: the model's hierarchy (network, stages, blocks, layers) with output shapes and
-parameter counts, like Keras' model.summary() but nested."""
+parameter counts, like Keras' model.summary() but nested.
+
+Counts follow Keras: a module's count is every array it holds (BatchNorm: scale, offset and the
+two running statistics); `trainable` counts `nnx.Param`s only, so BN's statistics, and scale and
+offset after `gf.freeze_batchnorm`, are non-trainable. Random-number state is not counted."""
 from __future__ import annotations
 
 import contextvars
+import math
 from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .instrument.recorder import path_name
 from .intercept import swap_call
 
 _SHAPES: contextvars.ContextVar[dict | None] = contextvars.ContextVar("gradflow_summary",
@@ -21,7 +25,7 @@ class SummaryRow:
     path: tuple
     kind: str  # the module's class name
     output_shape: tuple | None  # first call's output, batch axis shown as None
-    params: int  # parameters in this module and everything below it
+    params: int  # arrays (trainable or not) in this module and everything below it
     note: str = ""
 
     @property
@@ -35,6 +39,10 @@ class Summary:
     def __init__(self, rows: list[SummaryRow], total: int, trainable: int):
         self.rows, self.total, self.trainable = rows, total, trainable
 
+    @property
+    def non_trainable(self) -> int:
+        return self.total - self.trainable
+
     def __str__(self) -> str:
         head = ("module (type)", "output shape", "params")
         cells = [(("  " * r.depth) + (str(r.path[-1]) + ": " if r.path else "") + r.kind
@@ -45,7 +53,8 @@ class Summary:
         line = "-" * (sum(w) + 4)
         out = [line, f"{head[0]:<{w[0]}}  {head[1]:<{w[1]}}  {head[2]:>{w[2]}}", line]
         out += [f"{a:<{w[0]}}  {b:<{w[1]}}  {c:>{w[2]}}" for a, b, c in cells]
-        out += [line, f"total parameters: {self.total:,} (trainable: {self.trainable:,})", line]
+        out += [line, f"total parameters: {self.total:,} (trainable: {self.trainable:,}, "
+                      f"non-trainable: {self.non_trainable:,})", line]
         return "\n".join(out)
 
     def __repr__(self):
@@ -74,8 +83,8 @@ def summary(model: nnx.Module, input_shape, *, dtype=jnp.float32, max_depth: int
         jax.eval_shape(run, state, jax.ShapeDtypeStruct((1, *input_shape), dtype))
     finally:
         _SHAPES.reset(token)
-    params = {tuple(p): v.get_value().size
-              for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    params = _sizes(model, nnx.All(nnx.Variable, nnx.Not(nnx.RngState)))
+    trainable = sum(_sizes(model, nnx.Param).values())
     _rank_uncalled(modules, order)
     rows = []
     for path, m in modules:
@@ -86,8 +95,13 @@ def summary(model: nnx.Module, input_shape, *, dtype=jnp.float32, max_depth: int
         rows.append(SummaryRow(path, type(model if not path else m).__name__.removeprefix(
             "Summarized"), shapes.get(id(m)), count, note))
     rows.sort(key=lambda r: _network_order(r.path, modules, order))
-    total = sum(params.values())
-    return Summary(rows, total, total)
+    return Summary(rows, sum(params.values()), trainable)
+
+
+def _sizes(model, kind) -> dict[tuple, int]:
+    """{variable path: number of elements} for the variables of `model` matching `kind`."""
+    return {tuple(p): math.prod(jnp.shape(v.get_value()))
+            for p, v in nnx.to_flat_state(nnx.state(model, kind))}
 
 
 def _hook(self, original, *args, **kwargs):

@@ -7,7 +7,6 @@ import itertools
 from typing import Any, NamedTuple
 
 import jax
-import numpy as np
 from flax import nnx
 
 from . import distributed, losses

@@ -73,7 +73,7 @@ def test_zoo_model_totals_and_repeated_calls():
     model = abstract(lambda: gf.models.cnn("residual_bn", 6, width=4, conv="separable", stages=2,
                                            rngs=nnx.Rngs(0)))
     c = costs(model, (8, 8, 3))
-    assert c.model_params == gf.summary(model, (8, 8, 3)).total  # BN scale/offset included
+    assert c.model_params == gf.summary(model, (8, 8, 3)).trainable  # BN scale/offset included
     assert c.layer_params < c.model_params
     kinds = c.by_kind()
     assert sum(p for p, _ in kinds.values()) == c.layer_params

@@ -52,3 +52,21 @@ def test_user_model_and_depth_limit():
     assert r["conv"].output_shape == (None, 8, 8, 8) and r["conv"].params == 3 * 9 * 8 + 8
     assert r["fc"].params == 90 and s.total == 224 + 90
     assert [row.path for row in s.rows] == [(), ("conv",), ("fc",)]
+
+
+def test_batchnorm_statistics_are_non_trainable_and_freezing_moves_scale_and_offset():
+    """Keras semantics: BN holds 4C arrays, 2C of them (the running statistics) non-trainable;
+    after freezing, scale and offset are non-trainable too and the total is unchanged."""
+    model = gf.models.cnn("residual_bn", 10, width=4, stages=2, rngs=nnx.Rngs(0))
+    bns = [m for _, m in nnx.iter_modules(model) if isinstance(m, nnx.BatchNorm)]
+    channels = sum(bn.num_features for bn in bns)
+    assert len(bns) > 5 and channels > 0
+    kernels = sum(p.get_value().size for _, p in nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    s = gf.summary(model, (8, 8, 3))
+    assert (s.total, s.trainable, s.non_trainable) == (kernels + 2 * channels, kernels,
+                                                       2 * channels)
+    assert "non-trainable: " + f"{2 * channels:,}" in str(s)
+    assert rows_by_name(s)[""].params == s.total
+    gf.freeze_batchnorm(model)
+    frozen = gf.summary(model, (8, 8, 3))
+    assert frozen.total == s.total and frozen.non_trainable == 4 * channels

@@ -14,7 +14,6 @@ malformed file raises DataError (a ValueError) whose one-line message names the 
 from __future__ import annotations
 
 import gzip
-import io
 import pickle
 import struct
 import zipfile

@@ -40,7 +40,7 @@ def validate(parser, args, argv) -> argparse.Namespace:
     the given values or the experiment's defaults; `args.out` becomes the run directory."""
     from ..experiment import ARCH_BASES, DEFAULT_LR
     from ..models import hidden_blocks
-    from ..run import _out_dir
+    from ..run_args import _out_dir
 
     name = args.experiment
     exp = EXPERIMENTS[name]
@@ -84,7 +84,8 @@ def validate(parser, args, argv) -> argparse.Namespace:
 
 def main(args, argv=None) -> int:
     """Runs the experiment `args.experiment` into the new directory `args.out`."""
-    from ..run import _Parser, _command
+    from ..run import _command
+    from ..run_args import _Parser
 
     t0 = time.perf_counter()
     started = _dt.datetime.now().isoformat(timespec="seconds")

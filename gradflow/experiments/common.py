@@ -14,7 +14,7 @@ from flax import nnx
 
 from .. import data
 from ..experiment import count_params, make_optimizer, truncate
-from ..run import Progress, _LineWriter
+from ..progress import Progress, _LineWriter
 from ..train import train
 
 EVAL_CHUNK = 512

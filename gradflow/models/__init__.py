@@ -1,6 +1,7 @@
 """The model zoo: plain, residual, BN and residual+BN networks from reusable blocks."""
 from .blocks import ResidualBlock, Unit
 from .layers import Activation, SeparableConv, make_conv
+from .materialize import materialize
 from .networks import MAX_DEPTH, Network, Stage, cnn, hidden_blocks, mlp
 from .options import ACTIVATIONS, ARCHS, CONVS, INITS, STACKS
 from .seed import SeedBlock, SeedResNet, seed_resnet
@@ -8,4 +9,4 @@ from .stack import Stack
 
 __all__ = ["Activation", "SeparableConv", "make_conv", "Unit", "ResidualBlock", "Stack", "Stage",
            "Network", "cnn", "mlp", "seed_resnet", "SeedResNet", "SeedBlock", "hidden_blocks",
-           "MAX_DEPTH", "ARCHS", "CONVS", "INITS", "ACTIVATIONS", "STACKS"]
+           "MAX_DEPTH", "materialize", "ARCHS", "CONVS", "INITS", "ACTIVATIONS", "STACKS"]

@@ -1,0 +1,265 @@
+"""The command line of `python -m gradflow.run`: options, their checks (one-line errors, exit 2,
+nothing written) and `--resume`."""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import math
+import sys
+from pathlib import Path
+
+from .experiment import (ARCH_BASES, ARCH_CHOICES, DEFAULT_LR, MODELS, OPTIMIZERS, SEPARABLE,
+                         Config, base_arch)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `python -m gradflow.run: error: <message>`, exit code 2."""
+
+    def error(self, message):
+        sys.stderr.write(f"python -m gradflow.run: error: {message} (see --help)\n")
+        sys.exit(2)
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except where there is none to show."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _int_at_least(lo: int):
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= {lo}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= {lo}")
+        return v
+    parse.__name__ = f"integer >= {lo}"
+    return parse
+
+
+def _depth_list(text):
+    """One depth, or a comma-separated list of depths (a depth sweep)."""
+    parts = [t.strip() for t in text.split(",") if t.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"{text!r} gives no depth (an integer >= 2, or a "
+                                         "comma-separated list such as 8,16,32)")
+    depths = []
+    for t in parts:
+        try:
+            v = int(t)
+        except ValueError:
+            v = None
+        if v is None or v < 2:
+            where = f" in {text!r}" if len(parts) > 1 else ""
+            raise argparse.ArgumentTypeError(f"{t!r}{where} is not an integer >= 2")
+        if v in depths:
+            raise argparse.ArgumentTypeError(f"{v} is given twice in {text!r}")
+        depths.append(v)
+    return depths
+
+
+def _positive_float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .data import DATASETS
+    from .models import ACTIVATIONS, INITS
+
+    p = _Parser(prog="python -m gradflow.run", description=(
+        "Train the same deep network as several architectures side by side and record every "
+        "layer's gradient: shows the error signal vanishing in a plain network and how residual "
+        "connections and batch normalization fix it. Writes histories, heatmaps, a comparison "
+        "grid, profiles, curves, summary.json and report.html to a new run directory."),
+        formatter_class=_Help)
+    a = p.add_argument
+    from .experiments import EXPERIMENTS
+    a("--experiment", choices=tuple(EXPERIMENTS), default=None, help="run one of the seed "
+      "paper's patterns instead (each takes a subset of the options below, with its own "
+      "defaults): " + "; ".join(f"{k}: {v.description}" for k, v in EXPERIMENTS.items()))
+    a("--depth", type=_depth_list, default=Config.depth, help="weight layers on the longest "
+      "path (stem + hidden layers + output layer); residual archs need an even depth. A "
+      "comma-separated list (e.g. 8,16,32,64,128) runs a depth sweep instead: every arch at "
+      "every depth over --seeds initializations, writing sweep.json, sweep.png and report.html")
+    a("--width", type=_int_at_least(1), default=Config.width,
+      help="channels (cnn) or units (mlp) of every hidden layer")
+    a("--archs", default=",".join(ARCH_BASES),
+      help=f"comma-separated architectures, any of: {', '.join(ARCH_CHOICES)}")
+    a("--model", choices=MODELS, default=Config.model,
+      help="3x3-conv network (cnn) or fully connected (mlp)")
+    a("--steps", type=_int_at_least(0), default=Config.steps,
+      help="training steps per architecture; 0 (depth sweeps only) measures at init only")
+    a("--batch-size", type=_int_at_least(1), default=Config.batch_size,
+      help="training examples per step")
+    a("--lr", type=_positive_float, default=None, help="learning rate (default: " + ", ".join(
+        f"{v:g} with {k}" for k, v in DEFAULT_LR.items()) + ")")
+    a("--optimizer", choices=OPTIMIZERS, default=Config.optimizer,
+      help="plain sgd, sgd with momentum 0.9, or adam")
+    a("--init", choices=tuple(INITS), default=Config.init, help="kernel initializer: lecun is "
+      "Flax's default (variance 1/fan_in), he (2/fan_in) preserves the signal through ReLU")
+    a("--activation", choices=tuple(ACTIVATIONS), default=Config.activation,
+      help="activation function")
+    a("--dataset", choices=DATASETS, default=Config.dataset,
+      help="training data: synthetic is generated from --seed (no download); the others are "
+      "read from --data-dir in their standard formats (cifar10: the python pickle batches; "
+      "mnist, fashion_mnist: idx files, gzipped or not; npz: a file with x and y; folder: one "
+      "sub-folder of images per class) and standardized per channel")
+    a("--data-dir", default=None, help="directory (for npz: the file) holding --dataset")
+    a("--seed", type=_int_at_least(0), default=Config.seed,
+      help="seed of the data, the initialization and the batch order")
+    a("--seeds", type=_int_at_least(1), default=None, help="depth sweeps only: initializations "
+      "per depth, seeds --seed, --seed+1, ... (default: 3); --experiment batchnorm: "
+      "fine-tuning seeds")
+    a("--log-every", type=_int_at_least(1), default=Config.log_every,
+      help="record every layer's statistics every N steps (and at the last step)")
+    a("--out", default=None, help="run directory to create; it must not exist or be empty "
+      "(default: runs/<date>_<time>)")
+    a("--devices", type=_int_at_least(1), default=None, help="data parallelism: split every "
+      "batch across the first N devices, parameters replicated, statistics those of the whole "
+      "batch (default: every visible device; --batch-size must be a multiple of N)")
+    a("--coordinator", default=None, help="multi-process run: host:port of process 0 (default: "
+      "$JAX_COORDINATOR_ADDRESS), or 'auto' to let JAX detect a TPU slice, SLURM or Open MPI "
+      "job; with --num-processes and --process-id ($JAX_NUM_PROCESSES, $JAX_PROCESS_ID). Only "
+      "process 0 writes files")
+    a("--num-processes", type=_int_at_least(1), default=None,
+      help="multi-process run: number of processes")
+    a("--process-id", type=_int_at_least(0), default=None,
+      help="multi-process run: this process's id, 0 .. --num-processes - 1")
+    a("--quiet", action="store_true", help="no progress output on stderr")
+    a("--resume", metavar="RUN_DIR", default=None, help="continue the interrupted run in RUN_DIR "
+      "from its last checkpoint, with the options it was started with (other options must "
+      "agree with them); finished architectures are not trained again")
+    return p
+
+
+def parse(argv=None) -> argparse.Namespace:
+    """Parses and validates everything before anything is written; bad input exits with code 2."""
+    from .models import hidden_blocks, MAX_DEPTH
+
+    p = build_parser()
+    args = p.parse_args(argv)
+    if args.resume is not None:
+        return _resume_args(p, argv)
+    if args.experiment:  # the seed's patterns: their own options and defaults
+        from .experiments.cli import validate
+        return validate(p, args, argv)
+    archs = [s.strip() for s in args.archs.split(",") if s.strip()]
+    if not archs:
+        p.error(f"argument --archs: no architecture given (choose from {', '.join(ARCH_CHOICES)})")
+    for arch in archs:
+        if arch not in ARCH_CHOICES:
+            p.error(f"argument --archs: {arch!r} is not one of {', '.join(ARCH_CHOICES)}")
+        if archs.count(arch) > 1:
+            p.error(f"argument --archs: {arch!r} is given twice")
+        if args.model == "mlp" and arch.endswith(SEPARABLE):
+            p.error(f"argument --archs: {arch!r} needs --model cnn (separable convs are convs)")
+    depths = args.depth if isinstance(args.depth, list) else [args.depth]
+    for depth in depths:
+        if depth > MAX_DEPTH:
+            p.error(f"argument --depth: {depth} is above the supported maximum of {MAX_DEPTH}")
+        for arch in archs:
+            try:
+                hidden_blocks(base_arch(arch), depth)
+            except ValueError as e:
+                p.error(f"argument --depth: {e}")
+    args.sweep = len(depths) > 1
+    args.depths = sorted(depths)
+    args.depth = depths[0] if not args.sweep else min(depths)
+    if args.steps == 0 and not args.sweep:
+        p.error("argument --steps: 0 (measure at init only) is for depth sweeps: give --depth "
+                "a comma-separated list, e.g. --depth 8,16,32,64,128")
+    if args.seeds is not None and not args.sweep:
+        p.error("argument --seeds: only used by a depth sweep (give --depth a comma-separated "
+                "list, e.g. --depth 8,16,32,64,128)")
+    if args.dataset != "synthetic" and args.data_dir is None:
+        p.error(f"argument --data-dir: --dataset {args.dataset} reads files, give --data-dir")
+    if args.dataset == "synthetic" and args.data_dir is not None:
+        p.error("argument --data-dir: not used by --dataset synthetic (it is generated)")
+    args.archs = archs
+    args.lr = DEFAULT_LR[args.optimizer] if args.lr is None else args.lr
+    args.out = _out_dir(p, args.out)
+    args.devices = _devices(p, args)
+    return args
+
+
+def _devices(p, args) -> int:
+    """Joins a multi-process run if one is configured, then checks --devices against the
+    visible devices and the batch (the sweep's probe batch at init too); returns the count."""
+    from . import distributed
+
+    auto = args.coordinator == "auto"
+    try:
+        distributed.initialize(None if auto else args.coordinator, args.num_processes,
+                               args.process_id, auto=auto)
+    except ValueError as e:
+        p.error(f"argument --coordinator: {e}")
+    import jax
+
+    available, processes = jax.device_count(), jax.process_count()
+    n = available if args.devices is None else args.devices
+    if n > available:
+        p.error(f"argument --devices: {n} is more than the {available} visible devices")
+    if n % processes:
+        p.error(f"argument --devices: {n} is not a multiple of the {processes} processes")
+    batches = {"--batch-size": args.batch_size}
+    if args.sweep and args.steps == 0:
+        from .sweep import PROBE_BATCH
+        batches["the depth sweep's probe batch"] = min(args.batch_size, PROBE_BATCH[args.model])
+    for what, size in batches.items():
+        if size % n:
+            p.error(f"argument --batch-size: {what} of {size} does not divide across {n} "
+                    f"devices; give a multiple of {n}, or --devices")
+    return n
+
+
+def _resume_args(p, argv) -> argparse.Namespace:
+    """--resume RUN_DIR: the run's own options (from its run.json), the directory as --out."""
+    from .resume import RunRecord, conflicts, strip_option
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    given = strip_option(strip_option(argv, "--resume"), "--quiet", value=False)
+    run_dir = p.parse_args(argv).resume
+    try:
+        record = RunRecord.load(run_dir)
+    except ValueError as e:
+        p.error(f"argument --resume: {e}")
+    if record.status == "complete":
+        p.error(f"argument --resume: {run_dir} is a complete run; there is nothing to resume")
+    out = p.parse_args(given).out
+    if out is not None and Path(out).resolve() != Path(run_dir).resolve():
+        p.error(f"argument --out: conflicts with --resume {run_dir} (a resumed run writes into "
+                "its own directory)")
+    bad = conflicts(p, record.argv, strip_option(given, "--out"))
+    if bad:
+        p.error(f"argument {bad[0]}: conflicts with the options of the run being resumed "
+                f"(python -m gradflow.run {' '.join(record.argv)}); give --resume alone")
+    args = parse(record.argv + (["--quiet"] if "--quiet" in argv else []))
+    args.out, args.resume = Path(run_dir), record
+    return args
+
+
+def _out_dir(p, out) -> Path:
+    if out is not None:
+        path = Path(out)
+        if path.exists() and not path.is_dir():
+            p.error(f"argument --out: {out} exists and is not a directory")
+        if path.is_dir() and any(path.iterdir()):
+            p.error(f"argument --out: {out} is not empty (gradflow never overwrites a run)")
+        return path
+    stamp = _dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    path, k = Path("runs") / stamp, 1
+    while path.exists():
+        k += 1
+        path = Path("runs") / f"{stamp}_{k}"
+    return path
