@@ -1,7 +1,7 @@
 """The residual-stream barrier (gradflow/models/materialize.py): train steps with and without it.
 
     python benchmarks/residual_stream.py            # depth-50 residual and residual_bn CNNs
-    python benchmarks/residual_stream.py --repeats 10 --archs residual_bn
+    python benchmarks/residual_stream.py --repeats 10 --archs residual_bn --stack scan
 
 Both variants of each step are compiled in this process (without the barrier: residual blocks
 traced with `materialize` replaced by the identity), then timed interleaved; medians after
@@ -26,13 +26,13 @@ from gradflow.models import blocks
 from gradflow.steps import layout_for, train_steps
 
 
-def compiled_steps(arch, depth, x, y, barrier: bool):
+def compiled_steps(arch, depth, stack, x, y, barrier: bool):
     """(compiled bare, compiled instrumented, state, compile s, largest fusion) for one variant."""
     saved = blocks.materialize
     if not barrier:
         blocks.materialize = lambda v: v
     try:
-        model = gf.models.cnn(arch, depth, width=16, stack="unrolled", rngs=nnx.Rngs(0))
+        model = gf.models.cnn(arch, depth, width=16, stack=stack, rngs=nnx.Rngs(0))
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         tx = optax.sgd(0.01)
         state = (params, rest, tx.init(params))
@@ -56,16 +56,17 @@ def main(argv=None):
     p.add_argument("--depth", type=int, default=50)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--stack", default="unrolled", choices=["unrolled", "scan"])
     a = p.parse_args(argv)
     x = jax.random.normal(jax.random.PRNGKey(0), (a.batch, 16, 16, 3))
     y = jnp.arange(a.batch) % 10
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), batch {a.batch}, "
-          f"depth {a.depth}, unrolled; {a.repeats} interleaved repetitions after 3 warm-up")
+          f"depth {a.depth}, {a.stack}; {a.repeats} interleaved repetitions after 3 warm-up")
     print("| arch | barrier | compile s (bare + instrumented) | largest fusion (HLO lines) | "
           "bare ms | instrumented ms |")
     print("|---|---|---|---|---|---|")
     for arch in a.archs.split(","):
-        variants = {b: compiled_steps(arch, a.depth, x, y, b) for b in (False, True)}
+        variants = {b: compiled_steps(arch, a.depth, a.stack, x, y, b) for b in (False, True)}
         times = {(b, k): [] for b in variants for k in ("bare", "inst")}
         states = {b: v[2] for b, v in variants.items()}
         for i in range(a.repeats + 3):
