@@ -3,9 +3,9 @@
 Why: a residual stream is a chain of cheap elementwise ops (add the branch, ReLU) across every
 block. XLA's CPU fusion pass treats `max(add, 0)` as cheap to duplicate, so each consumer of a
 block's output (the next block's add, its conv, the backward pass's masks and weight gradients)
-re-fuses the whole chain back to the first block: work quadratic in depth. On the depth-50
-residual_bn CNN that was about two thirds of the step's time. `lax.optimization_barrier` is
-removed before fusion, and a one-trip loop is simplified away, so neither helps.
+re-fuses the whole chain back to the first block: work quadratic in depth.
+`lax.optimization_barrier` is removed before fusion, and a one-trip loop is simplified away, so
+neither helps.
 
 What works: routing the value through a `lax.cond` whose predicate XLA cannot fold. A
 conditional is never fused, so its result is a buffer every consumer reads. The predicate is
@@ -13,8 +13,13 @@ always true at run time (an integer test on the bits of one element), so the val
 unchanged, bit for bit, including NaN and inf. The cotangent goes through the same barrier, so
 the backward stream is also computed once.
 
-Only on CPU: on GPU a conditional would wait for its predicate on the host, and the GPU fusion
-heuristics do not duplicate this way.
+Only on CPU: on GPU a conditional would wait for its predicate on the host (whether GPU fusion
+duplicates the stream too is not measured: no GPU here). With a batch sharded over several CPU
+devices, the predicate's element has to reach every device: by construction one scalar
+collective per block and direction (not measured).
+
+Measured in benchmarks/residual_stream.py: depth-50 residual_bn train step 284 -> 160 ms,
+depth 200 1.8 s -> 0.2 s.
 """
 from __future__ import annotations
 
