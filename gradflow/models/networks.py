@@ -80,13 +80,14 @@ def hidden_blocks(arch: str, depth: int) -> int:
     return hidden // 2 if residual else hidden
 
 
-# On CPU, unrolled CNN steps run ~5-10x faster than scanned ones (depth-50 residual_bn CNN probe:
-# 0.07 s vs 0.35 s; conv weight-gradients in loops are slow on XLA:CPU), but compile time grows
-# super-linearly with unrolled residual depth (depth-1,000 CNN: over 120 s unrolled, 15 s
-# scanned). Numbers: benchmarks/RESULTS.md.
-# Scanned MLPs run as fast as unrolled ones and compile in seconds at any depth.
-# "auto" therefore unrolls only CNNs on CPU, up to this depth (benchmarks/RESULTS.md).
-CPU_UNROLL_MAX_DEPTH = 64
+# On CPU, unrolled CNN steps run 3-5x faster than scanned ones (residual_bn probe, batch 8:
+# 0.13 vs 0.42 s at depth 50, 0.40 vs 1.89 s at depth 200; conv weight-gradients in loops are
+# slow on XLA:CPU), but compile time grows super-linearly with unrolled depth (depth 200: 40 s
+# to the first probe against 5 s; depth 1,000: over 120 s). At depth 128 a 40-step residual_bn
+# run took 89 s unrolled against 298 s scanned, compiles included. Scanned MLPs run as fast as
+# unrolled ones and compile in seconds at any depth. "auto" therefore unrolls only CNNs on CPU,
+# up to this depth. Numbers: benchmarks/RESULTS.md.
+CPU_UNROLL_MAX_DEPTH = 128
 
 
 def _use_scan(stack: str, depth: int, conv: bool = True) -> bool:
