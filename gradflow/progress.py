@@ -11,8 +11,13 @@ RATE_WINDOW = 25  # steps over which the progress line measures the step rate
 
 
 class _LineWriter:
-    """Progress on a stream: one line rewritten on a terminal, a line per update elsewhere.
-    Subclasses set `enabled`, `stream` and `tty`."""
+    """Progress on a stream (default stderr): one line rewritten on a terminal, a line per update
+    elsewhere, nothing when not `enabled`."""
+
+    def __init__(self, enabled: bool = True, stream=None):
+        self.enabled = enabled
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
 
     def _write(self, text, final):
         if not self.enabled:
@@ -32,9 +37,8 @@ class Progress(_LineWriter):
     so far (the current one projected to its end), compilation and evaluation included."""
 
     def __init__(self, archs, steps: int, enabled: bool = True, stream=None):
-        self.archs, self.steps, self.enabled = list(archs), steps, enabled
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
+        super().__init__(enabled, stream)
+        self.archs, self.steps = list(archs), steps
         self.t_run = time.perf_counter()
         self.took: list[float] = []  # seconds per finished architecture
 
@@ -89,7 +93,6 @@ class Progress(_LineWriter):
         return s
 
 
-
 def _clock(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 60}:{seconds % 60:02d}"
@@ -103,9 +106,8 @@ class SweepProgress(_LineWriter):
 
     def __init__(self, cell_depths, n_seeds: int, enabled: bool = True, stream=None):
         self.cell_depths = list(cell_depths)  # the depth of every cell, in the sweep's order
-        self.total, self.n_seeds, self.enabled = len(self.cell_depths), n_seeds, enabled
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
+        self.total, self.n_seeds = len(self.cell_depths), n_seeds
+        super().__init__(enabled, stream)
         self.t0 = time.perf_counter()
         self.took: list[tuple[int, float]] = []  # (depth, seconds) per finished cell
         self.group: list = []

@@ -184,7 +184,7 @@ def sweep_main(args, argv=None) -> int:
     started = _dt.datetime.now().isoformat(timespec="seconds")
     import jax
 
-    from . import experiment, sweep
+    from . import experiment, sweep, sweep_output
     from .distributed import is_primary
 
     cfg = experiment.Config(**{k: getattr(args, k) for k in (
@@ -210,8 +210,8 @@ def sweep_main(args, argv=None) -> int:
                "output": str(args.out)}
     if not primary:
         return 0
-    sweep.write(args.out, res, experiment.describe(ds))
-    print(sweep.table(res))
+    sweep_output.write(args.out, res, experiment.describe(ds))
+    print(sweep_output.table(res))
     print(f"\nwrote {args.out}/ in {time.perf_counter() - t_start:.0f}s — open "
           f"{args.out / 'report.html'}")
     return 0

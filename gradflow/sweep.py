@@ -7,6 +7,8 @@ depth, per architecture, over several initializations, next to the mean-field pr
     res = sweep.depth_sweep(cfg, [8, 16, 32, 64, 128], steps=0, ds=ds)   # at init only
     res.save("sweep.json"); gf.plot.depth_sweep(res)
 
+Its table, HTML report and files: `gradflow.sweep_output`.
+
 Each (architecture, depth, seed) cell builds the network the way `gradflow.run` does (seed =
 cfg.seed + k: the initialization, and with training the batch order; the data stay those of
 cfg.seed). With `steps == 0` it probes one batch at init (`gf.probe`); with `steps > 0` it trains
@@ -354,11 +356,3 @@ def _cell(arch: str, cfg: Config, ds, steps: int, batch: int, on_step=None) -> C
         cell.status, cell.note = "failed", f"{type(e).__name__}: {e}".splitlines()[0]
     cell.time_s = round(time.perf_counter() - t0, 3)
     return cell
-
-
-# The outputs live in sweep_output.py (it imports Sweep from here, hence the import at the end).
-from .sweep_output import html_report, table, table_rows, write  # noqa: E402
-
-__all__ = ["Cell", "Sweep", "depth_sweep", "theory_attenuation", "attenuation", "table",
-           "table_rows", "html_report", "write"]
-

@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 import gradflow as gf
-from gradflow import data, experiment, run, sweep, theory
+from gradflow import data, experiment, run, sweep, sweep_output, theory
 
 TINY = ["--depth", "4,8", "--steps", "0", "--width", "4", "--archs", "plain,residual_bn"]
 
@@ -162,7 +162,7 @@ def test_training_sweep_records_final_loss_and_plots_two_panels():
         assert c.attenuation_end == pytest.approx(experiment.error_ratio(h, -1), rel=1e-6)
     row = res.rows()[0]
     assert row["final_train_loss_median"] == res.cells[0].final_train_loss
-    assert "final loss" in sweep.table(res)
+    assert "final loss" in sweep_output.table(res)
     fig = gf.plot.depth_sweep(res)
     assert len(fig.axes) == 2
     d = json.loads(json.dumps(res.to_dict(), allow_nan=False))  # sweep.json round trip
@@ -182,7 +182,7 @@ def test_a_failing_or_unmeasurable_cell_is_kept_and_plotted(monkeypatch):
     res = sweep.depth_sweep(cfg, [3, 4], seeds=[0], steps=0, ds=ds)
     assert [c.status for c in res.cells] == ["ok", "ok", "failed", "failed"]
     assert res.cells[2].note == "MemoryError: pretend" and res.cells[2].attenuation is None
-    assert "—" in sweep.table(res)
+    assert "—" in sweep_output.table(res)
     json.dumps(res.to_dict(), allow_nan=False)
     gf.plot.depth_sweep(res)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import math
-import sys
 import time
 
 import jax
@@ -29,11 +28,6 @@ def shared_optimizer(name: str, lr: float):
 
 class Log(_LineWriter):
     """Progress lines on stderr (nothing when disabled)."""
-
-    def __init__(self, enabled: bool = True, stream=None):
-        self.enabled = enabled
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
 
     def line(self, text: str):
         self._write(text, final=True)
