@@ -33,7 +33,7 @@ import gradflow as gf  # noqa: E402
 from gradflow import distributed  # noqa: E402
 from gradflow.losses import LOSSES  # noqa: E402
 from gradflow.probe import as_batch  # noqa: E402
-from gradflow.steps import layout_for, train_steps  # noqa: E402
+from gradflow.instrument.steps import layout_for, train_steps
 
 SETTINGS = ("default", 1, 2, 4)  # "default": one device, no mesh (what a 1-device machine runs)
 

@@ -20,7 +20,7 @@ from flax import nnx
 
 import gradflow as gf
 from gradflow.losses import LOSSES
-from gradflow.steps import layout_for, train_steps
+from gradflow.instrument.steps import layout_for, train_steps
 
 
 def measure(model, x, y, repeats: int) -> tuple[float, float]:

@@ -80,7 +80,7 @@ from flax import nnx
 import gradflow as gf
 from gradflow import data as gf_data
 from gradflow.losses import LOSSES
-from gradflow.steps import layout_for, train_steps
+from gradflow.instrument.steps import layout_for, train_steps
 
 DEPTH, WIDTH, BATCH, LR, MOMENTUM = 50, 16, 32, 0.01, 0.9
 TORCH_BARE, GF_BARE = "torch bare", "gradflow bare"

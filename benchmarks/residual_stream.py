@@ -23,7 +23,7 @@ from flax import nnx
 import gradflow as gf
 from gradflow.losses import LOSSES
 from gradflow.models import blocks
-from gradflow.steps import layout_for, train_steps
+from gradflow.instrument.steps import layout_for, train_steps
 
 
 def compiled_steps(arch, depth, stack, x, y, barrier: bool):

@@ -5,12 +5,13 @@
     hist = gf.train(model, batches, steps=100, optimizer=optax.sgd(0.1), log_every=10)
     gf.plot.heatmap(hist, "error_norm")
 """
-from . import instrument, losses, models, plot, theory
-from .diagnose import Finding, diagnose
-from .freeze import freeze_batchnorm, unfreeze_batchnorm
+from . import instrument, losses, models, plot
+from .analysis import theory
+from .analysis.diagnose import Finding, diagnose
+from .models.freeze import freeze_batchnorm, unfreeze_batchnorm
 from .history import History, Snapshot
 from .probe import probe
-from .summary import Summary, summary
+from .analysis.summary import Summary, summary
 from .train import recorded_steps, train
 
 __version__ = "0.1.0"

@@ -7,7 +7,7 @@ from flax import nnx
 
 from . import distributed, losses
 from .history import Snapshot
-from .steps import layout_for, probe_step
+from .instrument.steps import layout_for, probe_step
 
 
 def as_batch(batch, mesh=None):

@@ -10,12 +10,12 @@ import jax
 from flax import nnx
 
 from . import distributed, losses
-from .divergence import finite_record
+from .analysis.divergence import finite_record
 from .history import History
 from .instrument import TRAIN_METRICS
 from .models.options import check_positive_int
 from .probe import as_batch, split_model
-from .steps import layout_for, train_steps
+from .instrument.steps import layout_for, train_steps
 
 
 def recorded_steps(steps: int, log_every: int) -> list[int]:

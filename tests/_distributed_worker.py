@@ -87,13 +87,13 @@ def run_case(case, share=lambda batch: batch, **where) -> dict:
 
 
 def _usage_error(argv) -> str:
-    """stderr of gradflow.run.parse(argv), which must exit with code 2."""
-    from gradflow import run
+    """stderr of gradflow.cli.parse(argv), which must exit with code 2."""
+    from gradflow import cli
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         try:
-            run.parse(argv)
+            cli.parse(argv)
         except SystemExit as e:
             assert e.code == 2, e.code
             return err.getvalue().strip()
@@ -112,7 +112,7 @@ def sharded(out: Path):
     """4 simulated devices: every case on all of them, the placement, and the error paths."""
     import jax
 
-    from gradflow import run
+    from gradflow import cli
 
     assert jax.device_count() == 4, jax.devices()
     for case in CASES:
@@ -135,7 +135,7 @@ def sharded(out: Path):
         "cli_batch_6": _usage_error(["--batch-size", "6"]),
         "cli_sweep_probe_batch": _usage_error(["--depth", "8,16", "--steps", "0",
                                                "--batch-size", "12", "--devices", "3"]),
-        "cli_batch_6_on_2": run.parse(["--batch-size", "6", "--devices", "2"]).devices,
+        "cli_batch_6_on_2": cli.parse(["--batch-size", "6", "--devices", "2"]).devices,
     }
     (out / "checks.json").write_text(json.dumps(checks))
 
@@ -143,7 +143,7 @@ def sharded(out: Path):
 def multihost(out: Path, pid: int, npz: str):
     """One of two processes with 2 CPU devices each, joined from the JAX_* variables: a probe
     of this process's half of a batch, then the CLI (which trains on half of every batch)."""
-    from gradflow import run
+    from gradflow import cli
 
     assert distributed.initialize()
     import jax
@@ -155,7 +155,7 @@ def multihost(out: Path, pid: int, npz: str):
     snap = gf.probe(build(MULTIHOST_PROBE), batch, mesh=mesh)
     np.savez(out / f"probe_process{pid}.npz",
              **{f"probe/{k}": np.asarray(snap[k]) for k in (*snap.metrics, "loss", "accuracy")})
-    code = run.main([*CLI_ARGS, "--data-dir", npz, "--out", str(out / f"run_process{pid}")])
+    code = cli.main([*CLI_ARGS, "--data-dir", npz, "--out", str(out / f"run_process{pid}")])
     (out / f"done_process{pid}").write_text(str(code))
 
 

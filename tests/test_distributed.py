@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from _distributed_worker import CASES, MULTIHOST_PROBE, case_name, run_case
-from gradflow import History, data, experiment
+from gradflow import History, data
+from gradflow.experiments import side_by_side as experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("_distributed_worker.py")
@@ -214,7 +215,7 @@ def test_single_device_path_and_argument_checks_in_this_process(monkeypatch, cap
     one-line errors; without JAX_* variables nothing starts a multi-process run."""
     import jax
 
-    from gradflow import distributed, run
+    from gradflow import distributed, cli
 
     assert jax.device_count() == 1
     assert distributed.resolve() is None and distributed.resolve(1) is None
@@ -235,8 +236,8 @@ def test_single_device_path_and_argument_checks_in_this_process(monkeypatch, cap
         distributed.initialize("localhost:1234", process_id=0)
     monkeypatch.delenv("JAX_NUM_PROCESSES")
     with pytest.raises(SystemExit) as e:
-        run.parse(["--coordinator", "localhost:1234", "--process-id", "0"])
+        cli.parse(["--coordinator", "localhost:1234", "--process-id", "0"])
     assert e.value.code == 2
     assert "argument --coordinator: multi-process run needs num_processes too" in (
         capsys.readouterr().err)
-    assert run.parse([]).devices == 1
+    assert cli.parse([]).devices == 1

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 import gradflow as gf
-from gradflow import data, run
+from gradflow import data, cli
 from gradflow.experiments import EXPERIMENTS, batchnorm, residual
 
 from reference import reference_probe
@@ -39,7 +39,7 @@ TINY = {
 
 def _run(name, tmp_path_factory, capsys):
     out = tmp_path_factory.mktemp(name) / "out"
-    code = run.main(["--experiment", name, *TINY[name], "--out", str(out), "--quiet"])
+    code = cli.main(["--experiment", name, *TINY[name], "--out", str(out), "--quiet"])
     text = capsys.readouterr().out
     numbers = json.loads((out / f"{name}.json").read_text())
     return code, out, text, numbers
@@ -60,7 +60,7 @@ def done(tmp_path_factory):
 # -- options ----------------------------------------------------------------------------------
 
 def test_help_lists_every_experiment():
-    text = run.build_parser().format_help()
+    text = cli.build_parser().format_help()
     for name in EXPERIMENTS:
         assert name in text
 
@@ -77,7 +77,7 @@ def test_help_lists_every_experiment():
 ])
 def test_bad_options_are_one_line_usage_errors(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
-        run.parse(argv + ["--out", str(tmp_path / "x")])
+        cli.parse(argv + ["--out", str(tmp_path / "x")])
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
@@ -85,15 +85,15 @@ def test_bad_options_are_one_line_usage_errors(argv, message, capsys, tmp_path):
 
 
 def test_options_take_the_experiment_defaults(tmp_path):
-    args = run.parse(["--experiment", "batchnorm", "--out", str(tmp_path / "a")])
+    args = cli.parse(["--experiment", "batchnorm", "--out", str(tmp_path / "a")])
     assert args.options == EXPERIMENTS["batchnorm"].options
-    args = run.parse(["--experiment", "residual", "--optimizer", "momentum", "--steps", "7",
+    args = cli.parse(["--experiment", "residual", "--optimizer", "momentum", "--steps", "7",
                       "--out", str(tmp_path / "b")])
     assert args.options["lr"] == 0.01 and args.options["steps"] == 7  # momentum's default lr
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "f").write_text("x")
     with pytest.raises(SystemExit):
-        run.parse(["--experiment", "hierarchy", "--out", str(tmp_path / "c")])
+        cli.parse(["--experiment", "hierarchy", "--out", str(tmp_path / "c")])
 
 
 # -- end to end -------------------------------------------------------------------------------

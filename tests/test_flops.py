@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 import gradflow as gf
-from gradflow.flops import costs
+from gradflow.analysis.flops import costs
 
 abstract = nnx.eval_shape
 

@@ -7,7 +7,7 @@ import optax
 from flax import nnx
 
 import gradflow as gf
-from gradflow.freeze import batchnorm_arrays
+from gradflow.models.freeze import batchnorm_arrays
 
 X = jax.random.normal(jax.random.PRNGKey(0), (16, 8, 8, 3))
 Y = jnp.arange(16) % 10

@@ -140,7 +140,7 @@ def test_probe_uses_batch_statistics_even_in_eval_mode():
 
 @pytest.mark.parametrize("stack", ["unrolled", "scan"])
 def test_instrumented_training_is_bit_identical_to_bare_training(stack):
-    from gradflow.steps import layout_for, train_steps
+    from gradflow.instrument.steps import layout_for, train_steps
     batches = [(X_IMG * (i + 1), (Y + i) % 5) for i in range(4)]
     tx = optax.adam(1e-2)
     a, b = make("cnn", "residual_bn", stack), make("cnn", "residual_bn", stack)

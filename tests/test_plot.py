@@ -44,7 +44,7 @@ def test_profile_snapshot_and_history(tmp_path):
 
 
 def test_profile_theory_overlay_follows_mean_field():
-    from gradflow import theory
+    from gradflow.analysis import theory
     n = 12
     pred = theory.predicted_profile("error_norm", n, arch="plain", init="lecun",
                                     activation="relu")

@@ -16,9 +16,12 @@ import pytest
 from flax import nnx
 
 import gradflow as gf
-from gradflow import History, data, divergence, experiment, models, report, run
+from gradflow import History, data, models, cli
+from gradflow.analysis import divergence
+from gradflow.experiments import side_by_side as experiment
+from gradflow.report import run_report as report
 from gradflow.data import loaders
-from gradflow.resume import RunRecord
+from gradflow.cli.resume import RunRecord
 
 
 # -- bad command-line input: exit 2, one line naming the option, nothing written -------------------
@@ -114,7 +117,7 @@ def test_bad_cli_input_exits_2_with_one_line_and_writes_nothing(args, needle, tm
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exc:
-        run.main([*args] if "--out" in args or "--resume" in args else [*args, "--out", "o"])
+        cli.main([*args] if "--out" in args or "--resume" in args else [*args, "--out", "o"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and needle in err and "Traceback" not in err, err
@@ -344,7 +347,7 @@ def test_figures_never_draw_non_finite_values():
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_becomes_a_stop_request_and_the_handlers_are_restored(sig, code):
-    from gradflow.interrupt import catch_signals
+    from gradflow.cli.interrupt import catch_signals
 
     before = signal.getsignal(sig)
     with catch_signals(stream=io.StringIO()) as stop:

@@ -18,9 +18,10 @@ import pytest
 from flax import nnx
 
 import gradflow as gf
-from gradflow import History, data, experiment, run
+from gradflow import History, data, cli
+from gradflow.experiments import side_by_side as experiment
 from gradflow.checkpoint import Checkpoint
-from gradflow.interrupt import STOP_AFTER_ENV
+from gradflow.cli.interrupt import STOP_AFTER_ENV
 from gradflow.train import TrainState
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +68,7 @@ def test_resume_after_a_stop_gives_the_uninterrupted_run(tiny_reference, tmp_pat
     subprocess test below stops inside the first arch, with one not started)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv(STOP_AFTER_ENV, "8")
-    assert run.main([*TINY, "--out", "run"]) == 130
+    assert cli.main([*TINY, "--out", "run"]) == 130
     monkeypatch.delenv(STOP_AFTER_ENV)
     err = capsys.readouterr().err
     assert "--resume run" in err and "interrupted by SIGINT after" in err
@@ -77,13 +78,13 @@ def test_resume_after_a_stop_gives_the_uninterrupted_run(tiny_reference, tmp_pat
     assert list(record["finished"]) == ["plain"]
     assert list(History.load(tmp_path / "run" / "bn_history.npz").steps) == [0]
     # options repeated with the same values are no conflict
-    assert run.main(["--resume", "run", "--depth", "4", "--archs", "plain,bn"]) == 0
+    assert cli.main(["--resume", "run", "--depth", "4", "--archs", "plain,bn"]) == 0
     assert "Traceback" not in capsys.readouterr().err
     _same_as_reference(tmp_path / "run", tiny_reference)
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "complete"
     assert not (tmp_path / "run" / "checkpoints").exists()
     with pytest.raises(SystemExit) as exc:  # a complete run has nothing to resume
-        run.main(["--resume", "run"])
+        cli.main(["--resume", "run"])
     assert exc.value.code == 2
 
 
@@ -233,7 +234,7 @@ def test_a_real_sigint_then_resume_gives_the_uninterrupted_run(signalled, monkey
     cwd, code, *_, reference = signalled
     assert code == 130
     monkeypatch.chdir(cwd)
-    assert run.main(["--resume", "int", "--quiet"]) == 0
+    assert cli.main(["--resume", "int", "--quiet"]) == 0
     _same_as_reference(cwd / "int", reference)
 
 

@@ -13,7 +13,10 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from gradflow import History, data, experiment, report, run, theory
+from gradflow import History, data, cli
+from gradflow.experiments import side_by_side as experiment
+from gradflow.report import run_report as report
+from gradflow.analysis import theory
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--depth", "4", "--width", "4", "--steps", "3", "--log-every", "1",
@@ -127,7 +130,7 @@ def test_bad_options_exit_2_with_one_line_and_write_nothing(args, option, tmp_pa
                                                             capsys):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exc:
-        run.main([*args, "--out", "o"])
+        cli.main([*args, "--out", "o"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and option in err, err
@@ -143,7 +146,7 @@ def test_bad_options_exit_2_with_one_line_and_write_nothing(args, option, tmp_pa
 def test_data_options_fail_cleanly_naming_the_file(args, needle, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exc:
-        run.main([*args, "--out", "o"])
+        cli.main([*args, "--out", "o"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.count("\n") == 1 and needle in err, err
     assert list(tmp_path.iterdir()) == []
@@ -155,7 +158,7 @@ def test_a_real_format_dataset_runs_end_to_end(tmp_path, monkeypatch, capsys):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "tiny.npz", x=rng.random((60, 8, 8, 1), dtype=np.float32),
              y=rng.integers(0, 3, 60))
-    assert run.main(["--dataset", "npz", "--data-dir", "tiny.npz", "--depth", "3", "--width",
+    assert cli.main(["--dataset", "npz", "--data-dir", "tiny.npz", "--depth", "3", "--width",
                      "2", "--steps", "2", "--batch-size", "8", "--archs", "plain,bn", "--out",
                      "o", "--quiet"]) == 0
     s = json.loads((tmp_path / "o" / "summary.json").read_text())
@@ -167,7 +170,7 @@ def test_a_real_format_dataset_runs_end_to_end(tmp_path, monkeypatch, capsys):
 
 def test_accepted_values_are_named(capsys):
     with pytest.raises(SystemExit):
-        run.main(["--archs", "resnet"])
+        cli.main(["--archs", "resnet"])
     err = capsys.readouterr().err
     assert all(a in err for a in ("plain", "residual", "bn", "residual_bn"))
 
@@ -183,10 +186,10 @@ def test_non_empty_out_is_refused_and_left_alone(tmp_path):
 
 def test_default_out_is_a_new_directory_under_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    first = run.parse([]).out
+    first = cli.parse([]).out
     assert first.parent == Path("runs") and not first.exists()
     first.mkdir(parents=True)
-    second = run.parse([]).out
+    second = cli.parse([]).out
     assert second != first and second.parent == Path("runs")
 
 

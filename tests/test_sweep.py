@@ -14,7 +14,10 @@ import pytest
 from flax import nnx
 
 import gradflow as gf
-from gradflow import data, experiment, run, sweep, sweep_output, theory
+from gradflow import data, cli
+from gradflow.experiments import side_by_side as experiment, depth_sweep as sweep
+from gradflow.report import sweep_report as sweep_output
+from gradflow.analysis import theory
 
 TINY = ["--depth", "4,8", "--steps", "0", "--width", "4", "--archs", "plain,residual_bn"]
 
@@ -27,7 +30,7 @@ def tiny_sweep(tmp_path_factory):
         err, outbuf = io.StringIO(), io.StringIO()
         mp.setattr("sys.stderr", err)
         mp.setattr("sys.stdout", outbuf)
-        code = run.main([*TINY, "--out", str(out)])
+        code = cli.main([*TINY, "--out", str(out)])
     return code, out, outbuf.getvalue(), err.getvalue()
 
 
@@ -205,7 +208,7 @@ def test_bad_sweep_options_exit_2_with_one_line_and_write_nothing(args, option, 
                                                                   monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exc:
-        run.main([*args, "--out", "o"])
+        cli.main([*args, "--out", "o"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and option in err, err
@@ -213,7 +216,7 @@ def test_bad_sweep_options_exit_2_with_one_line_and_write_nothing(args, option, 
 
 
 def test_single_depth_parsing_is_unchanged():
-    args = run.parse(["--depth", "12", "--out", "x"])
+    args = cli.parse(["--depth", "12", "--out", "x"])
     assert args.depth == 12 and not args.sweep and args.steps == experiment.Config.steps
-    args = run.parse(["--depth", "16,8", "--steps", "0", "--out", "x"])
+    args = cli.parse(["--depth", "16,8", "--steps", "0", "--out", "x"])
     assert args.sweep and args.depths == [8, 16] and args.steps == 0

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 import gradflow as gf
-from gradflow import theory as T
+from gradflow.analysis import theory as T
 
 DEPTH, SEEDS = 24, 3
 

@@ -21,14 +21,13 @@ import numpy as np
 from flax import nnx
 
 from .. import data, losses, models
-from ..experiment import BN_CALIBRATION, evaluate
-from ..freeze import batchnorm_arrays, freeze_batchnorm
+from .side_by_side import BN_CALIBRATION, evaluate
+from ..models.freeze import batchnorm_arrays, freeze_batchnorm
 from ..probe import split_model
-from ..report import comparison_grid, curves, profiles
-from ..steps import layout_for, train_steps
-from .common import (accuracy, comparison_rows, fit, numbers, recalibrate, shared_optimizer,
-                     subset)
-from .report import Page, fmt, text_table
+from ..report.run_report import comparison_grid, curves, profiles
+from ..instrument.steps import layout_for, train_steps
+from .common import accuracy, comparison_rows, fit, numbers, recalibrate, shared_optimizer, subset
+from ..report.page import Page, fmt, text_table
 
 PLACEMENTS = (("conv-BN-ReLU", "before_act"), ("conv-ReLU-BN", "after_act"))
 PRETRAIN_CLASSES = (0, 1, 2, 3, 4)

@@ -12,8 +12,8 @@ import numpy as np
 from flax import nnx
 
 from .. import data
-from ..experiment import count_params, make_optimizer, truncate
-from ..progress import Progress, _LineWriter
+from .side_by_side import count_params, make_optimizer, truncate
+from ..report.progress import Progress, _LineWriter
 from ..train import train
 
 EVAL_CHUNK = 512
@@ -117,8 +117,8 @@ def finite_or_none(v):
 
 def numbers(res: dict) -> dict:
     """The JSON-ready numbers of a `fit` result (plus whatever evaluation added to it)."""
-    from ..diagnose import diagnose
-    from ..experiment import error_ratio, final_train
+    from ..analysis.diagnose import diagnose
+    from .side_by_side import error_ratio, final_train
 
     h = res["history"]
     ok = res["diverged_at"] is None
@@ -134,7 +134,7 @@ def numbers(res: dict) -> dict:
 
 def comparison_rows(items: list[dict]) -> tuple[tuple, list[tuple]]:
     """(head, rows) of the usual comparison table from `numbers` dicts."""
-    from .report import fmt
+    from ..report.page import fmt
 
     head = ("model", "params", "train loss", "train acc", "held-out acc", "err ratio init",
             "err ratio end")

@@ -14,8 +14,8 @@ from flax import nnx
 from matplotlib.patches import Patch
 
 from .. import models
-from ..summary import summary
-from .report import Page, text_table
+from ..analysis.summary import summary
+from ..report.page import Page, text_table
 
 STAGES = 3  # the zoo CNNs are shown as a pyramid of three stages (width, 2x, 4x) where the
 # depth gives at least three blocks

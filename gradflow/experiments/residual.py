@@ -17,13 +17,13 @@ import numpy as np
 from flax import nnx
 
 from .. import data
-from ..experiment import describe
+from .side_by_side import describe
 from ..models import seed_resnet
 from ..plot import heatmap
-from ..report import comparison_grid, curves, profiles
-from ..summary import summary
+from ..report.run_report import comparison_grid, curves, profiles
+from ..analysis.summary import summary
 from .common import binary_accuracy, comparison_rows, fit, numbers
-from .report import Page, text_table
+from ..report.page import Page, text_table
 
 POSITIVE_TYPE = 0  # the 0° grating
 PIXEL_SCALE = 48.0  # standardized value -> 8-bit pixel: 128 + 48 x (|x| > 2.67 clips)

@@ -16,12 +16,12 @@ import numpy as np
 from flax import nnx
 
 from .. import data, models
-from ..experiment import SEPARABLE, Config, train_arch
-from ..flops import costs
-from ..report import comparison_grid, curves
+from .side_by_side import SEPARABLE, Config, train_arch
+from ..analysis.flops import costs
+from ..report.run_report import comparison_grid, curves
 from .common import comparison_rows, numbers
 from .conv_timing import time_convs
-from .report import Page, fmt, text_table
+from ..report.page import Page, fmt, text_table
 
 WIDTH_FACTORS = (1, 4, 16)  # timed widths: W, 4W, 16W (16, 64, 256 at the default width)
 TIMING = dict(batch=16, size=16, repeats=7, warmup=2)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from ..freeze import is_frozen
-from ..intercept import swap_call
+from ..models.freeze import is_frozen
+from .intercept import swap_call
 from ..models.layers import Activation
 from ..models.stack import Stack
 from .recorder import Recorder, Row, current, path_name, recording

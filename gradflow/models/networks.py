@@ -14,8 +14,7 @@ from flax import nnx
 
 from .blocks import ResidualBlock, Unit
 from .layers import make_conv
-from .options import (ARCHS, BN_POSITIONS, CONVS, STACKS, activation_fn, check_choice, check_positive_int,
-                      initializer)
+from .options import (ARCHS, BN_POSITIONS, CONVS, STACKS, activation_fn, check_choice, check_positive_int, initializer)
 from .stack import Stack
 
 MAX_DEPTH = 10_000

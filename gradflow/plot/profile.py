@@ -4,7 +4,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ..theory import predicted_profile
+from ..analysis.theory import predicted_profile
 from ._style import LOG_METRICS, label, layer_ticks, positive_finite
 
 

@@ -80,7 +80,7 @@ def _stats(cells, arch, depths, key):
 def _theory_curve(d, arch):
     """(depths, predicted attenuation) on a dense grid between the swept depths; None where no
     theory applies."""
-    from ..sweep import theory_attenuation
+    from ..experiments.depth_sweep import theory_attenuation
 
     cfg = d.get("config", {})
     if not any(v is not None for v in d.get("theory", {}).get(arch, [])):

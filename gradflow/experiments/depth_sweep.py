@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data, models
-from .experiment import SEPARABLE, Config, base_arch, build_model, final_train, train_arch
+from .. import data, models
+from .side_by_side import SEPARABLE, Config, base_arch, build_model, final_train, train_arch
 
 SEED_COUNT = 3  # initializations per depth: cfg.seed, cfg.seed + 1, ...
 # Examples in the probe batch at init (fewer when cfg.batch_size is smaller). CNNs: 8, because
@@ -230,8 +230,8 @@ def attenuation(model, batch, devices=None) -> dict:
     """error_norm[0] / error_norm[-1] of `model` on `batch` at its current parameters, by
     `gf.probe` on `devices`: attenuation (None if not a finite positive number), error_first,
     error_last, layers and initial_loss. `batch` is the whole batch in every process."""
-    from . import distributed
-    from .probe import probe
+    from .. import distributed
+    from ..probe import probe
 
     mesh = distributed.resolve(devices)
     if mesh is not None:
@@ -255,7 +255,7 @@ def theory_attenuation(arch: str, depth: int, *, model: str, init: str, activati
     activations). For CNNs the global average pooling before the head divides the error reaching
     the last conv by H*W at each of its H*W positions: a factor 1/sqrt(H*W) on the norm (the
     zoo's CNNs built by the run keep the input's H x W up to the pooling)."""
-    from .theory import predicted_profile
+    from ..analysis.theory import predicted_profile
 
     if arch.endswith(SEPARABLE):
         return None

@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .instrument import Layout, discover, row_norms, value_grads_and_stats
-from .instrument.measure import apply
+from . import Layout, discover, row_norms, value_grads_and_stats
+from .measure import apply
 
 
 _LAYOUTS: dict = {}

@@ -5,7 +5,7 @@ import math
 import os
 from pathlib import Path
 
-from .sweep import DEFINITIONS, Sweep
+from ..experiments.depth_sweep import DEFINITIONS, Sweep
 
 
 def table_rows(res: Sweep) -> tuple[list[str], list[list[str]]]:
@@ -91,8 +91,8 @@ Started {e(str(run.get("started", "")))} on {e(str(run.get("device", "")))}; too
 def write(out, res: Sweep, data_description: str = "") -> list[str]:
     """Writes sweep.json, sweep.png and report.html into the directory `out`; returns the
     names written."""
-    from .plot import depth_sweep as figure
-    from .report import png_bytes
+    from ..plot import depth_sweep as figure
+    from .run_report import png_bytes
 
     out = Path(out)
     res.save(out / "sweep.json")

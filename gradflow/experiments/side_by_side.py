@@ -21,10 +21,11 @@ import numpy as np
 import optax
 from flax import nnx
 
-from . import data, divergence, distributed, models, theory
-from .diagnose import Finding, diagnose
-from .history import History
-from .train import train
+from .. import data, distributed, models
+from ..analysis import divergence, theory
+from ..analysis.diagnose import Finding, diagnose
+from ..history import History
+from ..train import train
 
 ARCH_BASES = models.ARCHS
 SEPARABLE = "_separable"  # suffix: the same arch with depthwise-separable hidden convs

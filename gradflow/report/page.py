@@ -15,7 +15,7 @@ import json
 import math
 from pathlib import Path
 
-from ..report import _CSS, _write_text, png_bytes
+from .run_report import _CSS, _write_text, png_bytes
 
 
 def text_table(head, rows, *, left: int = 1) -> str:

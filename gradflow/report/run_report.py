@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import LogNorm
 
-from .plot._style import label, positive_finite
+from ..plot._style import label, positive_finite
 
 CHANCE_COLOR = "0.45"
 
@@ -203,7 +203,7 @@ def write_run(out, results: list[dict], summary: dict, num_classes: int, steps: 
     report.html; returns the names written. Failed archs (no History) are skipped."""
     from pathlib import Path
 
-    from .plot import heatmap
+    from ..plot import heatmap
 
     out = Path(out)
     written, figures = [], []

@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .instrument.recorder import path_name
-from .intercept import swap_call
+from ..instrument.recorder import path_name
+from ..instrument.intercept import swap_call
 
 _LOG: contextvars.ContextVar[list | None] = contextvars.ContextVar("gradflow_flops",
                                                                   default=None)

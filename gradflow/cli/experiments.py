@@ -11,7 +11,7 @@ import os
 import sys
 import time
 
-from . import EXPERIMENTS
+from ..experiments import EXPERIMENTS
 
 ALWAYS = ("experiment", "out", "quiet")  # options every experiment takes
 
@@ -38,9 +38,9 @@ def given_options(parser: argparse.ArgumentParser, argv) -> set[str]:
 def validate(parser, args, argv) -> argparse.Namespace:
     """Checks the options against the experiment's and fills `args.options` (name -> value) with
     the given values or the experiment's defaults; `args.out` becomes the run directory."""
-    from ..experiment import ARCH_BASES, DEFAULT_LR
+    from ..experiments.side_by_side import ARCH_BASES, DEFAULT_LR
     from ..models import hidden_blocks
-    from ..run_args import _out_dir
+    from .args import _out_dir
 
     name = args.experiment
     exp = EXPERIMENTS[name]
@@ -85,7 +85,7 @@ def validate(parser, args, argv) -> argparse.Namespace:
 def main(args, argv=None) -> int:
     """Runs the experiment `args.experiment` into the new directory `args.out`."""
     from ..run import _command
-    from ..run_args import _Parser
+    from .args import _Parser
 
     t0 = time.perf_counter()
     started = _dt.datetime.now().isoformat(timespec="seconds")
@@ -93,7 +93,7 @@ def main(args, argv=None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         _Parser().error(f"argument --out: cannot create {args.out} ({e.strerror})")
-    from .common import Log
+    from ..experiments.common import Log
     import jax
 
     meta = {"experiment": args.experiment, "command": _command(argv), "started": started,

@@ -8,8 +8,7 @@ import math
 import sys
 from pathlib import Path
 
-from .experiment import (ARCH_BASES, ARCH_CHOICES, DEFAULT_LR, MODELS, OPTIMIZERS, SEPARABLE,
-                         Config, base_arch)
+from ..experiments.side_by_side import (ARCH_BASES, ARCH_CHOICES, DEFAULT_LR, MODELS, OPTIMIZERS, SEPARABLE, Config, base_arch)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -74,8 +73,8 @@ def _positive_float(text):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .data import DATASETS
-    from .models import ACTIVATIONS, INITS
+    from ..data import DATASETS
+    from ..models import ACTIVATIONS, INITS
 
     p = _Parser(prog="python -m gradflow.run", description=(
         "Train the same deep network as several architectures side by side and record every "
@@ -84,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         "grid, profiles, curves, summary.json and report.html to a new run directory."),
         formatter_class=_Help)
     a = p.add_argument
-    from .experiments import EXPERIMENTS
+    from ..experiments import EXPERIMENTS
     a("--experiment", choices=tuple(EXPERIMENTS), default=None, help="run one of the seed "
       "paper's patterns instead (each takes a subset of the options below, with its own "
       "defaults): " + "; ".join(f"{k}: {v.description}" for k, v in EXPERIMENTS.items()))
@@ -145,14 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse(argv=None) -> argparse.Namespace:
     """Parses and validates everything before anything is written; bad input exits with code 2."""
-    from .models import hidden_blocks, MAX_DEPTH
+    from ..models import hidden_blocks, MAX_DEPTH
 
     p = build_parser()
     args = p.parse_args(argv)
     if args.resume is not None:
         return _resume_args(p, argv)
     if args.experiment:  # the seed's patterns: their own options and defaults
-        from .experiments.cli import validate
+        from .experiments import validate
         return validate(p, args, argv)
     archs = [s.strip() for s in args.archs.split(",") if s.strip()]
     if not archs:
@@ -196,7 +195,7 @@ def parse(argv=None) -> argparse.Namespace:
 def _devices(p, args) -> int:
     """Joins a multi-process run if one is configured, then checks --devices against the
     visible devices and the batch (the sweep's probe batch at init too); returns the count."""
-    from . import distributed
+    from .. import distributed
 
     auto = args.coordinator == "auto"
     try:
@@ -214,7 +213,7 @@ def _devices(p, args) -> int:
         p.error(f"argument --devices: {n} is not a multiple of the {processes} processes")
     batches = {"--batch-size": args.batch_size}
     if args.sweep and args.steps == 0:
-        from .sweep import PROBE_BATCH
+        from ..experiments.depth_sweep import PROBE_BATCH
         batches["the depth sweep's probe batch"] = min(args.batch_size, PROBE_BATCH[args.model])
     for what, size in batches.items():
         if size % n:

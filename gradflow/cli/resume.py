@@ -14,8 +14,8 @@ import os
 import shutil
 from pathlib import Path
 
-from .checkpoint import CHECKPOINTS, ArchSaver
-from .history import History
+from ..checkpoint import CHECKPOINTS, ArchSaver
+from ..history import History
 
 RUN_FILE = "run.json"
 _FORMAT = "gradflow-run-1"

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .intercept import swap_call
+from ..instrument.intercept import swap_call
 
 _SHAPES: contextvars.ContextVar[dict | None] = contextvars.ContextVar("gradflow_summary",
                                                                      default=None)

@@ -37,7 +37,7 @@ import math
 
 import numpy as np
 
-from .models.options import check_choice
+from ..models.options import check_choice
 
 # sigma_w^2 for square layers (fan_in = fan_out); glorot's 2/(fan_in+fan_out) gives 1 there.
 SIGMA_W2 = {"lecun": 1.0, "he": 2.0, "glorot": 1.0, "orthogonal": 1.0}

@@ -1,0 +1,223 @@
+"""`python -m gradflow.run`: the headline experiment.
+
+The same deep network is built as several architectures (plain, residual, bn, residual_bn by
+default) at one width, init and seed, each is trained on the same data in the same order with
+every layer recorded, and the run directory gets the histories, heatmaps, a comparison grid on one
+colour scale, profiles, curves, summary.json and a self-contained report.html.
+
+Options and their checks live in run_args.py, the progress lines in progress.py.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import sys
+import time
+
+from ..report.progress import Progress, SweepProgress
+from .args import _Parser, build_parser, parse
+
+__all__ = ["main", "parse", "build_parser", "table", "Progress", "SweepProgress"]
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+def table(summary: dict) -> str:
+    """The compact text table printed at the end of a run."""
+    from ..report.run_report import table_rows
+    head = ("arch", "params", "train loss", "train acc", "held-out", "err ratio", "(end)",
+            "verdict")
+    rows = [head] + table_rows(summary)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head) - 1)]
+    lines = []
+    for k, r in enumerate(rows):
+        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:-1], widths[1:])]
+        lines.append("  ".join(cells + [r[-1]]))
+        if k == 0:
+            lines.append("-" * len(lines[0]))
+    lines.append("err ratio: error signal ‖∂L/∂z‖ at layer 1 / at the output layer, at init and "
+                 "at the end (≪ 1: vanishing, ≫ 1: exploding)")
+    return "\n".join(lines)
+
+
+def _command(argv) -> str:
+    return " ".join(["python -m gradflow.run", *(sys.argv[1:] if argv is None else argv)])
+
+
+def _prepare(cfg, args):
+    """Loads the data and creates the run directory; a bad data file, batch size or directory is
+    a usage error (exit 2, nothing written). Returns the Dataset."""
+    from .. import data
+
+    try:  # before anything is written: a bad data file is a usage error
+        ds = data.load(cfg.dataset, cfg.data_dir, seed=cfg.seed)
+    except ValueError as e:
+        _Parser().error(f"argument --data-dir: {e}")
+    if cfg.batch_size > len(ds.x_train):
+        _Parser().error(f"argument --batch-size: {cfg.batch_size} is larger than the "
+                        f"{len(ds.x_train)} training examples")
+    if cfg.model == "cnn" and len(ds.image_shape) != 3:
+        _Parser().error(f"argument --model: cnn needs images (N, height, width, channels); "
+                        f"{ds.name} has examples of shape {tuple(ds.image_shape)} (use --model mlp)")
+    from ..distributed import is_primary
+    try:
+        if is_primary():  # in a multi-process run only process 0 writes
+            args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        _Parser().error(f"argument --out: cannot create {args.out} ({e.strerror})")
+    return ds
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    if args.experiment:
+        from .experiments import main as experiment_main
+        return experiment_main(args, argv)
+    if args.sweep:
+        return sweep_main(args, argv)
+    t_start = time.perf_counter()
+    started = _dt.datetime.now().isoformat(timespec="seconds")
+    import jax
+
+    from ..experiments import side_by_side as experiment
+    from ..report import run_report as report
+    from ..distributed import is_primary
+
+    cfg = experiment.Config(**{k: getattr(args, k) for k in (
+        "depth", "width", "archs", "model", "steps", "batch_size", "lr", "optimizer", "init",
+        "activation", "dataset", "data_dir", "seed", "log_every", "devices")})
+    from .interrupt import catch_signals
+    from .resume import RunRecord
+
+    with catch_signals() as stop:
+        ds = _prepare(cfg, args)
+        primary = is_primary()  # in a multi-process run only process 0 reports and saves
+        record = args.resume
+        if record is not None and jax.process_count() > 1:
+            _Parser().error("argument --resume: multi-process runs cannot be resumed yet")
+        if record is None and primary:
+            record = RunRecord.create(args.out, sys.argv[1:] if argv is None else argv, started)
+        progress = Progress(cfg.archs, cfg.steps, enabled=not args.quiet and primary)
+        results = []
+        for i, arch in enumerate(cfg.archs):
+            if stop.requested:
+                break
+            res = record.result(arch) if record is not None else None
+            if res is not None:
+                progress.note(i, "finished before the interruption, not trained again")
+                results.append(res)
+                continue
+            progress.start(i)
+            saver = record.saver(arch) if record is not None else None
+            try:  # a multi-process run cannot stop at different steps: signals keep their effect
+                res = experiment.train_arch(arch, cfg, ds, progress.step, saver=saver,
+                                            stop=stop if jax.process_count() == 1 else None)
+            except Exception as e:  # one arch failing (e.g. out of memory) must not lose the others
+                res = {"arch": arch, "error": f"{type(e).__name__}: {e}".splitlines()[0]}
+                progress.finish(f"failed: {res['error']}")
+            else:
+                progress.finish(_outcome(res), res.get("interrupted_at"))
+            if record is not None and res.get("interrupted_at") is None:
+                record.finish(res)
+                saver.finish()
+            results.append(res)
+        summary = experiment.summarize(results, cfg, ds)
+        summary["run"] = {
+            "command": _command(argv) if args.resume is None else _command(
+                [*args.resume.argv, "--out", str(args.out)]),
+            "started": started, "device": f"{jax.default_backend()} ({os.cpu_count()} cores)",
+            "devices": cfg.devices, "processes": jax.process_count(),
+            "training_s": round(time.perf_counter() - t_start, 1),
+            "output": str(args.out)}
+        stopped = _stopped(stop, results, cfg.archs)
+        if stopped:
+            summary["run"]["interrupted"] = stopped
+        if args.resume is not None:
+            summary["run"]["resumed"] = _command(argv)
+        if not primary:
+            return stop.exit_code
+        report.write_run(args.out, results, summary, ds.num_classes, cfg.steps)
+        record.close("interrupted" if stopped else "complete")
+        print(table(summary))
+        from ..report.run_report import diagnosis_lines
+        print("\n" + "\n".join(diagnosis_lines(summary)))
+        print(f"\nwrote {args.out}/ in {time.perf_counter() - t_start:.0f}s — open "
+              f"{args.out / 'report.html'}")
+        if stopped:
+            sys.stderr.write(_stopped_message(stopped, args.out))
+        return stop.exit_code
+
+
+def _outcome(res) -> str:
+    """The progress note of a trained architecture."""
+    if res.get("interrupted_at") is not None:
+        return f"interrupted after {res['interrupted_at']} steps"
+    if res["diverged_at"] is not None:
+        return "diverged (loss or gradients became non-finite)"
+    return f"held-out accuracy {res['held_out_accuracy']:.1%}"
+
+
+def _stopped(stop, results, archs) -> dict | None:
+    """Where a signal stopped the run (None if it did not, or came after the last arch)."""
+    at = next((r for r in results if r.get("interrupted_at") is not None), None)
+    if not stop.requested or (at is None and len(results) == len(archs)):
+        return None
+    done = [r["arch"] for r in results if r.get("interrupted_at") is None]
+    return {"signal": stop.name, "arch": at["arch"] if at else None,
+            "step": at["interrupted_at"] if at else None,
+            "finished": done, "not_started": [a for a in archs if a not in done
+                                              and (at is None or a != at["arch"])]}
+
+
+def _stopped_message(stopped: dict, out) -> str:
+    where = (f"after {stopped['step']} steps of {stopped['arch']}" if stopped["arch"]
+             else "between architectures")
+    return (f"\ninterrupted by {stopped['signal']} {where} ({len(stopped['finished'])} "
+            f"architectures finished); everything recorded so far is in {out}/ — continue with: "
+            f"python -m gradflow.run --resume {out}\n")
+
+
+# -- depth sweep ----------------------------------------------------------------------------------
+
+def sweep_main(args, argv=None) -> int:
+    """`--depth` with several depths: the depth sweep (gradflow.sweep)."""
+    t_start = time.perf_counter()
+    started = _dt.datetime.now().isoformat(timespec="seconds")
+    import jax
+
+    from ..experiments import depth_sweep as sweep, side_by_side as experiment
+    from ..report import sweep_report as sweep_output
+    from ..distributed import is_primary
+
+    cfg = experiment.Config(**{k: getattr(args, k) for k in (
+        "depth", "width", "archs", "model", "batch_size", "lr", "optimizer", "init",
+        "activation", "dataset", "data_dir", "seed", "log_every", "devices")},
+        steps=max(args.steps, 1))
+    ds = _prepare(cfg, args)
+    n_seeds = args.seeds or sweep.SEED_COUNT
+    seeds = list(range(cfg.seed, cfg.seed + n_seeds))
+    primary = is_primary()  # in a multi-process run only process 0 reports
+    progress = SweepProgress([d for _ in cfg.archs for d in args.depths for _ in seeds],
+                             n_seeds, enabled=not args.quiet and primary)
+    if not args.quiet and primary:
+        what = (f"at init (one probe batch of {sweep.probe_batch_size(cfg)})" if args.steps == 0
+                else f"training {args.steps} steps each")
+        sys.stderr.write(f"depth sweep: {len(cfg.archs)} archs × {len(args.depths)} depths × "
+                         f"{n_seeds} seeds, {what}\n")
+    res = sweep.depth_sweep(cfg, args.depths, seeds=seeds, steps=args.steps, ds=ds,
+                            progress=progress, on_step=progress.step)
+    res.run = {"command": _command(argv), "started": started,
+               "device": f"{jax.default_backend()} ({os.cpu_count()} cores)",
+               "devices": cfg.devices, "processes": jax.process_count(),
+               "output": str(args.out)}
+    if not primary:
+        return 0
+    sweep_output.write(args.out, res, experiment.describe(ds))
+    print(sweep_output.table(res))
+    print(f"\nwrote {args.out}/ in {time.perf_counter() - t_start:.0f}s — open "
+          f"{args.out / 'report.html'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
