@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
-import time
 
 CHILD = r"""
 import json, resource, sys, time
@@ -53,7 +51,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--timeout", type=float, default=600)
     a = p.parse_args(argv)
-    print(f"| model | arch | depth | stack | build s | first probe s | probe s | rows | peak GiB |")
+    print("| model | arch | depth | stack | build s | first probe s | probe s | rows | peak GiB |")
     print("|---|---|---|---|---|---|---|---|---|")
     for depth in a.depths.split(","):
         for stack in a.stacks.split(","):

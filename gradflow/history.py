@@ -6,14 +6,17 @@ temporary file renamed into place, so a file on disk is always complete.
 """
 from __future__ import annotations
 
+import io
 import json
-import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from ._io import write_atomic
+
 _FORMAT = "gradflow-records-1"
+BACKWARD = ("error_norm", "grad_norm")  # dL/dz and dL/dW, computed from the output layer down
 
 
 class _Records:
@@ -57,13 +60,9 @@ class _Records:
         arrays |= {f"scalar:{k}": v for k, v in self._scalars.items()}
         arrays |= self._extra()
         arrays["header"] = np.array(json.dumps(header))
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        return path
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        return write_atomic(path, buf.getvalue(), fsync=True)
 
     @classmethod
     def load(cls, path):
@@ -124,3 +123,28 @@ class History(_Records):
         metrics = {k: v for k, v in stacked.items() if v.ndim == 2}
         scalars = {k: v for k, v in stacked.items() if v.ndim == 1}
         return cls(layers, metrics, scalars, meta, steps=steps)
+
+    def truncated(self, k: int) -> "History":
+        """The first `k` records as a new History (meta copied).
+
+        Example:
+          >>> h.truncated(3).steps  # doctest: +SKIP
+          array([0, 5, 10])
+        """
+        return History(self.layers, {m: v[:k] for m, v in self._metrics.items()},
+                       {s: v[:k] for s, v in self._scalars.items()}, dict(self.meta),
+                       steps=self.steps[:k])
+
+
+def finite_record(record: dict) -> bool:
+    """Whether a record's loss and every layer's gradient and error norm are finite (error norms
+    that are NaN in every layer are ones the model could not measure: its layer calls cannot be
+    probed). `gf.train` stops where this is False."""
+    if not np.isfinite(float(record["loss"])):
+        return False
+    for k in BACKWARD:
+        if k in record:
+            v = np.asarray(record[k], dtype=np.float64)
+            if not np.isfinite(v).all() and not (k == "error_norm" and np.isnan(v).all()):
+                return False
+    return True

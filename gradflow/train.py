@@ -10,8 +10,7 @@ import jax
 from flax import nnx
 
 from . import distributed, losses
-from .analysis.divergence import finite_record
-from .history import History
+from .history import History, finite_record
 from .instrument import TRAIN_METRICS
 from .models.options import check_positive_int
 from .probe import as_batch, split_model

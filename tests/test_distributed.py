@@ -203,8 +203,8 @@ def test_two_process_cli_run_equals_one_process_and_only_process_0_writes(multih
                             data_dir=str(workers.out / "tiny.npz"), devices=1)  # as CLI_ARGS
     ds = data.load("npz", cfg.data_dir, seed=cfg.seed)
     ref = experiment.train_arch("residual_bn", cfg, ds)
-    for m in (*ref["history"].metrics, *ref["history"].scalars):
-        np.testing.assert_allclose(got[m], ref["history"][m], rtol=1e-5, atol=1e-7, err_msg=m)
+    for m in (*ref.history.metrics, *ref.history.scalars):
+        np.testing.assert_allclose(got[m], ref.history[m], rtol=1e-5, atol=1e-7, err_msg=m)
     arch = summary["archs"][0]
     assert arch["held_out_loss"] == pytest.approx(ref["held_out_loss"], rel=1e-5)
     assert arch["held_out_accuracy"] == ref["held_out_accuracy"]

@@ -245,3 +245,161 @@ def test_safe_norm_matches_float64_from_1e_36_to_1e_18():
         np.testing.assert_allclose(got, want, rtol=1e-5)
     assert float(safe_norm(jnp.zeros((4,)))) == 0.0
     assert np.isnan(float(safe_norm(jnp.array([1.0, jnp.nan]))))
+
+
+@gf.instrument.register_activation
+class ShiftedReLU(nnx.Module):
+    """A user's activation module, registered: relu(x - shift), so some units die."""
+
+    def __init__(self, shift):
+        self.shift = shift
+
+    def __call__(self, x):
+        return jax.nn.relu(x - self.shift)
+
+
+class UnregisteredShiftedReLU(nnx.Module):
+    """The same activation, not registered."""
+
+    def __init__(self, shift):
+        self.shift = shift
+
+    def __call__(self, x):
+        return jax.nn.relu(x - self.shift)
+
+
+class UserActNet(nnx.Module):
+    """conv -> act -> pool -> fc1 -> act -> x2 -> fc2: the activations' outputs are not the next
+    layer's inputs, so registered and unregistered activations give different statistics."""
+
+    def __init__(self, act_cls, rngs):
+        self.conv = nnx.Conv(3, 4, (3, 3), rngs=rngs)
+        self.act1 = act_cls(0.3)
+        self.fc1 = nnx.Linear(4, 8, rngs=rngs)
+        self.act2 = act_cls(0.2)
+        self.fc2 = nnx.Linear(8, 5, rngs=rngs)
+
+    def __call__(self, x):
+        h = jnp.mean(self.act1(self.conv(x)), axis=(1, 2))
+        return self.fc2(2.0 * self.act2(self.fc1(h)))
+
+
+def _numpy_act_stats(a):
+    """[mean, std, dead fraction] over all entries; a unit (last axis) is dead when it is zero
+    for every example and position."""
+    a = np.asarray(a, np.float64)
+    return [a.mean(), a.std(), np.mean(np.all(a.reshape(-1, a.shape[-1]) == 0, axis=0))]
+
+
+def _user_act_net_tensors(model, shifts=(0.3, 0.2)):
+    """Independent numpy forward pass: conv, act1, pooled, fc1, act2, fc2 input, fc2 outputs."""
+    x = np.asarray(X_IMG, np.float64)
+    k, b = (np.asarray(v.get_value(), np.float64) for v in (model.conv.kernel, model.conv.bias))
+    pad = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))  # 3x3, stride 1, SAME
+    z0 = sum(np.einsum("nhwc,cf->nhwf", pad[:, i:i + 8, j:j + 8], k[i, j])
+             for i in range(3) for j in range(3)) + b
+    a1 = np.maximum(z0 - shifts[0], 0.0)
+    h = a1.mean(axis=(1, 2))
+    z1 = h @ np.asarray(model.fc1.kernel.get_value()) + np.asarray(model.fc1.bias.get_value())
+    a2 = np.maximum(z1 - shifts[1], 0.0)
+    z2 = 2.0 * a2 @ np.asarray(model.fc2.kernel.get_value()) + np.asarray(
+        model.fc2.bias.get_value())
+    return z0, a1, h, z1, a2, 2.0 * a2, z2
+
+
+def test_registered_user_activation_reports_its_output_statistics():
+    model = UserActNet(ShiftedReLU, nnx.Rngs(0))
+    snap = gf.probe(model, (X_IMG, Y))
+    assert snap.layers == ("conv", "fc1", "fc2")
+    z0, a1, h, z1, a2, fc2_in, z2 = _user_act_net_tensors(model)
+    ref = np.array([_numpy_act_stats(a1), _numpy_act_stats(a2), _numpy_act_stats(z2)])
+    assert 0 < ref[0, 2] < 1 or 0 < ref[1, 2] < 1  # dead_frac is really exercised
+    got = np.stack([snap["act_mean"], snap["act_std"], snap["dead_frac"]], axis=1)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    # and they are jax's own statistics of the activation's output, not something else
+    np.testing.assert_allclose(snap["act_mean"][:2], [model.act1(model.conv(X_IMG)).mean(),
+                                                      a2.mean()], rtol=1e-5)
+
+
+def test_unregistered_user_activation_is_not_measured():
+    registered = UserActNet(ShiftedReLU, nnx.Rngs(0))
+    model = UserActNet(UnregisteredShiftedReLU, nnx.Rngs(0))
+    snap = gf.probe(model, (X_IMG, Y))
+    z0, a1, h, z1, a2, fc2_in, z2 = _user_act_net_tensors(model)
+    # Without activation modules a row reports the next weight layer's input (the last row its
+    # own output), not the activation's output.
+    ref = np.array([_numpy_act_stats(h), _numpy_act_stats(fc2_in), _numpy_act_stats(z2)])
+    got = np.stack([snap["act_mean"], snap["act_std"], snap["dead_frac"]], axis=1)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(snap["act_mean"][:2], [a1.mean(), a2.mean()], rtol=1e-3)
+    # registration changes only the activation statistics
+    other = gf.probe(registered, (X_IMG, Y))
+    for k in ("grad_norm", "error_norm", "weight_norm", "loss"):
+        np.testing.assert_array_equal(snap[k], other[k])
+
+
+class ScanBlock(nnx.Module):
+    def __init__(self, rngs):
+        self.linear = nnx.Linear(10, 10, rngs=rngs)
+        self.act = ShiftedReLU(0.0)
+
+    def __call__(self, x):
+        return self.act(self.linear(x))
+
+
+@gf.instrument.register_scanned_stack(block=lambda m: m.block, length=lambda m: m.n)
+class UserRepeat(nnx.Module):
+    """A user's scanned stack: one block with stacked parameters, applied with lax.scan."""
+
+    def __init__(self, n, rngs):
+        self.n = n
+        keys = jax.random.split(rngs.params(), n)
+        self.block = nnx.vmap(lambda k: ScanBlock(nnx.Rngs(k)))(keys)
+
+    def __call__(self, x):
+        graphdef, state = nnx.split(self.block)
+
+        def body(x, s):
+            block = nnx.merge(graphdef, s)
+            return block(x), nnx.state(block)
+
+        x, state = jax.lax.scan(body, x, state)
+        nnx.update(self.block, state)
+        return x
+
+
+class UserRepeatNet(nnx.Module):
+    def __init__(self, rngs):
+        self.stack = UserRepeat(3, rngs)
+        self.head = nnx.Linear(10, 5, rngs=rngs)
+
+    def __call__(self, x):
+        return self.head(self.stack(x))
+
+
+def test_registered_user_scanned_stack_is_measured_per_layer():
+    model = UserRepeatNet(nnx.Rngs(0))
+    snap = gf.probe(model, (X_VEC, Y))
+    assert snap.layers == ("stack/block/0/linear", "stack/block/1/linear",
+                           "stack/block/2/linear", "head") and snap.meta["probed"]
+    ks = model.stack.block.linear.kernel.get_value()
+    bs = model.stack.block.linear.bias.get_value()
+    head_k, head_b = model.head.kernel.get_value(), model.head.bias.get_value()
+
+    def forward(ks, head_k, eps):
+        h, acts = X_VEC, []
+        for k, b, e in zip(ks, bs, eps[:-1]):
+            h = jax.nn.relu(h @ k + b + e)
+            acts.append(h)
+        out = h @ head_k + head_b + eps[-1]
+        return cross_entropy(out, Y), acts + [out]
+
+    eps = [jnp.zeros((6, 10))] * 3 + [jnp.zeros((6, 5))]
+    (g_ks, g_head, g_eps), acts = jax.grad(forward, argnums=(0, 1, 2), has_aux=True)(
+        ks, head_k, eps)
+    np.testing.assert_allclose(snap["grad_norm"], [jnp.linalg.norm(g) for g in g_ks]
+                               + [jnp.linalg.norm(g_head)], rtol=1e-5)
+    np.testing.assert_allclose(snap["error_norm"], [jnp.linalg.norm(g) for g in g_eps],
+                               rtol=1e-5)
+    np.testing.assert_allclose(snap["act_mean"], [a.mean() for a in acts], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(snap["act_std"], [a.std() for a in acts], rtol=1e-5, atol=1e-7)

@@ -18,7 +18,7 @@ from flax import nnx
 import gradflow as gf
 from gradflow import History, data, models, cli
 from gradflow.analysis import divergence
-from gradflow.experiments import side_by_side as experiment
+from gradflow.experiments import side_by_side as experiment, verdict
 from gradflow.report import run_report as report
 from gradflow.data import loaders
 from gradflow.cli.resume import RunRecord
@@ -264,14 +264,14 @@ def test_divergence_is_located_in_backward_and_forward_order():
                "act_std": [[1, 1, 1], [1, 1, 1], [1, inf, inf], [nan, nan, nan]]})
     where = divergence.locate(h)
     # record 2 is the first with a non-finite gradient; backprop meets 'mid' before 'in'
-    assert where == {"step": 10, "record": 2, "backward_layer": "mid", "forward_layer": "mid"}
-    assert "'mid' (backward order)" in divergence.describe(where)
+    assert where == divergence.Divergence(step=10, record=2, backward_layer="mid", forward_layer="mid")
+    assert "'mid' (backward order)" in divergence.describe(where.backward_layer, where.forward_layer)
     # a non-finite loss alone is divergence too; error norms a model without probes could not
     # measure (NaN everywhere) are ignored
     h2 = _hist({"grad_norm": [[1, 1, 1], [1, 1, 1]], "error_norm": [[nan] * 3, [nan] * 3]},
                loss=[2.0, np.inf], meta={"probed": False})
     assert list(divergence.nonfinite_records(h2)) == [False, True]
-    assert divergence.locate(h2)["backward_layer"] is None
+    assert divergence.locate(h2).backward_layer is None
     assert divergence.locate(_hist({"grad_norm": np.ones((3, 3))})) is None
 
 
@@ -285,7 +285,7 @@ def test_train_stops_on_a_non_finite_gradient_even_when_the_loss_is_finite(tiny)
     h = gf.train(model, [(x, y)] * 4, steps=4, optimizer=optax.sgd(0.1), loss=sqrt_loss)
     assert h.meta["diverged_at_step"] == 0 and list(h.steps) == [0]
     assert np.isfinite(h["loss"]).all() and not np.isfinite(h["grad_norm"]).all()
-    assert divergence.locate(h)["backward_layer"] == h.layers[-1]  # the output layer first
+    assert divergence.locate(h).backward_layer == h.layers[-1]  # the output layer first
 
 
 @pytest.fixture(scope="module")
@@ -300,12 +300,12 @@ def diverged():
 def test_a_diverged_arch_reports_where_in_summary_diagnosis_and_report(diverged):
     cfg, ds, results = diverged
     res = results[0]
-    assert res["diverged_at"] is not None
-    h = res["history"]
-    assert np.isfinite(h["loss"]).all() and h.steps[-1] < res["diverged_at"]
-    layer = res["nonfinite"]["backward_layer"]
+    assert res.diverged_at is not None
+    h = res.history
+    assert np.isfinite(h["loss"]).all() and h.steps[-1] < res.diverged_at
+    layer = res.nonfinite_layer
     assert layer in h.layers and h.meta["nonfinite_layer_backward"] == layer
-    summary = experiment.summarize(results, cfg, ds)
+    summary = verdict.summarize(results, cfg, ds)
     a = summary["archs"][0]
     assert a["nonfinite_layer"] == layer
     assert f"first non-finite at layer '{layer}' (backward order)" in a["verdict"]
@@ -330,12 +330,12 @@ def test_figures_never_draw_non_finite_values():
     assert (mesh.norm.vmin, mesh.norm.vmax) == (pytest.approx(1e-3), pytest.approx(2.0))
     plt.close(fig)
     runs = {"a": h, "b": _hist({"error_norm": np.ones((3, 3)), "grad_norm": np.ones((3, 3))})}
-    grid = report.comparison_grid(runs, "error_norm", {"a": 12}, steps=15)
+    grid = gf.plot.comparison_grid(runs, "error_norm", {"a": 12}, steps=15)
     for m in (ax.collections[0] for ax in grid.axes[:2]):
         arr = np.ma.masked_invalid(m.get_array())
         assert np.isfinite(arr.compressed()).all() and np.isfinite([m.norm.vmin, m.norm.vmax]).all()
     plt.close(grid)
-    for fig in (report.profiles(runs), report.curves(runs, 10, steps=15)):
+    for fig in (gf.plot.profiles(runs), gf.plot.curves(runs, 10, steps=15)):
         for ax in fig.axes:
             for line in ax.get_lines():
                 assert not np.isinf(np.asarray(line.get_ydata(), dtype=float)).any()

@@ -19,9 +19,8 @@ from flax import nnx
 
 import gradflow as gf
 from gradflow import History, data, cli
-from gradflow.experiments import side_by_side as experiment
+from gradflow.experiments import side_by_side as experiment, verdict
 from gradflow.checkpoint import Checkpoint
-from gradflow.cli.interrupt import STOP_AFTER_ENV
 from gradflow.train import TrainState
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,17 +34,17 @@ TIMING = {"train_s", "time_s"}  # the only numbers allowed to differ between run
 def _reference(cfg, ds):
     """Histories and summary of the uninterrupted run, from the experiment functions."""
     results = [experiment.train_arch(a, cfg, ds) for a in cfg.archs]
-    return results, experiment.summarize(results, cfg, ds)
+    return results, verdict.summarize(results, cfg, ds)
 
 
 def _same_as_reference(run_dir: Path, reference):
     results, summary = reference
     for res in results:
-        h, ref = History.load(run_dir / f"{res['arch']}_history.npz"), res["history"]
+        h, ref = History.load(run_dir / f"{res.arch}_history.npz"), res.history
         assert h.layers == ref.layers
         np.testing.assert_array_equal(h.steps, ref.steps)
         for k in ref.metrics + ref.scalars:
-            np.testing.assert_array_equal(h[k], ref[k], err_msg=f"{res['arch']} {k}")
+            np.testing.assert_array_equal(h[k], ref[k], err_msg=f"{res.arch} {k}")
     got = json.loads((run_dir / "summary.json").read_text())
     expected = json.loads(json.dumps(summary))  # as written: JSON numbers
     assert {k: v for k, v in got["config"].items() if k != "devices"} == \
@@ -62,15 +61,35 @@ def tiny_reference():
     return _reference(cfg, data.synthetic(cfg.seed))
 
 
+def _sigint_after(monkeypatch, k: int):
+    """Makes the run's training send SIGINT to this process right after its k-th step (counted
+    over all architectures), through gf.train's own `progress` hook: the CLI's handler runs
+    before `stop()` is asked for that step, so the run stops exactly there."""
+    done = [0]
+
+    def train(*args, progress=None, **kwargs):
+        def hook(step):
+            if progress is not None:
+                progress(step)
+            done[0] += 1
+            if done[0] == k:
+                signal.raise_signal(signal.SIGINT)  # the handler has run when this returns
+
+        return gf.train(*args, progress=hook, **kwargs)
+
+    monkeypatch.setattr(experiment, "train", train)
+
+
 def test_resume_after_a_stop_gives_the_uninterrupted_run(tiny_reference, tmp_path, monkeypatch,
                                                          capsys):
-    """Stopped as if by SIGINT after 8 steps: plain (6 steps) finished, bn after 2 (the
+    """A real SIGINT after 8 steps: plain (6 steps) finished, bn stopped after 2 (the
     subprocess test below stops inside the first arch, with one not started)."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv(STOP_AFTER_ENV, "8")
-    assert cli.main([*TINY, "--out", "run"]) == 130
-    monkeypatch.delenv(STOP_AFTER_ENV)
+    with monkeypatch.context() as patch:
+        _sigint_after(patch, 8)
+        assert cli.main([*TINY, "--out", "run"]) == 130
     err = capsys.readouterr().err
+    assert "SIGINT received" in err
     assert "--resume run" in err and "interrupted by SIGINT after" in err
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["status"] == "interrupted"
@@ -244,7 +263,7 @@ def test_after_kill_9_the_flushed_history_loads_and_holds_the_records_so_far(sig
     h = History.load(cwd / "kill" / "plain_history.npz")
     assert h.meta["partial"] and h.meta["arch"] == "plain"
     assert len(h.steps) >= 2 and list(h.steps) == list(range(0, 20 * len(h.steps), 20))
-    ref = reference[0][0]["history"]  # the same records, as far as both got
+    ref = reference[0][0].history  # the same records, as far as both got
     n = min(len(h.steps), len(ref.steps) - 1)  # the reference's last record is its last step
     for k in h.metrics + h.scalars:
         np.testing.assert_array_equal(h[k][:n], ref[k][:n], err_msg=k)

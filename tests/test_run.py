@@ -13,9 +13,10 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
+import gradflow as gf
 from gradflow import History, data, cli
-from gradflow.experiments import side_by_side as experiment
-from gradflow.report import run_report as report
+from gradflow.experiments import evaluation, side_by_side as experiment, verdict
+from gradflow.plot import comparison
 from gradflow.analysis import theory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -198,14 +199,14 @@ def test_a_diverging_arch_is_reported_with_its_history_so_far():
                             lr=1e4, optimizer="sgd")
     ds = data.synthetic(0, n_train=64, n_test=32)
     res = experiment.train_arch("residual", cfg, ds)
-    assert res["diverged_at"] is not None and res["held_out_accuracy"] is None
-    h = res["history"]
-    assert np.isfinite(h["loss"]).all() and h.steps[-1] < res["diverged_at"]
-    s = experiment.summarize([res], cfg, ds)
+    assert res.diverged_at is not None and res.held_out_accuracy is None
+    h = res.history
+    assert np.isfinite(h["loss"]).all() and h.steps[-1] < res.diverged_at
+    s = verdict.summarize([res], cfg, ds)
     a = s["archs"][0]
     assert a["status"] == "diverged" and "diverged" in a["verdict"]
     assert a["final_train_loss"] is None and a["error_ratio_end"] is None
-    assert a["diagnosis_end"][0].startswith("divergence") and str(res["diverged_at"]) in \
+    assert a["diagnosis_end"][0].startswith("divergence") and str(res.diverged_at) in \
         a["diagnosis_end"][0]
     json.dumps(s, allow_nan=False)  # summary.json never holds NaN
 
@@ -217,7 +218,7 @@ def test_evaluate_uses_recalibrated_running_statistics_and_leaves_the_model_alon
     ds = data.synthetic(1, n_train=256, n_test=64)
     model = experiment.build_model("bn", cfg, ds.image_shape, ds.num_classes)
     before = jax.tree.map(np.asarray, nnx.state(model))
-    loss, acc = experiment.evaluate(model, ds.x_test, ds.y_test, ds.x_train[:128])
+    loss, acc = evaluation.evaluate(model, ds.x_test, ds.y_test, ds.x_train[:128])
     after = jax.tree.map(np.asarray, nnx.state(model))
     assert jax.tree.all(jax.tree.map(np.array_equal, before, after))
     # Reference without jit: BN statistics = batch statistics of the calibration images, then
@@ -296,12 +297,12 @@ def test_run_figures_render_with_zeros_nan_and_a_diverged_arch():
     nan = _history([[np.nan, 1.0, 1.0], [1.0, np.inf, 1.0]], [0, 5])
     runs = {"plain": ok, "residual": short, "bn": nan}
     diverged = {"residual": 3}
-    for fig in (report.comparison_grid(runs, "error_norm", diverged, steps=10),
-                report.profiles(runs, diverged=diverged),
-                report.curves(runs, 10, {"plain": 0.1, "residual": None}, steps=10)):
-        png = report.png_bytes(fig)
+    for fig in (gf.plot.comparison_grid(runs, "error_norm", diverged, steps=10),
+                gf.plot.profiles(runs, diverged=diverged),
+                gf.plot.curves(runs, 10, {"plain": 0.1, "residual": None}, steps=10)):
+        png = gf.plot.png_bytes(fig)
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
-    lo, hi = report.shared_range(runs.values())
+    lo, hi = comparison.shared_range(runs.values())
     assert (lo, hi) == (pytest.approx(1e-9), pytest.approx(3.0))
 
 

@@ -15,7 +15,7 @@ from flax import nnx
 
 import gradflow as gf
 from gradflow import data, cli
-from gradflow.experiments import side_by_side as experiment, depth_sweep as sweep
+from gradflow.experiments import depth_sweep as sweep, side_by_side as experiment, verdict
 from gradflow.report import sweep_report as sweep_output
 from gradflow.analysis import theory
 
@@ -82,7 +82,7 @@ def test_sweep_json_matches_a_direct_probe_of_the_same_models(tiny_sweep):
                 if c["arch"] == row["arch"] and c["depth"] == row["depth"]]
         assert row["median"] == pytest.approx(float(np.median(vals)))
         assert (row["min"], row["max"]) == (pytest.approx(min(vals)), pytest.approx(max(vals)))
-        expected = sweep.theory_attenuation(row["arch"], row["depth"], model="cnn",
+        expected = theory.theory_attenuation(row["arch"], row["depth"], model="cnn",
                                             init="lecun", activation="relu",
                                             image_shape=ds.image_shape)
         assert row["theory"] == (None if expected is None else pytest.approx(expected))
@@ -128,24 +128,24 @@ def test_tiny_error_norms_are_measured():
 
 def test_theory_attenuation():
     # plain ReLU, lecun: ||dL/dz||^2 halves per layer below the output layer
-    assert sweep.theory_attenuation("plain", 10, model="mlp", init="lecun",
+    assert theory.theory_attenuation("plain", 10, model="mlp", init="lecun",
                                     activation="relu") == pytest.approx(0.5 ** 4.5)
     # CNN: the global average pooling over H*W = 256 positions divides the norm by 16
-    assert sweep.theory_attenuation("plain", 10, model="cnn", init="lecun", activation="relu",
+    assert theory.theory_attenuation("plain", 10, model="cnn", init="lecun", activation="relu",
                                     image_shape=(16, 16, 3)) == pytest.approx(0.5 ** 4.5 / 16)
-    assert sweep.theory_attenuation("plain", 10, model="mlp", init="he",
+    assert theory.theory_attenuation("plain", 10, model="mlp", init="he",
                                     activation="relu") == pytest.approx(1.0)
     growth = math.pi / (math.pi - 1)
-    assert sweep.theory_attenuation("bn", 6, model="mlp", init="lecun",
+    assert theory.theory_attenuation("bn", 6, model="mlp", init="lecun",
                                     activation="relu") == pytest.approx(growth ** 2.5)
     # residual archs: the population-dynamics profile (tested against measurements in
     # test_theory), read the same way; with BN the error grows toward the input
-    res = sweep.theory_attenuation("residual_bn", 8, model="mlp", init="lecun", activation="relu")
+    res = theory.theory_attenuation("residual_bn", 8, model="mlp", init="lecun", activation="relu")
     p = theory.residual_profile(8, init="lecun", bn=True)["error_sq"]
     assert res == pytest.approx(math.sqrt(p[0] / p[-1])) and res > 1
     for arch, act in (("residual", "gelu"), ("bn", "tanh"), ("plain", "gelu"),
                       ("plain_separable", "relu")):
-        assert sweep.theory_attenuation(arch, 8, model="cnn", init="lecun", activation=act,
+        assert theory.theory_attenuation(arch, 8, model="cnn", init="lecun", activation=act,
                                         image_shape=(16, 16, 3)) is None
 
 
@@ -158,11 +158,11 @@ def test_training_sweep_records_final_loss_and_plots_two_panels():
     assert seen[:3] == [(0, 3, "plain", 3, 1), (1, 3, "plain", 3, 1), (2, 3, "plain", 3, 1)]
     for c in res.cells:
         r = experiment.train_arch("plain", dataclasses.replace(cfg, depth=c.depth, seed=1), ds)
-        h = r["history"]
+        h = r.history
         assert c.status == "ok"
-        assert c.final_train_loss == pytest.approx(experiment.final_train(h)[0], rel=1e-6)
-        assert c.attenuation == pytest.approx(experiment.error_ratio(h, 0), rel=1e-6)
-        assert c.attenuation_end == pytest.approx(experiment.error_ratio(h, -1), rel=1e-6)
+        assert c.final_train_loss == pytest.approx(verdict.final_train(h)[0], rel=1e-6)
+        assert c.attenuation == pytest.approx(verdict.error_ratio(h, 0), rel=1e-6)
+        assert c.attenuation_end == pytest.approx(verdict.error_ratio(h, -1), rel=1e-6)
     row = res.rows()[0]
     assert row["final_train_loss_median"] == res.cells[0].final_train_loss
     assert "final loss" in sweep_output.table(res)

@@ -3,24 +3,13 @@ values — in backward order (output to input) for the error signal and the weig
 forward order for the activations."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
-BACKWARD = ("error_norm", "grad_norm")  # dL/dz and dL/dW, computed from the output layer down
+from ..history import BACKWARD, History, finite_record
+
 FORWARD = ("act_mean", "act_std")
-
-
-def finite_record(record: dict) -> bool:
-    """Whether a record's loss and every layer's gradient and error norm are finite (error norms
-    that are NaN in every layer are ones the model could not measure: its layer calls cannot be
-    probed). `gf.train` stops where this is False."""
-    if not np.isfinite(float(record["loss"])):
-        return False
-    for k in BACKWARD:
-        if k in record:
-            v = np.asarray(record[k], dtype=np.float64)
-            if not np.isfinite(v).all() and not (k == "error_norm" and np.isnan(v).all()):
-                return False
-    return True
 
 
 def nonfinite_records(hist) -> np.ndarray:
@@ -52,10 +41,32 @@ def first_forward(row: dict, layers, metrics=FORWARD) -> str | None:
     return layers[idx[0]] if idx.size else None
 
 
-def locate(hist) -> dict | None:
-    """{"step", "record", "backward_layer", "forward_layer"} of the first non-finite record of
-    a History, None if every record is finite. Metrics the model could not measure (NaN in every
-    record of a model whose layer calls were not probed) are left out."""
+class Divergence(NamedTuple):
+    """Where a History first holds a non-finite value.
+
+    Attributes:
+      step: the training step of the first non-finite record.
+      record: its index in the History.
+      backward_layer: the first layer back-propagation reached with a non-finite error or
+        gradient norm (output side first); None if only the loss was non-finite.
+      forward_layer: the first layer (input side first) whose activations were non-finite.
+    """
+    step: int
+    record: int
+    backward_layer: str | None
+    forward_layer: str | None
+
+
+def locate(hist: History) -> Divergence | None:
+    """The first non-finite record of `hist` and where it appeared; None if every record is
+    finite. Metrics the model could not measure (NaN in every record of a model whose layer
+    calls were not probed) are left out.
+
+    Example:
+      >>> where = locate(history)  # doctest: +SKIP
+      >>> where.step, where.backward_layer  # doctest: +SKIP
+      (5, 'head')
+    """
     bad = np.flatnonzero(nonfinite_records(hist))
     if not bad.size:
         return None
@@ -64,18 +75,40 @@ def locate(hist) -> dict | None:
     measured = [k for k in hist.metrics if k == "grad_norm" or probed
                 or not np.isnan(np.asarray(hist[k], dtype=np.float64)).all()]
     row = {k: hist[k][i] for k in measured}
-    return {"step": int(hist.steps[i]), "record": i,
-            "backward_layer": first_backward(row, hist.layers),
-            "forward_layer": first_forward(row, hist.layers)}
+    return Divergence(int(hist.steps[i]), i, first_backward(row, hist.layers),
+                      first_forward(row, hist.layers))
 
 
-def describe(where: dict) -> str:
+def cut(hist: History) -> tuple[History, Divergence | None]:
+    """`hist` without its first non-finite record and those after it.
+
+    The first non-finite record's per-layer values are NaN-propagation debris (zeros, NaN) below
+    the layer where it appeared, so the records before it, which show how it got there, are kept
+    (at least one), and where it appeared goes into the kept History's meta
+    (`diverged_at_step`, `nonfinite_layer_backward`, `nonfinite_layer_forward`).
+
+    Args:
+      hist: a History, e.g. from `gf.train`.
+
+    Returns:
+      (the kept History, the Divergence), or (`hist`, None) if every record is finite.
+    """
+    where = locate(hist)
+    if where is None:
+        return hist, None
+    kept = hist.truncated(max(1, where.record))
+    kept.meta.update(diverged_at_step=where.step, nonfinite_layer_backward=where.backward_layer,
+                     nonfinite_layer_forward=where.forward_layer)
+    return kept, where
+
+
+def describe(backward_layer: str | None, forward_layer: str | None = None) -> str:
     """"first non-finite at layer 'head' (backward order)", with where the activations went
-    non-finite (forward order) when they did."""
+    non-finite (forward order) when they did; "" if neither is known."""
     text = ""
-    if where.get("backward_layer"):
-        text = f"first non-finite at layer '{where['backward_layer']}' (backward order)"
-    if where.get("forward_layer"):
+    if backward_layer:
+        text = f"first non-finite at layer '{backward_layer}' (backward order)"
+    if forward_layer:
         text += ("; " if text else "") + (f"activations non-finite from layer "
-                                          f"'{where['forward_layer']}' (forward order)")
+                                          f"'{forward_layer}' (forward order)")
     return text

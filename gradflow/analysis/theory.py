@@ -37,7 +37,7 @@ import math
 
 import numpy as np
 
-from ..models.options import check_choice
+from ..models.options import SEPARABLE, check_choice
 
 # sigma_w^2 for square layers (fan_in = fan_out); glorot's 2/(fan_in+fan_out) gives 1 there.
 SIGMA_W2 = {"lecun": 1.0, "he": 2.0, "glorot": 1.0, "orthogonal": 1.0}
@@ -200,3 +200,21 @@ def predicted_profile(metric: str, n_layers: int, *, arch: str, init: str,
         return None
     p = mlp_profile(n_layers, init=init, activation=activation, arch=arch)
     return np.sqrt(p["error_sq"] if metric == "error_norm" else p["grad_sq"])
+
+
+def theory_attenuation(arch: str, depth: int, *, model: str, init: str, activation: str,
+                       image_shape=None) -> float | None:
+    """The mean-field attenuation error_norm[0] / error_norm[-1] at init for `depth` weight
+    layers, None where the theory does not apply (separable convs, odd residual depths, other
+    activations). For CNNs the global average pooling before the head divides the error reaching
+    the last conv by H*W at each of its H*W positions: a factor 1/sqrt(H*W) on the norm (the
+    zoo's CNNs built by the run keep the input's H x W up to the pooling)."""
+    if arch.endswith(SEPARABLE):
+        return None
+    pred = predicted_profile("error_norm", depth, arch=arch, init=init, activation=activation)
+    if pred is None:
+        return None
+    r = float(pred[0] / pred[-1])
+    if model == "cnn" and depth >= 2:
+        r /= math.sqrt(image_shape[0] * image_shape[1])
+    return r

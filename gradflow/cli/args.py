@@ -3,20 +3,14 @@ nothing written) and `--resume`."""
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import math
 import sys
 from pathlib import Path
 
-from ..experiments.side_by_side import (ARCH_BASES, ARCH_CHOICES, DEFAULT_LR, MODELS, OPTIMIZERS, SEPARABLE, Config, base_arch)
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: `python -m gradflow.run: error: <message>`, exit code 2."""
-
-    def error(self, message):
-        sys.stderr.write(f"python -m gradflow.run: error: {message} (see --help)\n")
-        sys.exit(2)
+from ..experiments.side_by_side import DEFAULT_LR, MODELS, OPTIMIZERS, Config
+from ..models.options import ARCH_CHOICES, ARCHS, SEPARABLE, base_arch
+from .checks import Parser, archs_list, out_dir
+from .experiments import validate
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -76,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ..data import DATASETS
     from ..models import ACTIVATIONS, INITS
 
-    p = _Parser(prog="python -m gradflow.run", description=(
+    p = Parser(prog="python -m gradflow.run", description=(
         "Train the same deep network as several architectures side by side and record every "
         "layer's gradient: shows the error signal vanishing in a plain network and how residual "
         "connections and batch normalization fix it. Writes histories, heatmaps, a comparison "
@@ -93,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
       "every depth over --seeds initializations, writing sweep.json, sweep.png and report.html")
     a("--width", type=_int_at_least(1), default=Config.width,
       help="channels (cnn) or units (mlp) of every hidden layer")
-    a("--archs", default=",".join(ARCH_BASES),
+    a("--archs", default=",".join(ARCHS),
       help=f"comma-separated architectures, any of: {', '.join(ARCH_CHOICES)}")
     a("--model", choices=MODELS, default=Config.model,
       help="3x3-conv network (cnn) or fully connected (mlp)")
@@ -151,16 +145,11 @@ def parse(argv=None) -> argparse.Namespace:
     if args.resume is not None:
         return _resume_args(p, argv)
     if args.experiment:  # the seed's patterns: their own options and defaults
-        from .experiments import validate
-        return validate(p, args, argv)
-    archs = [s.strip() for s in args.archs.split(",") if s.strip()]
-    if not archs:
-        p.error(f"argument --archs: no architecture given (choose from {', '.join(ARCH_CHOICES)})")
+        args.options = validate(p, args, argv)
+        args.out = out_dir(p, args.out)
+        return args
+    archs = archs_list(p, args.archs, ARCH_CHOICES)
     for arch in archs:
-        if arch not in ARCH_CHOICES:
-            p.error(f"argument --archs: {arch!r} is not one of {', '.join(ARCH_CHOICES)}")
-        if archs.count(arch) > 1:
-            p.error(f"argument --archs: {arch!r} is given twice")
         if args.model == "mlp" and arch.endswith(SEPARABLE):
             p.error(f"argument --archs: {arch!r} needs --model cnn (separable convs are convs)")
     depths = args.depth if isinstance(args.depth, list) else [args.depth]
@@ -187,7 +176,7 @@ def parse(argv=None) -> argparse.Namespace:
         p.error("argument --data-dir: not used by --dataset synthetic (it is generated)")
     args.archs = archs
     args.lr = DEFAULT_LR[args.optimizer] if args.lr is None else args.lr
-    args.out = _out_dir(p, args.out)
+    args.out = out_dir(p, args.out)
     args.devices = _devices(p, args)
     return args
 
@@ -246,19 +235,3 @@ def _resume_args(p, argv) -> argparse.Namespace:
     args = parse(record.argv + (["--quiet"] if "--quiet" in argv else []))
     args.out, args.resume = Path(run_dir), record
     return args
-
-
-def _out_dir(p, out) -> Path:
-    if out is not None:
-        path = Path(out)
-        if path.exists() and not path.is_dir():
-            p.error(f"argument --out: {out} exists and is not a directory")
-        if path.is_dir() and any(path.iterdir()):
-            p.error(f"argument --out: {out} is not empty (gradflow never overwrites a run)")
-        return path
-    stamp = _dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    path, k = Path("runs") / stamp, 1
-    while path.exists():
-        k += 1
-        path = Path("runs") / f"{stamp}_{k}"
-    return path

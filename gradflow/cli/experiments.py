@@ -12,6 +12,7 @@ import sys
 import time
 
 from ..experiments import EXPERIMENTS
+from .checks import archs_list, command, make_dir
 
 ALWAYS = ("experiment", "out", "quiet")  # options every experiment takes
 
@@ -35,12 +36,19 @@ def given_options(parser: argparse.ArgumentParser, argv) -> set[str]:
     return set(vars(ns))
 
 
-def validate(parser, args, argv) -> argparse.Namespace:
-    """Checks the options against the experiment's and fills `args.options` (name -> value) with
-    the given values or the experiment's defaults; `args.out` becomes the run directory."""
-    from ..experiments.side_by_side import ARCH_BASES, DEFAULT_LR
-    from ..models import hidden_blocks
-    from .args import _out_dir
+def validate(parser, args, argv) -> dict:
+    """Checks the options given on the command line against the experiment's.
+
+    Args:
+      parser: the run's parser (for its one-line errors and to find the given options).
+      args: the parsed options; `args.experiment` names the experiment.
+      argv: the command line (None: this process's).
+
+    Returns:
+      name -> value for every option the experiment takes: the given value or its default.
+    """
+    from ..experiments.side_by_side import DEFAULT_LR
+    from ..models import ARCHS, hidden_blocks
 
     name = args.experiment
     exp = EXPERIMENTS[name]
@@ -53,18 +61,9 @@ def validate(parser, args, argv) -> argparse.Namespace:
     if "lr" in opts and "lr" not in given and "optimizer" in given:
         opts["lr"] = DEFAULT_LR[opts["optimizer"]]
     if "archs" in given:
-        archs = [s.strip() for s in args.archs.split(",") if s.strip()]
-        if not archs:
-            parser.error(f"argument --archs: no architecture given (choose from "
-                         f"{', '.join(ARCH_BASES)})")
-        for arch in archs:
-            if arch not in ARCH_BASES:
-                parser.error(f"argument --archs: {arch!r} is not one of {', '.join(ARCH_BASES)}"
-                             + (" (--experiment separable pairs every arch with its separable "
-                                "version itself)" if name == "separable" else ""))
-            if archs.count(arch) > 1:
-                parser.error(f"argument --archs: {arch!r} is given twice")
-        opts["archs"] = tuple(archs)
+        hint = (" (--experiment separable pairs every arch with its separable version itself)"
+                if name == "separable" else "")
+        opts["archs"] = tuple(archs_list(parser, args.archs, ARCHS, hint))
     if "depth" in given:
         if isinstance(args.depth, list) and len(args.depth) > 1:
             parser.error(f"argument --depth: --experiment {name} takes one depth, not a list")
@@ -77,26 +76,19 @@ def validate(parser, args, argv) -> argparse.Namespace:
                 parser.error(f"argument --depth: {e}")
     if opts.get("steps", 1) < 1:
         parser.error(f"argument --steps: --experiment {name} trains, give at least 1 step")
-    args.options = opts
-    args.out = _out_dir(parser, args.out)
-    return args
+    return opts
 
 
 def main(args, argv=None) -> int:
-    """Runs the experiment `args.experiment` into the new directory `args.out`."""
-    from ..run import _command
-    from .args import _Parser
-
+    """Runs the experiment `args.experiment` into the new directory `args.out`; returns the
+    exit code."""
     t0 = time.perf_counter()
     started = _dt.datetime.now().isoformat(timespec="seconds")
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        _Parser().error(f"argument --out: cannot create {args.out} ({e.strerror})")
+    make_dir(args.out)
     from ..experiments.common import Log
     import jax
 
-    meta = {"experiment": args.experiment, "command": _command(argv), "started": started,
+    meta = {"experiment": args.experiment, "command": command(argv), "started": started,
             "device": f"{jax.default_backend()} ({os.cpu_count()} cores)",
             "options": {k: list(v) if isinstance(v, tuple) else v
                         for k, v in args.options.items()}}

@@ -5,9 +5,6 @@ loop asks it after every step (`gf.train(stop=...)`), stops at that step boundar
 saves what it has and exits with the conventional code 128 + signal number (130 for SIGINT, 143
 for SIGTERM). A second signal quits at once with the same code; the history on disk then holds
 every record up to its last periodic flush.
-
-For tests, the environment variable GRADFLOW_STOP_AFTER_STEPS=k acts as a SIGINT arriving after
-the k-th training step of the process (counted over all architectures), deterministically.
 """
 from __future__ import annotations
 
@@ -16,23 +13,27 @@ import os
 import signal
 import sys
 
-STOP_AFTER_ENV = "GRADFLOW_STOP_AFTER_STEPS"
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class StopRequest:
-    """The `stop` hook of `gf.train`: True once a signal arrived (or the test step count is
-    reached). `signum` is the signal, `exit_code` 128 + signum."""
+    """The `stop` hook of `gf.train`: True once a signal arrived. `signum` is the signal,
+    `exit_code` 128 + signum.
 
-    def __init__(self, stop_after: int | None = None, stream=None):
+    Args:
+        stream: where the handler reports a signal (default: stderr).
+    """
+
+    def __init__(self, stream=None):
         self.signum: int | None = None
-        self.stop_after, self.steps = stop_after, 0
         self.stream = stream or sys.stderr
 
     def __call__(self) -> bool:
-        self.steps += 1
-        if self.stop_after is not None and self.steps >= self.stop_after and self.signum is None:
-            self.signum = signal.SIGINT
+        """Asked by the training loop after every step.
+
+        Returns:
+            True once a signal arrived.
+        """
         return self.signum is not None
 
     @property
@@ -61,25 +62,19 @@ class StopRequest:
         self.stream.flush()
 
 
-def _stop_after_from_env() -> int | None:
-    text = os.environ.get(STOP_AFTER_ENV)
-    if not text:
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ValueError(f"{STOP_AFTER_ENV}={text!r} must be an integer >= 1")
-    return value
-
-
 @contextlib.contextmanager
 def catch_signals(stream=None):
     """Installs the SIGINT/SIGTERM handlers of a fresh StopRequest for the duration of the
     block (restoring the previous ones after) and yields it. Outside the main thread, where
-    Python cannot install handlers, signals keep their default effect."""
-    request = StopRequest(_stop_after_from_env(), stream)
+    Python cannot install handlers, signals keep their default effect.
+
+    Args:
+        stream: where the handler reports a signal (default: stderr).
+
+    Returns:
+        A context manager yielding the StopRequest (pass it as `gf.train(stop=...)`).
+    """
+    request = StopRequest(stream)
     previous = {}
     try:
         for s in SIGNALS:

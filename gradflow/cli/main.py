@@ -15,34 +15,13 @@ import sys
 import time
 
 from ..report.progress import Progress, SweepProgress
-from .args import _Parser, build_parser, parse
+from .args import parse
+from .checks import command, make_dir, usage_error
 
-__all__ = ["main", "parse", "build_parser", "table", "Progress", "SweepProgress"]
+__all__ = ["main"]
 
 
 # -- main ---------------------------------------------------------------------------------------
-
-def table(summary: dict) -> str:
-    """The compact text table printed at the end of a run."""
-    from ..report.run_report import table_rows
-    head = ("arch", "params", "train loss", "train acc", "held-out", "err ratio", "(end)",
-            "verdict")
-    rows = [head] + table_rows(summary)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head) - 1)]
-    lines = []
-    for k, r in enumerate(rows):
-        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:-1], widths[1:])]
-        lines.append("  ".join(cells + [r[-1]]))
-        if k == 0:
-            lines.append("-" * len(lines[0]))
-    lines.append("err ratio: error signal ‖∂L/∂z‖ at layer 1 / at the output layer, at init and "
-                 "at the end (≪ 1: vanishing, ≫ 1: exploding)")
-    return "\n".join(lines)
-
-
-def _command(argv) -> str:
-    return " ".join(["python -m gradflow.run", *(sys.argv[1:] if argv is None else argv)])
-
 
 def _prepare(cfg, args):
     """Loads the data and creates the run directory; a bad data file, batch size or directory is
@@ -52,19 +31,16 @@ def _prepare(cfg, args):
     try:  # before anything is written: a bad data file is a usage error
         ds = data.load(cfg.dataset, cfg.data_dir, seed=cfg.seed)
     except ValueError as e:
-        _Parser().error(f"argument --data-dir: {e}")
+        usage_error(f"argument --data-dir: {e}")
     if cfg.batch_size > len(ds.x_train):
-        _Parser().error(f"argument --batch-size: {cfg.batch_size} is larger than the "
+        usage_error(f"argument --batch-size: {cfg.batch_size} is larger than the "
                         f"{len(ds.x_train)} training examples")
     if cfg.model == "cnn" and len(ds.image_shape) != 3:
-        _Parser().error(f"argument --model: cnn needs images (N, height, width, channels); "
+        usage_error(f"argument --model: cnn needs images (N, height, width, channels); "
                         f"{ds.name} has examples of shape {tuple(ds.image_shape)} (use --model mlp)")
     from ..distributed import is_primary
-    try:
-        if is_primary():  # in a multi-process run only process 0 writes
-            args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        _Parser().error(f"argument --out: cannot create {args.out} ({e.strerror})")
+    if is_primary():  # in a multi-process run only process 0 writes
+        make_dir(args.out)
     return ds
 
 
@@ -80,6 +56,7 @@ def main(argv=None) -> int:
     import jax
 
     from ..experiments import side_by_side as experiment
+    from ..experiments import verdict
     from ..report import run_report as report
     from ..distributed import is_primary
 
@@ -94,7 +71,7 @@ def main(argv=None) -> int:
         primary = is_primary()  # in a multi-process run only process 0 reports and saves
         record = args.resume
         if record is not None and jax.process_count() > 1:
-            _Parser().error("argument --resume: multi-process runs cannot be resumed yet")
+            usage_error("argument --resume: multi-process runs cannot be resumed yet")
         if record is None and primary:
             record = RunRecord.create(args.out, sys.argv[1:] if argv is None else argv, started)
         progress = Progress(cfg.archs, cfg.steps, enabled=not args.quiet and primary)
@@ -113,17 +90,17 @@ def main(argv=None) -> int:
                 res = experiment.train_arch(arch, cfg, ds, progress.step, saver=saver,
                                             stop=stop if jax.process_count() == 1 else None)
             except Exception as e:  # one arch failing (e.g. out of memory) must not lose the others
-                res = {"arch": arch, "error": f"{type(e).__name__}: {e}".splitlines()[0]}
-                progress.finish(f"failed: {res['error']}")
+                res = experiment.ArchResult(arch, error=f"{type(e).__name__}: {e}".splitlines()[0])
+                progress.finish(f"failed: {res.error}")
             else:
-                progress.finish(_outcome(res), res.get("interrupted_at"))
-            if record is not None and res.get("interrupted_at") is None:
+                progress.finish(_outcome(res), res.interrupted_at)
+            if record is not None and res.interrupted_at is None:
                 record.finish(res)
                 saver.finish()
             results.append(res)
-        summary = experiment.summarize(results, cfg, ds)
+        summary = verdict.summarize(results, cfg, ds)
         summary["run"] = {
-            "command": _command(argv) if args.resume is None else _command(
+            "command": command(argv) if args.resume is None else command(
                 [*args.resume.argv, "--out", str(args.out)]),
             "started": started, "device": f"{jax.default_backend()} ({os.cpu_count()} cores)",
             "devices": cfg.devices, "processes": jax.process_count(),
@@ -133,14 +110,14 @@ def main(argv=None) -> int:
         if stopped:
             summary["run"]["interrupted"] = stopped
         if args.resume is not None:
-            summary["run"]["resumed"] = _command(argv)
+            summary["run"]["resumed"] = command(argv)
         if not primary:
             return stop.exit_code
-        report.write_run(args.out, results, summary, ds.num_classes, cfg.steps)
+        report.write_run(args.out, {r.arch: r.history for r in results if r.history is not None},
+                         summary)
         record.close("interrupted" if stopped else "complete")
-        print(table(summary))
-        from ..report.run_report import diagnosis_lines
-        print("\n" + "\n".join(diagnosis_lines(summary)))
+        print(report.table(summary))
+        print("\n" + "\n".join(report.diagnosis_lines(summary)))
         print(f"\nwrote {args.out}/ in {time.perf_counter() - t_start:.0f}s — open "
               f"{args.out / 'report.html'}")
         if stopped:
@@ -150,23 +127,23 @@ def main(argv=None) -> int:
 
 def _outcome(res) -> str:
     """The progress note of a trained architecture."""
-    if res.get("interrupted_at") is not None:
-        return f"interrupted after {res['interrupted_at']} steps"
-    if res["diverged_at"] is not None:
+    if res.interrupted_at is not None:
+        return f"interrupted after {res.interrupted_at} steps"
+    if res.diverged_at is not None:
         return "diverged (loss or gradients became non-finite)"
-    return f"held-out accuracy {res['held_out_accuracy']:.1%}"
+    return f"held-out accuracy {res.held_out_accuracy:.1%}"
 
 
 def _stopped(stop, results, archs) -> dict | None:
     """Where a signal stopped the run (None if it did not, or came after the last arch)."""
-    at = next((r for r in results if r.get("interrupted_at") is not None), None)
+    at = next((r for r in results if r.interrupted_at is not None), None)
     if not stop.requested or (at is None and len(results) == len(archs)):
         return None
-    done = [r["arch"] for r in results if r.get("interrupted_at") is None]
-    return {"signal": stop.name, "arch": at["arch"] if at else None,
-            "step": at["interrupted_at"] if at else None,
+    done = [r.arch for r in results if r.interrupted_at is None]
+    return {"signal": stop.name, "arch": at.arch if at else None,
+            "step": at.interrupted_at if at else None,
             "finished": done, "not_started": [a for a in archs if a not in done
-                                              and (at is None or a != at["arch"])]}
+                                              and (at is None or a != at.arch)]}
 
 
 def _stopped_message(stopped: dict, out) -> str:
@@ -185,7 +162,7 @@ def sweep_main(args, argv=None) -> int:
     started = _dt.datetime.now().isoformat(timespec="seconds")
     import jax
 
-    from ..experiments import depth_sweep as sweep, side_by_side as experiment
+    from ..experiments import depth_sweep as sweep, side_by_side as experiment, verdict
     from ..report import sweep_report as sweep_output
     from ..distributed import is_primary
 
@@ -206,13 +183,13 @@ def sweep_main(args, argv=None) -> int:
                          f"{n_seeds} seeds, {what}\n")
     res = sweep.depth_sweep(cfg, args.depths, seeds=seeds, steps=args.steps, ds=ds,
                             progress=progress, on_step=progress.step)
-    res.run = {"command": _command(argv), "started": started,
+    res.run = {"command": command(argv), "started": started,
                "device": f"{jax.default_backend()} ({os.cpu_count()} cores)",
                "devices": cfg.devices, "processes": jax.process_count(),
                "output": str(args.out)}
     if not primary:
         return 0
-    sweep_output.write(args.out, res, experiment.describe(ds))
+    sweep_output.write(args.out, res, verdict.describe(ds))
     print(sweep_output.table(res))
     print(f"\nwrote {args.out}/ in {time.perf_counter() - t_start:.0f}s — open "
           f"{args.out / 'report.html'}")

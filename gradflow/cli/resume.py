@@ -9,11 +9,11 @@ run stopped has a checkpoint under `checkpoints/<arch>/` (see `gradflow.checkpoi
 from __future__ import annotations
 
 import json
-import math
-import os
 import shutil
 from pathlib import Path
 
+from .._io import write_json
+from ..experiments.side_by_side import ArchResult
 from ..checkpoint import CHECKPOINTS, ArchSaver
 from ..history import History
 
@@ -66,29 +66,25 @@ class RunRecord:
     def save(self) -> None:
         data = {"format": _FORMAT, "argv": self.argv, "status": self.status,
                 "started": self.started, "finished": self.finished}
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n", encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_json(self.path, data, indent=1)
 
     def saver(self, arch: str) -> ArchSaver:
         return ArchSaver(self.directory, arch, self.clock)
 
-    def result(self, arch: str) -> dict | None:
+    def result(self, arch: str) -> ArchResult | None:
         """The result of an architecture finished before (its History loaded), else None."""
-        res = self.finished.get(arch)
-        if res is None:
+        numbers = self.finished.get(arch)
+        if numbers is None:
             return None
-        res = dict(res)
         path = self.directory / f"{arch}_history.npz"
-        res["history"] = History.load(path) if res.get("error") is None else None
-        return res
+        return ArchResult.from_json(numbers, History.load(path) if numbers.get("error") is None
+                                    else None)
 
-    def finish(self, res: dict) -> None:
+    def finish(self, res: ArchResult) -> None:
         """Records a finished architecture: its History (if any) and its numbers."""
-        if res.get("history") is not None:
-            res["history"].save(self.directory / f"{res['arch']}_history.npz")
-        self.finished[res["arch"]] = {k: _json_number(v) for k, v in res.items()
-                                      if k != "history"}
+        if res.history is not None:
+            res.history.save(self.directory / f"{res.arch}_history.npz")
+        self.finished[res.arch] = res.to_json()
         self.save()
 
     def close(self, status: str) -> None:
@@ -97,13 +93,6 @@ class RunRecord:
         if status == "complete":
             shutil.rmtree(self.directory / CHECKPOINTS, ignore_errors=True)
         self.save()
-
-
-def _json_number(v):
-    """NaN and infinities as None (JSON has neither)."""
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
 
 
 def _absolute(argv, option: str) -> list:

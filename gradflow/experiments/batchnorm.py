@@ -21,13 +21,15 @@ import numpy as np
 from flax import nnx
 
 from .. import data, losses, models
-from .side_by_side import BN_CALIBRATION, evaluate
-from ..models.freeze import batchnorm_arrays, freeze_batchnorm
-from ..probe import split_model
-from ..report.run_report import comparison_grid, curves, profiles
 from ..instrument.steps import layout_for, train_steps
-from .common import accuracy, comparison_rows, fit, numbers, recalibrate, shared_optimizer, subset
-from ..report.page import Page, fmt, text_table
+from ..models.freeze import batchnorm_arrays, freeze_batchnorm
+from ..plot import comparison_grid, curves, profiles
+from ..probe import split_model
+from ..report.page import Page
+from ..report.text import fmt, text_table
+from .common import accuracy, comparison_rows, fit, numbers, shared_optimizer, subset
+from .evaluation import evaluate, recalibrate
+from .side_by_side import BN_CALIBRATION
 
 PLACEMENTS = (("conv-BN-ReLU", "before_act"), ("conv-ReLU-BN", "after_act"))
 PRETRAIN_CLASSES = (0, 1, 2, 3, 4)
@@ -59,11 +61,11 @@ def placement(ds, *, log, depth, width, steps, batch_size, optimizer, lr, init, 
         res = fit(model, label, ds.x_train, ds.y_train, steps=steps, batch_size=batch_size,
                   optimizer=optimizer, lr=lr, log_every=log_every, seed=s,
                   progress=progress.step)
-        if res["diverged_at"] is None:
-            res["held_out_loss"], res["held_out_accuracy"] = evaluate(
+        if res.diverged_at is None:
+            res.held_out_loss, res.held_out_accuracy = evaluate(
                 model, ds.x_test, ds.y_test, ds.x_train[:BN_CALIBRATION])
-        progress.finish("diverged" if res["diverged_at"] is not None
-                        else f"held-out accuracy {res['held_out_accuracy']:.1%}")
+        progress.finish("diverged" if res.diverged_at is not None
+                        else f"held-out accuracy {res.held_out_accuracy:.1%}")
         per[label].append(numbers(res) | {"seed": s})
         if s == seeds[0]:
             first.append(res)
@@ -91,7 +93,7 @@ def pretrain(ds, *, log, depth, width, steps, batch_size, optimizer, lr, init, l
     loss, acc = accuracy(model, xt, yt)
     progress.finish(f"held-out accuracy on classes 0-4 {acc:.1%}")
     return model, {"n_train": len(y), "held_out_accuracy": acc, "held_out_loss": loss,
-                   "diverged_at": res["diverged_at"], "train_s": round(res["train_s"], 2)}
+                   "diverged_at": res.diverged_at, "train_s": round(res.train_s, 2)}
 
 
 def fine_tune(pretrained, ds, *, frozen: bool, seed: int, steps, batch_size, optimizer, lr):
@@ -184,12 +186,12 @@ def run(out, *, log, meta, depth, width, steps, batch_size, optimizer, lr, init,
     page.table(head_a, rows_a)
     head_1, rows_1 = comparison_rows([numbers(r) for r in first])
     page.table(head_1, rows_1, f"Seed {seed_list[0]} in detail (the figures below).")
-    runs = {r["name"]: r["history"] for r in first}
+    runs = {r.arch: r.history for r in first}
     page.figure("placement_error_norm.png", comparison_grid(runs, "error_norm", steps=steps),
                 "Error signal in every layer, one colour scale")
     page.figure("placement_profiles.png", profiles(runs), "Per-layer profiles at init and end")
     page.figure("placement_curves.png", curves(runs, ds.num_classes, {
-        r["name"]: r.get("held_out_accuracy") for r in first}, steps), "Learning curves")
+        r.arch: r.held_out_accuracy for r in first}, steps), "Learning curves")
 
     # (b) fine-tuning
     pretrained, pre = pretrain(ds, log=log, seed=seed, **common)

@@ -1,18 +1,19 @@
 """Depth sweep: how the error-signal attenuation between the first and the last layer grows with
 depth, per architecture, over several initializations, next to the mean-field prediction.
 
-    from gradflow import data, experiment, sweep
-    cfg = experiment.Config(archs=("plain", "residual_bn"))
+    from gradflow import data
+    from gradflow.experiments import depth_sweep, side_by_side
+    cfg = side_by_side.Config(archs=("plain", "residual_bn"))
     ds = data.synthetic(cfg.seed)
-    res = sweep.depth_sweep(cfg, [8, 16, 32, 64, 128], steps=0, ds=ds)   # at init only
+    res = depth_sweep.depth_sweep(cfg, [8, 16, 32, 64, 128], steps=0, ds=ds)  # at init only
     res.save("sweep.json"); gf.plot.depth_sweep(res)
 
-Its table, HTML report and files: `gradflow.sweep_output`.
+Its table, HTML report and files: `gradflow.report.sweep_report`.
 
 Each (architecture, depth, seed) cell builds the network the way `gradflow.run` does (seed =
 cfg.seed + k: the initialization, and with training the batch order; the data stay those of
 cfg.seed). With `steps == 0` it probes one batch at init (`gf.probe`); with `steps > 0` it trains
-like the run (`experiment.train_arch`) and the attenuation at init is the training run's first
+like the run (`side_by_side.train_arch`) and the attenuation at init is the training run's first
 record, measured on its first batch before any update.
 
 The attenuation is error_norm[0] / error_norm[-1] = ||dL/dz|| of layer 1 (the stem) over that of
@@ -21,9 +22,7 @@ the output layer: far below 1 the error signal vanishes toward the input, far ab
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,11 @@ from pathlib import Path
 import numpy as np
 
 from .. import data, models
-from .side_by_side import SEPARABLE, Config, base_arch, build_model, final_train, train_arch
+from .._io import json_ready, write_json
+from ..analysis.theory import theory_attenuation
+from ..models.options import base_arch
+from .side_by_side import Config, build_model, train_arch
+from .verdict import final_train
 
 SEED_COUNT = 3  # initializations per depth: cfg.seed, cfg.seed + 1, ...
 # Examples in the probe batch at init (fewer when cfg.batch_size is smaller). CNNs: 8, because
@@ -87,6 +90,11 @@ class Sweep:
     elapsed_s: float = 0.0
     run: dict = field(default_factory=dict)  # how it was run (command, start, device)
 
+    @property
+    def definitions(self) -> dict:
+        """What each reported quantity means (DEFINITIONS)."""
+        return DEFINITIONS
+
     def values(self, arch: str, depth: int, key: str = "attenuation") -> list[float]:
         """The finite values of `key` over the seeds of one (arch, depth)."""
         out = [getattr(c, key) for c in self.cells if c.arch == arch and c.depth == depth]
@@ -122,7 +130,7 @@ class Sweep:
 
     def to_dict(self) -> dict:
         """JSON-ready (NaN and infinities as null)."""
-        return _clean({
+        return json_ready({
             "kind": "depth_sweep",
             "config": self.config,
             "archs": list(self.archs), "depths": list(self.depths), "seeds": list(self.seeds),
@@ -138,12 +146,7 @@ class Sweep:
 
     def save(self, path) -> Path:
         """Writes `to_dict()` as JSON, atomically; returns the path."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n",
-                       encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return write_json(path, self.to_dict())
 
 
 DEFINITIONS = {
@@ -165,18 +168,6 @@ def _med(v):
     return float(np.median(v)) if len(v) else None
 
 
-def _clean(obj):
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return _clean(obj.item())
-    return obj
-
-
 # -- building and measuring ------------------------------------------------------------------
 
 def probe_stack(model: str, depth: int) -> str:
@@ -187,8 +178,8 @@ def probe_stack(model: str, depth: int) -> str:
 
 
 def build(arch: str, cfg: Config, image_shape, num_classes: int, stack: str = "auto"):
-    """`experiment.build_model`'s network (initialized from cfg.seed), with the hidden blocks
-    stacked as `stack` says ("auto" is exactly `experiment.build_model`). A scanned network is
+    """`side_by_side.build_model`'s network (initialized from cfg.seed), with the hidden blocks
+    stacked as `stack` says ("auto" is exactly `build_model`). A scanned network is
     initialized by one compiled program per structure, reused for every seed: built eagerly, its
     initializers compile once per new stacked shape, seconds per depth (values agree with the
     eager build to float32 rounding)."""
@@ -197,15 +188,17 @@ def build(arch: str, cfg: Config, image_shape, num_classes: int, stack: str = "a
     import jax
     from flax import nnx
     if stack != "scan":
-        return _make(arch, cfg, image_shape, num_classes, stack, nnx.Rngs(cfg.seed))
+        return build_model(arch, cfg, image_shape, num_classes, stack=stack, rngs=nnx.Rngs(cfg.seed))
     key = (arch, dataclasses.replace(cfg, seed=0, extra={}).__repr__(), tuple(image_shape),
            num_classes)
     if key not in _INIT:
         def init(rng):
-            return nnx.state(_make(arch, cfg, image_shape, num_classes, stack, nnx.Rngs(rng)))
+            return nnx.state(build_model(arch, cfg, image_shape, num_classes, stack=stack,
+                                         rngs=nnx.Rngs(rng)))
         rng = jax.random.key(0)
         graphdef = nnx.graphdef(nnx.eval_shape(
-            lambda: _make(arch, cfg, image_shape, num_classes, stack, nnx.Rngs(rng))))
+            lambda: build_model(arch, cfg, image_shape, num_classes, stack=stack,
+                                         rngs=nnx.Rngs(rng))))
         # Runs once per seed: compile for speed, not for run time.
         compiled = jax.jit(init).lower(rng).compile(
             compiler_options={"xla_backend_optimization_level": 0})
@@ -215,10 +208,6 @@ def build(arch: str, cfg: Config, image_shape, num_classes: int, stack: str = "a
 
 
 _INIT: dict = {}
-
-
-def _make(arch, cfg, image_shape, num_classes, stack, rngs):
-    return build_model(arch, cfg, image_shape, num_classes, stack=stack, rngs=rngs)
 
 
 def first_batch(ds, batch_size: int, seed: int):
@@ -246,26 +235,6 @@ def _ratio(a, b) -> float | None:
     with np.errstate(divide="ignore", invalid="ignore"):
         r = float(a / b)
     return r if math.isfinite(r) and r > 0 else None
-
-
-def theory_attenuation(arch: str, depth: int, *, model: str, init: str, activation: str,
-                       image_shape=None) -> float | None:
-    """The mean-field attenuation error_norm[0] / error_norm[-1] at init for `depth` weight
-    layers, None where the theory does not apply (separable convs, odd residual depths, other
-    activations). For CNNs the global average pooling before the head divides the error reaching
-    the last conv by H*W at each of its H*W positions: a factor 1/sqrt(H*W) on the norm (the
-    zoo's CNNs built by the run keep the input's H x W up to the pooling)."""
-    from ..analysis.theory import predicted_profile
-
-    if arch.endswith(SEPARABLE):
-        return None
-    pred = predicted_profile("error_norm", depth, arch=arch, init=init, activation=activation)
-    if pred is None:
-        return None
-    r = float(pred[0] / pred[-1])
-    if model == "cnn" and depth >= 2:
-        r /= math.sqrt(image_shape[0] * image_shape[1])
-    return r
 
 
 # -- the sweep -------------------------------------------------------------------------------
@@ -336,17 +305,17 @@ def _cell(arch: str, cfg: Config, ds, steps: int, batch: int, on_step=None) -> C
         else:
             r = train_arch(arch, cfg, ds, None if on_step is None else (
                 lambda step: on_step(step, steps, arch, cfg.depth, cfg.seed)))
-            h = r["history"]
+            h = r.history
             e = np.asarray(h["error_norm"], dtype=np.float64)
             m = {"layers": int(e.shape[1]), "error_first": float(e[0, 0]),
                  "error_last": float(e[0, -1]), "initial_loss": float(h["loss"][0]),
                  "attenuation": _ratio(e[0, 0], e[0, -1])}
-            if r["diverged_at"] is None:
+            if r.diverged_at is None:
                 cell.attenuation_end = _ratio(e[-1, 0], e[-1, -1])
                 cell.final_train_loss = final_train(h)[0]
-                cell.held_out_accuracy = r["held_out_accuracy"]
+                cell.held_out_accuracy = r.held_out_accuracy
             else:
-                cell.status, cell.note = "diverged", f"loss non-finite at step {r['diverged_at']}"
+                cell.status, cell.note = "diverged", f"loss non-finite at step {r.diverged_at}"
         for k, v in m.items():
             setattr(cell, k, v)
         if cell.attenuation is None and cell.status == "ok":

@@ -15,7 +15,8 @@ from matplotlib.patches import Patch
 
 from .. import models
 from ..analysis.summary import summary
-from ..report.page import Page, text_table
+from ..report.page import Page
+from ..report.text import text_table
 
 STAGES = 3  # the zoo CNNs are shown as a pyramid of three stages (width, 2x, 4x) where the
 # depth gives at least three blocks

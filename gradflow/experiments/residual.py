@@ -17,13 +17,13 @@ import numpy as np
 from flax import nnx
 
 from .. import data
-from .side_by_side import describe
-from ..models import seed_resnet
-from ..plot import heatmap
-from ..report.run_report import comparison_grid, curves, profiles
 from ..analysis.summary import summary
+from ..models import seed_resnet
+from ..plot import comparison_grid, curves, heatmap, profiles
+from ..report.page import Page
+from ..report.text import text_table
 from .common import binary_accuracy, comparison_rows, fit, numbers
-from ..report.page import Page, text_table
+from .verdict import describe
 
 POSITIVE_TYPE = 0  # the 0° grating
 PIXEL_SCALE = 48.0  # standardized value -> 8-bit pixel: 128 + 48 x (|x| > 2.67 clips)
@@ -47,12 +47,12 @@ def binary_task(ds):
 def first_conv_ratios(res: dict) -> dict:
     """error_ratio_init/end measured at the first 3x3 conv (FIRST_CONV) in both networks: with
     shortcuts, row 1 is block 0's projection, which would not compare like with like."""
-    h = res["history"]
+    h = res.history
     i = h.layers.index(FIRST_CONV)
     e = np.asarray(h["error_norm"], dtype=np.float64)
     ratio = lambda k: float(e[k, i] / e[k, -1]) if np.isfinite(e[k, i] / e[k, -1]) else None
     return {"error_ratio_init": ratio(0),
-            "error_ratio_end": ratio(-1) if res["diverged_at"] is None else None,
+            "error_ratio_end": ratio(-1) if res.diverged_at is None else None,
             "projection_error_ratio_init": (float(e[0, 0] / e[0, -1])
                                             if h.layers[0] != FIRST_CONV else None)}
 
@@ -81,10 +81,10 @@ def run(out, *, log, meta, steps: int, batch_size: int, optimizer: str, lr: floa
         res = fit(model, name, x, y, steps=steps, batch_size=batch_size, optimizer=optimizer,
                   lr=lr, log_every=log_every, seed=seed, loss="binary_cross_entropy",
                   progress=progress.step)
-        if res["diverged_at"] is None:
-            res["held_out_loss"], res["held_out_accuracy"] = binary_accuracy(model, xt, yt)
-        progress.finish("diverged" if res["diverged_at"] is not None
-                        else f"held-out accuracy {res['held_out_accuracy']:.1%}")
+        if res.diverged_at is None:
+            res.held_out_loss, res.held_out_accuracy = binary_accuracy(model, xt, yt)
+        progress.finish("diverged" if res.diverged_at is not None
+                        else f"held-out accuracy {res.held_out_accuracy:.1%}")
         results.append(res)
     nums = [numbers(r) | first_conv_ratios(r) for r in results]
     head, rows = comparison_rows(nums)
@@ -94,8 +94,8 @@ def run(out, *, log, meta, steps: int, batch_size: int, optimizer: str, lr: floa
                "before the first update, end = the last recorded step. Held-out: "
                f"{len(yt)} images, accuracy at threshold 0.5 (majority class: "
                f"{max(yt.mean(), 1 - yt.mean()):.1%}).")
-    runs = {r["name"]: r["history"] for r in results}
-    diverged = {r["name"]: r["diverged_at"] for r in results if r["diverged_at"] is not None}
+    runs = {r.arch: r.history for r in results}
+    diverged = {r.arch: r.diverged_at for r in results if r.diverged_at is not None}
     page.figure("comparison_error_norm.png", comparison_grid(runs, "error_norm", diverged, steps),
                 "Error signal in every layer, both networks, one colour scale",
                 "Layers (input at the bottom; with shortcuts, each block's projection is a row "
@@ -104,17 +104,17 @@ def run(out, *, log, meta, steps: int, batch_size: int, optimizer: str, lr: floa
     page.figure("comparison_grad_norm.png", comparison_grid(runs, "grad_norm", diverged, steps),
                 "Weight-gradient norm in every layer, one colour scale")
     for r in results:
-        key = "shortcuts" if "with" in r["name"] else "no_shortcuts"
-        page.figure(f"heatmap_{key}.png", heatmap(r["history"], "error_norm"),
-                    f"{r['name']}: error-signal heatmap (own colour scale)")
+        key = "shortcuts" if "with" in r.arch else "no_shortcuts"
+        page.figure(f"heatmap_{key}.png", heatmap(r.history, "error_norm"),
+                    f"{r.arch}: error-signal heatmap (own colour scale)")
     page.figure("profiles.png", profiles(runs, diverged=diverged),
                 "Per-layer profiles at init and at the end")
-    page.figure("curves.png", curves(runs, 2, {r["name"]: r.get("held_out_accuracy")
+    page.figure("curves.png", curves(runs, 2, {r.arch: r.held_out_accuracy
                                                for r in results}, steps),
                 "Loss and accuracy", "Binary cross-entropy and accuracy of the recorded "
                 "batches; the star is the held-out accuracy.")
     for r in results:
-        r["history"].save(out / f"{'shortcuts' if 'with' in r['name'] else 'no_shortcuts'}"
+        r.history.save(out / f"{'shortcuts' if 'with' in r.arch else 'no_shortcuts'}"
                           f"_history.npz")
     page.write("residual.json", {
         "task": {"positive": "contains the 0° grating", "n_train": len(y), "n_test": len(yt),

@@ -16,12 +16,14 @@ import numpy as np
 from flax import nnx
 
 from .. import data, models
-from .side_by_side import SEPARABLE, Config, train_arch
 from ..analysis.flops import costs
-from ..report.run_report import comparison_grid, curves
+from ..models.options import SEPARABLE
+from ..plot import comparison_grid, curves
+from ..report.page import Page
+from ..report.text import fmt, text_table
 from .common import comparison_rows, numbers
 from .conv_timing import time_convs
-from ..report.page import Page, fmt, text_table
+from .side_by_side import Config, train_arch
 
 WIDTH_FACTORS = (1, 4, 16)  # timed widths: W, 4W, 16W (16, 64, 256 at the default width)
 TIMING = dict(batch=16, size=16, repeats=7, warmup=2)
@@ -149,11 +151,10 @@ def run(out, *, log, meta, depth, width, archs, steps, batch_size, optimizer, lr
     for i, name in enumerate(names):
         progress.start(i)
         res = train_arch(name, cfg, ds, progress.step)
-        res["name"] = name
-        progress.finish("diverged" if res["diverged_at"] is not None
-                        else f"held-out accuracy {res['held_out_accuracy']:.1%}")
+        progress.finish("diverged" if res.diverged_at is not None
+                        else f"held-out accuracy {res.held_out_accuracy:.1%}")
         results.append(res)
-    nums = [numbers(r) | {"time_s": round(r["time_s"], 2)} for r in results]
+    nums = [numbers(r) | {"time_s": round(r.time_s, 2)} for r in results]
     head_l, rows_l = comparison_rows(nums)
     head_l += ("train s",)
     rows_l = [r + (fmt(n["train_s"], ".1f"),) for r, n in zip(rows_l, nums)]
@@ -162,12 +163,12 @@ def run(out, *, log, meta, depth, width, archs, steps, batch_size, optimizer, lr
                "(a separable conv has two rows, depthwise and pointwise). Held-out accuracy on "
                "2,048 images, BN statistics re-estimated on 1,024 training images. train s: "
                "training wall time including compilation.")
-    runs = {r["name"]: r["history"] for r in results}
-    diverged = {r["name"]: r["diverged_at"] for r in results if r["diverged_at"] is not None}
+    runs = {r.arch: r.history for r in results}
+    diverged = {r.arch: r.diverged_at for r in results if r.diverged_at is not None}
     page.figure("comparison_error_norm.png", comparison_grid(runs, "error_norm", diverged, steps),
                 "Error signal in every layer, standard and separable, one colour scale")
     page.figure("curves.png", curves(runs, ds.num_classes, {
-        r["name"]: r.get("held_out_accuracy") for r in results}, steps), "Learning curves")
+        r.arch: r.held_out_accuracy for r in results}, steps), "Learning curves")
     page.write("separable.json", {
         "cost": {name: {**c.to_dict(), "closed_form_mismatches": bad}
                  for name, (c, bad) in table.items()},

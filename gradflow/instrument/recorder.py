@@ -1,12 +1,13 @@
 """The Recorder: collects one row per weight-layer call, in call (network) order, during a trace.
 
 Rows are discovered by tracing: a layer called twice gives two rows. For each row the recorder
-keeps what the layer passes on (the output of the Activation module that follows it, else its
-own linear output) and, through `error_tap`, the squared norm of dL/dz in the backward pass.
+keeps what the layer passes on (the output of the registered activation module that follows it,
+else its own linear output) and, through `error_tap`, the squared norm of dL/dz in the backward
+pass. Activation modules are those registered with `probes.register_activation`.
 
-Models without `gradflow.models.Activation` modules (e.g. a user's model calling `nnx.relu`):
-a row's activation statistics are those of the next weight layer's input, which is exactly what
-the layer passes on in a sequential network; the last row reports its own output.
+Models without registered activation modules (e.g. a user's model calling `nnx.relu`): a row's
+activation statistics are those of the next weight layer's input, which is exactly what the
+layer passes on in a sequential network; the last row reports its own output.
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ class _Chunk:
     """Consecutive rows' forward statistics: (k, 3) arrays of [mean, std, dead]."""
     inputs: object
     outputs: object
-    acts: object  # None where no Activation followed, filled by `activation`
+    acts: object  # None where no activation module followed, filled by `activation`
     resolved: bool = False  # acts already final (chunks from scanned stacks)
 
 
@@ -101,7 +102,7 @@ class Recorder:
         if self.saw_activation:
             parts = [c.acts if c.resolved or c.acts is not None else c.outputs for c in self.chunks]
             return jnp.concatenate(parts)
-        # No Activation modules: what a layer passes on is the next layer's input.
+        # No activation modules: what a layer passes on is the next layer's input.
         inputs = jnp.concatenate([c.inputs for c in self.chunks])
         last = self.chunks[-1].outputs
         return jnp.concatenate([inputs[1:], last[-1:]])

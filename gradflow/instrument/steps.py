@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from . import Layout, discover, row_norms, value_grads_and_stats
-from .measure import apply
+from . import probes
+from .measure import Layout, apply, discover, row_norms, value_grads_and_stats
 
 
 _LAYOUTS: dict = {}
@@ -77,3 +77,13 @@ def train_steps(graphdef, layout: Layout, loss_fn, accuracy_fn, tx):
         return new_params, new_rest, opt_state, _metrics(loss, out, y, accuracy_fn)
 
     return jax.jit(instrumented), jax.jit(bare)
+
+
+def _clear_caches() -> None:
+    """Forgets layouts and compiled steps, traced under an older probe registry."""
+    _LAYOUTS.clear()
+    probe_step.cache_clear()
+    train_steps.cache_clear()
+
+
+probes._ON_REGISTER.append(_clear_caches)

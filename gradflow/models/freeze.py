@@ -1,5 +1,9 @@
 """Freezing BatchNorm for fine-tuning, as Keras' `layer.trainable = False` does for BN: the
-running statistics are used and not updated, and scale and offset are not trained."""
+running statistics are used and not updated, and scale and offset are not trained.
+
+No registration is needed: the measurement core keeps a BatchNorm in inference mode in training
+when it is in inference mode and holds no trainable `nnx.Param`, which is what
+`freeze_batchnorm` leaves (`use_running_average=True`, scale and bias as `FrozenParam`)."""
 from __future__ import annotations
 
 import numpy as np
@@ -30,12 +34,6 @@ def batchnorm_arrays(model: nnx.Module) -> dict:
             for k in ("mean", "var", "scale", "bias"):
                 out[(tuple(path), k)] = np.asarray(getattr(m, k).get_value())
     return out
-
-
-def is_frozen(bn: nnx.BatchNorm) -> bool:
-    return any(isinstance(getattr(bn, k, None), FrozenParam) for k in ("scale", "bias")) or (
-        bn.use_running_average is True and getattr(bn, "scale", None) is None
-        and getattr(bn, "bias", None) is None)
 
 
 def _set(model, *, frozen: bool) -> int:

@@ -3,11 +3,25 @@ from __future__ import annotations
 
 from flax import nnx
 
+from ..instrument import register_activation
 from .options import activation_fn
 
 
+@register_activation
 class Activation(nnx.Module):
-    """An activation function as a layer, so instrumentation can see what a unit passes on."""
+    """An activation function as a layer, so instrumentation can see what a unit passes on.
+
+    Registered with `gradflow.instrument.register_activation`: its output's statistics are the
+    act_mean / act_std / dead_frac of the weight layer called before it.
+
+    Args:
+      name: one of `gradflow.models.ACTIVATIONS` ("relu", "tanh", "gelu", ...).
+
+    Example::
+
+      act = Activation("relu")
+      y = act(x)  # jax.nn.relu(x)
+    """
 
     def __init__(self, name: str):
         self.name = name

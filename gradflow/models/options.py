@@ -6,6 +6,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 ARCHS = ("plain", "residual", "bn", "residual_bn")
+SEPARABLE = "_separable"  # arch suffix: the same arch with depthwise-separable hidden convs
+ARCH_CHOICES = ARCHS + tuple(a + SEPARABLE for a in ARCHS)
 CONVS = ("standard", "separable")
 BN_POSITIONS = ("before_act", "after_act")  # Conv -> BN -> act, or Conv -> act -> BN
 STACKS = ("auto", "unrolled", "scan")
@@ -48,3 +50,8 @@ def initializer(name: str):
 def activation_fn(name: str):
     check_choice("activation", name, tuple(ACTIVATIONS))
     return ACTIVATIONS[name]
+
+
+def base_arch(arch: str) -> str:
+    """The arch without its separable suffix: 'residual_bn_separable' -> 'residual_bn'."""
+    return arch[:-len(SEPARABLE)] if arch.endswith(SEPARABLE) else arch

@@ -12,9 +12,30 @@ from typing import Callable
 import jax
 from flax import nnx
 
+from ..instrument import register_scanned_stack
 
+
+# Scanned rows are named `<stack>/blocks/<i>/...`, as the unrolled stack's modules are.
+@register_scanned_stack(block=lambda m: m.block, length=lambda m: m.n, scanned=lambda m: m.scan,
+                        names=lambda i: ("blocks", i))
 class Stack(nnx.Module):
-    """`n` blocks made by `make_block(rngs)`; `scan=True` stacks their parameters on axis 0."""
+    """`n` blocks made by `make_block(rngs)`; `scan=True` stacks their parameters on axis 0.
+
+    Registered with `gradflow.instrument.register_scanned_stack`, so a scanned stack is measured
+    layer by layer and named like the unrolled one.
+
+    Args:
+      make_block: `make_block(rngs)` returns one block (a module mapping x to x).
+      n: the number of blocks.
+      scan: True: one block module (`.block`) whose arrays have a leading axis of length `n`,
+        applied with `jax.lax.scan`; False: `n` modules in `.blocks`.
+      rngs: the `nnx.Rngs` the blocks are initialized from.
+
+    Example::
+
+      stack = Stack(lambda rngs: nnx.Linear(8, 8, rngs=rngs), 4, scan=True, rngs=nnx.Rngs(0))
+      y = stack(jnp.ones((2, 8)))
+    """
 
     def __init__(self, make_block: Callable[[nnx.Rngs], nnx.Module], n: int, *, scan: bool, rngs):
         self.n = n

@@ -1,6 +1,19 @@
-"""Figures from Snapshots and Histories (matplotlib, headless)."""
+"""Every figure gradflow draws, from Snapshots, Histories and depth sweeps (matplotlib).
+
+Importing this package imports matplotlib.pyplot but never chooses its backend: in a notebook
+figures show inline, on a machine without a display matplotlib falls back to Agg by itself, and
+the command line (`python -m gradflow.run`) selects Agg for its own process.
+
+    import gradflow as gf
+    fig = gf.plot.heatmap(history, "error_norm")      # layers × steps, log colour scale
+    fig = gf.plot.profile(history.snapshot(0))        # per-layer profile at init
+    fig = gf.plot.comparison_grid({"plain": h1, "residual_bn": h2})
+"""
+from ._style import png_bytes
+from .comparison import comparison_grid, curves, profiles
 from .heatmap import heatmap
 from .profile import profile
 from .sweep import depth_sweep
 
-__all__ = ["heatmap", "profile", "depth_sweep"]
+__all__ = ["heatmap", "profile", "comparison_grid", "profiles", "curves", "depth_sweep",
+           "png_bytes"]

@@ -1,10 +1,10 @@
 """Shared figure helpers: the headless backend, metric labels, safe log scales."""
 from __future__ import annotations
 
-import matplotlib
+import io
 
-matplotlib.use("Agg")  # headless: gradflow never opens windows
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 LABELS = {
     "grad_norm": "‖∂L/∂W‖ (weight-gradient norm)",
@@ -48,3 +48,11 @@ def _short(name: str, keep: int = 28) -> str:
             break
         out = part + ("/" + out if out else "")
     return "…/" + out
+
+
+def png_bytes(fig, dpi: int = 110) -> bytes:
+    """`fig` rendered as PNG bytes at `dpi`; the figure is closed."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return buf.getvalue()

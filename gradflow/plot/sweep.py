@@ -8,6 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import FixedLocator, NullLocator
 
+from ..analysis.theory import theory_attenuation
 from ._style import positive_finite
 
 
@@ -80,8 +81,6 @@ def _stats(cells, arch, depths, key):
 def _theory_curve(d, arch):
     """(depths, predicted attenuation) on a dense grid between the swept depths; None where no
     theory applies."""
-    from ..experiments.depth_sweep import theory_attenuation
-
     cfg = d.get("config", {})
     if not any(v is not None for v in d.get("theory", {}).get(arch, [])):
         return None

@@ -1,5 +1,5 @@
-"""An experiment's output: figures as PNG files, its numbers as JSON, and one self-contained
-report.html (figures embedded as base64, as the run's report does), plus text tables for stdout.
+"""Self-contained HTML pages: one style, figures embedded as base64 PNG (so a page opens offline),
+and `Page`, which collects an experiment's sections and writes its files.
 
     page = Page(out, "Residual connections", meta)
     page.text("What it shows ...")
@@ -11,47 +11,65 @@ from __future__ import annotations
 
 import base64
 import html
-import json
-import math
 from pathlib import Path
 
-from .run_report import _CSS, _write_text, png_bytes
+from .._io import write_atomic, write_json
+from ..plot import png_bytes
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.45}table{border-collapse:collapse;font-size:14px;margin:1em 0}
+td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child,th:first-child,
+td:last-child,th:last-child{text-align:left}th{background:#f2f2f2}img{max-width:100%;
+border:1px solid #eee;margin:.5em 0}code{background:#f4f4f4;padding:1px 4px}
+.bad td{color:#a00}.note{color:#555;font-size:14px}
+pre{background:#f7f7f7;padding:.6em;font-size:12.5px;overflow-x:auto}"""
+
+e = html.escape
 
 
-def text_table(head, rows, *, left: int = 1) -> str:
-    """A plain-text table: the first `left` columns left-aligned, the others right-aligned."""
-    rows = [tuple(map(str, r)) for r in rows]
-    head = tuple(map(str, head))
-    w = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
-    fmt = lambda r: "  ".join(c.ljust(w[i]) if i < left else c.rjust(w[i])
-                              for i, c in enumerate(r)).rstrip()
-    lines = [fmt(head), "-" * len(fmt(head))] + [fmt(r) for r in rows]
-    return "\n".join(lines)
+def document(title: str, body: str) -> str:
+    """A complete HTML page with gradflow's style.
+
+    Args:
+      title: the page title (escaped here).
+      body: the page's HTML body (already escaped by the caller).
+
+    Returns:
+      The page as a string.
+    """
+    return (f'<!doctype html><html><head><meta charset="utf-8">\n<title>gradflow — {e(title)}'
+            f"</title>\n<style>{CSS}</style></head><body>\n{body}\n</body></html>\n")
 
 
-def fmt(v, spec: str = ".3g") -> str:
-    """`v` formatted, or an em dash for None / non-finite."""
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "—"
-    return format(v, spec)
+def figure_html(title: str, caption: str, png: bytes) -> str:
+    """A figure section: heading, caption and the PNG inlined as base64."""
+    return (f"<h3>{e(title)}</h3>" + (f"<p class=note>{e(caption)}</p>" if caption else "")
+            + f'<img alt="{e(title)}" src="data:image/png;base64,'
+            f'{base64.b64encode(png).decode()}">')
 
 
-def json_ready(obj):
-    """Tuples as lists, numpy scalars as Python numbers, NaN and infinities as None."""
-    if isinstance(obj, dict):
-        return {str(k): json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_ready(v) for v in obj]
-    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
+def table_html(head, rows, *, row_class=None) -> str:
+    """An HTML table of text cells; `row_class[i]` (if given) is the i-th row's class."""
+    body = "".join(
+        f"<tr{f' class={row_class[i]}' if row_class and row_class[i] else ''}>"
+        + "".join(f"<td>{e(str(c))}</td>" for c in r) + "</tr>" for i, r in enumerate(rows))
+    return ("<table><tr>" + "".join(f"<th>{e(str(h))}</th>" for h in head) + "</tr>" + body
+            + "</table>")
+
+
+def write_text(path, text: str) -> Path:
+    """Writes `text` atomically (see `gradflow._io.write_atomic`); returns the path."""
+    return write_atomic(path, text)
 
 
 class Page:
-    """Collects an experiment's sections and writes its files into `out` (an existing, empty
-    directory); `meta` holds the command, start time, device and options."""
+    """Collects an experiment's sections and writes its files into `out`.
+
+    Args:
+      out: an existing, empty directory.
+      title: the page's title.
+      meta: the command, start time, device and options (shown at the top and stored in JSON).
+    """
 
     def __init__(self, out, title: str, meta: dict):
         self.out, self.title, self.meta = Path(out), title, meta
@@ -59,53 +77,38 @@ class Page:
         self.written: list[str] = []
 
     def heading(self, text: str):
-        self.parts.append(f"<h2>{html.escape(text)}</h2>")
+        self.parts.append(f"<h2>{e(text)}</h2>")
 
     def text(self, text: str):
-        self.parts.append(f"<p>{html.escape(text)}</p>")
+        self.parts.append(f"<p>{e(text)}</p>")
 
     def pre(self, text: str):
-        self.parts.append(f"<pre>{html.escape(text)}</pre>")
+        self.parts.append(f"<pre>{e(text)}</pre>")
 
     def table(self, head, rows, caption: str = ""):
-        e = html.escape
-        body = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in r) + "</tr>"
-                       for r in rows)
-        self.parts.append("<table><tr>" + "".join(f"<th>{e(str(h))}</th>" for h in head)
-                          + "</tr>" + body + "</table>"
+        self.parts.append(table_html(head, rows)
                           + (f"<p class=note>{e(caption)}</p>" if caption else ""))
 
     def figure(self, name: str, fig, title: str, caption: str = ""):
         """Saves `fig` as `name` (PNG) and embeds it; closes the figure."""
         png = png_bytes(fig)
-        (self.out / name).write_bytes(png)
+        write_atomic(self.out / name, png)
         self.written.append(name)
-        e = html.escape
-        self.parts.append(f"<h3>{e(title)}</h3>" + (f"<p class=note>{e(caption)}</p>"
-                                                    if caption else "")
-                          + f'<img alt="{e(title)}" src="data:image/png;base64,'
-                          f'{base64.b64encode(png).decode()}">')
+        self.parts.append(figure_html(title, caption, png))
 
     def write(self, json_name: str, numbers: dict) -> list[str]:
-        """Writes `json_name` ({"run": meta, **numbers}) and report.html; returns every file
-        name written."""
-        _write_text(self.out / json_name,
-                    json.dumps(json_ready({"run": self.meta, **numbers}), indent=2,
-                               allow_nan=False) + "\n")
-        e = html.escape
+        """Writes `json_name` ({"run": meta, **numbers}) and report.html.
+
+        Returns:
+          Every file name written into `out`.
+        """
+        write_json(self.out / json_name, {"run": self.meta, **numbers})
         m = self.meta
         opts = ", ".join(f"{k}={v}" for k, v in m.get("options", {}).items())
-        page = f"""<!doctype html><html><head><meta charset="utf-8">
-<title>gradflow — {e(self.title)}</title>
-<style>{_CSS}pre{{background:#f7f7f7;padding:.6em;font-size:12.5px;overflow-x:auto}}</style>
-</head><body>
-<h1>{e(self.title)}</h1>
-<p>Command: <code>{e(m.get('command', ''))}</code><br>Settings: {e(opts)}<br>
-Started {e(m.get('started', ''))} on {e(m.get('device', ''))}; numbers in
-<code>{e(json_name)}</code>.</p>
-{''.join(self.parts)}
-</body></html>
-"""
-        _write_text(self.out / "report.html", page)
+        body = (f"<h1>{e(self.title)}</h1>\n<p>Command: <code>{e(m.get('command', ''))}</code>"
+                f"<br>Settings: {e(opts)}<br>\nStarted {e(m.get('started', ''))} on "
+                f"{e(m.get('device', ''))}; numbers in\n<code>{e(json_name)}</code>.</p>\n"
+                + "".join(self.parts))
+        write_text(self.out / "report.html", document(self.title, body))
         self.written += [json_name, "report.html"]
         return self.written

@@ -1,0 +1,182 @@
+"""What a side-by-side run found, in words and numbers: error ratios, final training loss and
+accuracy, the measured and predicted error-signal slope, a one-line verdict per architecture, and
+the content of summary.json.
+
+    results = [side_by_side.train_arch(arch, cfg, ds) for arch in cfg.archs]
+    summary = summarize(results, cfg, ds)
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..analysis import divergence, theory
+from ..analysis.diagnose import Finding, diagnose
+from ..history import History
+from ..models.options import base_arch
+from .side_by_side import BN_CALIBRATION, FINAL_WINDOW, ArchResult, Config
+
+
+def error_ratio(hist: History, record: int):
+    """error_norm of the first layer over the last layer's at a record (<1: vanishing toward the
+    input); None where undefined."""
+    e = np.asarray(hist["error_norm"][record], dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = e[0] / e[-1]
+    return float(r) if np.isfinite(r) else None
+
+
+def final_train(hist: History):
+    """(loss, accuracy) averaged over the records in the last FINAL_WINDOW of the steps."""
+    last = hist.steps[-1]
+    sel = hist.steps >= last - FINAL_WINDOW * (last + 1)
+    out = [float(np.mean(hist[k][sel])) for k in ("loss", "accuracy")]
+    return tuple(v if math.isfinite(v) else None for v in out)
+
+
+def verdict(a: dict, best_acc: float, num_classes: int) -> str:
+    """One line: how the error signal flows (from the error ratio) and whether the arch learned."""
+    chance, chance_loss = 1 / num_classes, math.log(num_classes)
+    if a["status"] == "failed":
+        return f"failed: {a['error']}"
+    if a["status"] == "interrupted":
+        return f"interrupted after {a['interrupted_at']} steps (resume with --resume)"
+    if a["status"] == "diverged":
+        why = "loss became non-finite"
+        if a["initial_loss"] is not None and a["initial_loss"] > 2 * chance_loss:
+            why = (f"initial loss {a['initial_loss']:.3g} ≫ chance {chance_loss:.2f}: "
+                   "the forward signal explodes")
+        where = a.get("nonfinite_layer")
+        at = f", first non-finite at layer '{where}' (backward order)" if where else ""
+        return f"diverged by step {a['diverged_at']}{at} ({why})"
+    r0, r1, acc = a["error_ratio_init"], a["error_ratio_end"], a["held_out_accuracy"]
+    if r0 is None:
+        flow = "error signal not measured"
+    elif r0 < 1e-2:
+        flow = f"vanishing error signal ({r0:.0e} at layer 1)"
+    elif r0 > 1e2:
+        flow = f"error signal explodes toward the input ({r0:.0e}×)"
+    else:
+        flow = "error signal reaches every layer"
+    if r1 == 0:
+        flow += ", none at all by the end (dead units)"
+    if acc is None:
+        learn = "not evaluated"
+    elif acc < chance + 0.05:
+        learn = "did not learn"
+    elif acc >= best_acc - 0.02:
+        learn = "learns best"
+    else:
+        learn = "learns"
+    return f"{flow}; {learn}"
+
+
+def arch_summary(res: ArchResult) -> dict:
+    """The JSON-ready numbers of one architecture's result (verdict added by `summarize`); a
+    failed one (no History) has status "failed" and its error."""
+    if res.history is None:
+        return {"arch": res.arch, "status": "failed", "error": res.error or "unknown",
+                **{k: None for k in _NUMBERS}}
+    h = res.history
+    ended = res.status == "ok"
+    loss, acc = final_train(h) if ended else (None, None)
+    first_loss = float(h["loss"][0])
+    return {
+        "arch": res.arch, "status": res.status,
+        "params": res.params, "layers": len(h.layers),
+        "final_train_loss": loss, "final_train_accuracy": acc,
+        "held_out_loss": res.held_out_loss, "held_out_accuracy": res.held_out_accuracy,
+        "error_ratio_init": error_ratio(h, 0),
+        "error_ratio_end": error_ratio(h, -1) if ended else None,
+        "init_step": int(h.steps[0]), "end_step": int(h.steps[-1]),
+        "initial_loss": first_loss if math.isfinite(first_loss) else None,
+        "diverged_at": res.diverged_at, "nonfinite_layer": res.nonfinite_layer,
+        "nonfinite_forward_layer": res.nonfinite_forward_layer,
+        "interrupted_at": res.interrupted_at, "records": len(h.steps),
+        "train_s": round(res.train_s, 2), "time_s": round(res.time_s, 2),
+        "history": f"{res.arch}_history.npz", "heatmap": f"{res.arch}_heatmap.png",
+        **slopes(h), "diagnosis_init": [str(f) for f in diagnose(h.snapshot(0))],
+        "diagnosis_end": _end_findings(res),
+    }
+
+
+def _end_findings(res: ArchResult) -> list[str]:
+    """gf.diagnose at the last record; a diverged arch's History stops before the non-finite
+    record, so its divergence (and where it appeared) is stated first."""
+    found = [str(f) for f in diagnose(res.history)]
+    if res.diverged_at is None:
+        return found
+    where = divergence.describe(res.nonfinite_layer, res.nonfinite_forward_layer)
+    layer = res.nonfinite_layer
+    diverged_at = res.diverged_at
+    div = Finding("divergence", (layer,) if layer else (),
+                  f"loss or gradients became non-finite by step {diverged_at}"
+                  + (f"; {where}" if where else ""),
+                  "lower the learning rate; add normalization or gradient clipping")
+    return [str(div)] + [f for f in found if not f.startswith(("healthy", "divergence"))]
+
+
+def slopes(h: History) -> dict:
+    """Measured and mean-field-predicted change of log10 ||dL/dz|| per layer toward the input,
+    over the hidden layers at init (None where the theory does not apply)."""
+    m = h.meta
+    measured = theory.slope_toward_input(h["error_norm"][0][1:-1])
+    pred = theory.predicted_profile("error_norm", len(h.layers), arch=base_arch(m["arch"]),
+                                    init=m["init"], activation=m["activation"])
+    predicted = theory.slope_toward_input(pred[1:-1]) if pred is not None else math.nan
+    return {"error_slope_init": measured if math.isfinite(measured) else None,
+            "error_slope_theory": predicted if math.isfinite(predicted) else None}
+
+
+_NUMBERS = ("params", "final_train_loss", "final_train_accuracy", "held_out_loss",
+            "held_out_accuracy", "error_ratio_init", "error_ratio_end", "initial_loss",
+            "diverged_at", "nonfinite_layer", "interrupted_at")
+
+
+def summarize(results: list[ArchResult], cfg: Config, ds) -> dict:
+    """summary.json's content.
+
+    Args:
+      results: one ArchResult per architecture, in the run's order.
+      cfg: the run's settings.
+      ds: the Dataset.
+
+    Returns:
+      A JSON-ready dict: config, data, definitions, and per arch its numbers, verdict and
+      diagnosis (NaN as None).
+    """
+    archs = [arch_summary(r) for r in results]
+    accs = [a["held_out_accuracy"] for a in archs if a["held_out_accuracy"] is not None]
+    for a in archs:
+        a["verdict"] = verdict(a, max(accs, default=1.0), ds.num_classes)
+    config = {k: v for k, v in vars(cfg).items() if k != "extra"}
+    config["archs"] = ",".join(cfg.archs)
+    return {
+        "config": config,
+        "data": {"name": ds.name, "n_train": int(len(ds.x_train)), "n_test": int(len(ds.x_test)),
+                 "image_shape": list(ds.image_shape), "num_classes": ds.num_classes,
+                 "description": describe(ds)},
+        "definitions": {
+            "error_ratio": "error_norm (‖∂L/∂z‖) of layer 1 divided by that of the last layer, "
+                           "on one training batch; init = first record, end = last record",
+            "final_train": f"mean loss/accuracy of the recorded training batches in the last "
+                           f"{FINAL_WINDOW:.0%} of the steps",
+            "held_out": f"loss/accuracy on the held-out split in inference mode; BatchNorm "
+                        f"running statistics re-estimated on {BN_CALIBRATION} training images",
+            "error_slope": "least-squares change of log10 ‖∂L/∂z‖ per layer toward the input over "
+                           "the hidden layers at init (negative: vanishing); theory: the "
+                           "mean-field prediction (gradflow.theory; plain and BN-ReLU only)",
+            "diagnosis": "gradflow.diagnose findings at init and at the end of training",
+        },
+        "archs": archs,
+    }
+
+
+def describe(ds) -> str:
+    """One line about the data: name, what it is, sizes, image shape and classes."""
+    shape = "×".join(map(str, ds.image_shape))
+    what = ("two oriented gratings per image, the class is which pair" if ds.name == "synthetic"
+            else ds.name)
+    return (f"{ds.name} ({what}): {len(ds.x_train)} training and {len(ds.x_test)} held-out "
+            f"{shape} images, {ds.num_classes} classes")
