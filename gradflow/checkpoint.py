@@ -43,13 +43,12 @@ def _host(leaf) -> np.ndarray:
     return np.asarray(jax.random.key_data(leaf) if _is_key(leaf) else leaf)
 
 
-def _stack(records: list, at) -> dict:
+def _stack(records: list, at, layers) -> dict:
     """Per-record dicts of host arrays -> {"steps", "metric": {name: (n, layers)}, "scalar":
-    {name: (n,)}}."""
-    stacked = {k: np.stack([np.asarray(r[k]) for r in records]) for k in records[0]}
-    return {"steps": np.asarray(at, dtype=np.int64),
-            "metric": {k: v for k, v in stacked.items() if v.ndim == 2},
-            "scalar": {k: v for k, v in stacked.items() if v.ndim == 1}}
+    {name: (n,)}}, stacked as a History stacks them."""
+    hist = History.from_records(layers, at, records)
+    return {"steps": hist.steps, "metric": {k: hist[k] for k in hist.metrics},
+            "scalar": {k: hist[k] for k in hist.scalars}}
 
 
 def _unstack(stacked: dict) -> tuple[list, list]:
@@ -84,7 +83,7 @@ class Checkpoint:
         header = {"format": _FORMAT, "step": int(state.step), "treedef": str(treedef),
                   "shapes": [list(a.shape) for a in arrays.values()],
                   "layers": list(state.layers), "meta": meta or {}}
-        records = _stack(jax.device_get(list(state.records)), state.at)
+        records = _stack(jax.device_get(list(state.records)), state.at, state.layers)
         self._mgr().save(int(state.step), args=ocp.args.Composite(
             state=ocp.args.StandardSave(arrays), records=ocp.args.StandardSave(records),
             header=ocp.args.JsonSave(header)), force=True)

@@ -57,3 +57,21 @@ def test_profile_theory_overlay_follows_mean_field():
     h.meta["activation"] = "gelu"  # outside the theory: no overlay
     ax = gf.plot.profile(h, "error_norm", theory=True).axes[0]
     assert not [ln for ln in ax.lines if "mean-field" in ln.get_label()]
+
+
+def test_import_does_not_load_matplotlib_and_plotting_keeps_the_backend():
+    """`import gradflow` leaves matplotlib alone (a notebook's inline backend stays); the first
+    figure imports it without switching the backend the process chose."""
+    import subprocess
+    import sys
+
+    code = ("import sys, matplotlib\n"
+            "import gradflow as gf\n"
+            "assert 'matplotlib.pyplot' not in sys.modules\n"
+            "matplotlib.use('svg')\n"
+            "import numpy as np\n"
+            "h = gf.History(['a', 'b'], {'error_norm': np.ones((2, 2))}, {}, {}, steps=[0, 1])\n"
+            "gf.plot.heatmap(h, 'error_norm')\n"
+            "print(matplotlib.get_backend())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "svg"

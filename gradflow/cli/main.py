@@ -45,7 +45,20 @@ def _prepare(cfg, args):
 
 
 def main(argv=None) -> int:
+    """`python -m gradflow.run [options]`: a side-by-side run, a depth sweep (several depths) or
+    an experiment (`--experiment NAME`).
+
+    Args:
+      argv: the options (None: this process's command line).
+
+    Returns:
+      The exit code: 0 done, 2 bad input (before anything is written), 130 / 143 stopped by
+      SIGINT / SIGTERM after saving what was recorded.
+    """
     args = parse(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")  # the command line only writes files; never a window
     if args.experiment:
         from .experiments import main as experiment_main
         return experiment_main(args, argv)

@@ -15,18 +15,16 @@
 """
 from __future__ import annotations
 
-
 import matplotlib.pyplot as plt
 import numpy as np
 from flax import nnx
 
-from .. import data, losses, models
-from ..instrument.steps import layout_for, train_steps
+from .. import data, models
 from ..models.freeze import batchnorm_arrays, freeze_batchnorm
 from ..plot import comparison_grid, curves, profiles
-from ..probe import split_model
 from ..report.page import Page
 from ..report.text import fmt, text_table
+from ..train import train
 from .common import accuracy, comparison_rows, fit, numbers, shared_optimizer, subset
 from .evaluation import evaluate, recalibrate
 from .side_by_side import BN_CALIBRATION
@@ -48,7 +46,19 @@ def _mean_std(v):
 
 def placement(ds, *, log, depth, width, steps, batch_size, optimizer, lr, init, log_every,
               seeds) -> tuple[dict, list]:
-    """(numbers, results of the first seed) of part (a)."""
+    """Part (a): trains both BN placements from every seed and evaluates them.
+
+    Args:
+      ds: the data set (`data.synthetic`).
+      log: the run's logger (its `progress`).
+      depth, width, steps, batch_size, optimizer, lr, init, log_every: the run's settings.
+      seeds: the initialization seeds.
+
+    Returns:
+      (summary, first): per placement label the held-out accuracy mean and std, the median
+      error ratio at init, the diverged count and every run's numbers; and the ArchResults of
+      the first seed (for the figures).
+    """
     names = [f"{label} seed {s}" for s in seeds for label, _ in PLACEMENTS]
     progress = log.progress(names, steps)
     per, first = {label: [] for label, _ in PLACEMENTS}, []
@@ -81,6 +91,18 @@ def placement(ds, *, log, depth, width, steps, batch_size, optimizer, lr, init, 
 
 
 def pretrain(ds, *, log, depth, width, steps, batch_size, optimizer, lr, init, log_every, seed):
+    """Pretrains a "bn" CNN on PRETRAIN_CLASSES, then sets its running statistics from
+    BN_CALIBRATION training images.
+
+    Args:
+      ds: the data set (`data.synthetic`).
+      log: the run's logger (its `progress`).
+      depth, width, steps, batch_size, optimizer, lr, init, log_every, seed: the run's settings.
+
+    Returns:
+      (model, numbers): the pretrained model and its training-set size, held-out accuracy and
+      loss on classes 0-4, divergence step (or None) and training time.
+    """
     x, y = subset(ds.x_train, ds.y_train, PRETRAIN_CLASSES)
     xt, yt = subset(ds.x_test, ds.y_test, PRETRAIN_CLASSES)
     model = models.cnn("bn", depth, width=width, init=init, num_classes=len(PRETRAIN_CLASSES),
@@ -97,8 +119,20 @@ def pretrain(ds, *, log, depth, width, steps, batch_size, optimizer, lr, init, l
 
 
 def fine_tune(pretrained, ds, *, frozen: bool, seed: int, steps, batch_size, optimizer, lr):
-    """One fine-tuning run of a copy of `pretrained` with a new head; returns (its numbers and
-    curves, including whether frozen BN stayed bit-identical; the fine-tuned model)."""
+    """Fine-tunes a copy of `pretrained` with a fresh 5-way head on classes 5-9 with `gf.train`.
+
+    Args:
+      pretrained: the model pretrained on PRETRAIN_CLASSES (not modified).
+      ds: the data set (`data.synthetic`).
+      frozen: freeze BatchNorm first (`freeze_batchnorm`), else BN keeps training.
+      seed: draws the FINETUNE_EXAMPLES training images, the batches and the new head.
+      steps, batch_size, optimizer, lr: as for the run (batch capped at the training set size).
+
+    Returns:
+      (numbers, model): the JSON-ready numbers of the run (per-step training loss, held-out
+      accuracy before the first step and every `steps // EVALS` steps and at the end, whether
+      the BN arrays stayed bit-identical) and the fine-tuned model.
+    """
     x, y = subset(ds.x_train, ds.y_train, FINETUNE_CLASSES, limit=FINETUNE_EXAMPLES, seed=seed)
     xt, yt = subset(ds.x_test, ds.y_test, FINETUNE_CLASSES)
     model = nnx.clone(pretrained)
@@ -107,29 +141,20 @@ def fine_tune(pretrained, ds, *, frozen: bool, seed: int, steps, batch_size, opt
     if frozen:
         freeze_batchnorm(model)
     bn_before = batchnorm_arrays(model)
-    batches = data.batches(x, y, min(batch_size, len(x)), seed)
-    tx = shared_optimizer(optimizer, lr)
-    graphdef, params, rest = split_model(model)
-    x0, _ = next(data.batches(x, y, min(batch_size, len(x)), seed))
-    _, step = train_steps(graphdef, layout_for(graphdef, params, rest, x0, model),
-                          *losses.resolve(None), tx)
-    opt_state = tx.init(params)
+    view = nnx.clone(model)  # gf.train updates `model` only at the end: evaluate on this copy
     every = max(1, steps // EVALS)
-    train_loss, eval_steps, eval_acc = [], [], []
+    eval_steps, eval_acc = [0], [accuracy(view, xt, yt)[1]]
 
-    def evaluate_now(done):
-        nnx.update(model, params, rest)
-        eval_steps.append(done)
-        eval_acc.append(accuracy(model, xt, yt)[1])
+    def on_record(state, final):  # every step is recorded (log_every=1)
+        if state.step % every == 0 or state.step == steps:
+            nnx.update(view, state.params, state.rest)
+            eval_steps.append(state.step)
+            eval_acc.append(accuracy(view, xt, yt)[1])
 
-    evaluate_now(0)
-    for i in range(steps):
-        bx, by = next(batches)
-        params, rest, opt_state, out = step(params, rest, opt_state, bx, by)
-        train_loss.append(out["loss"])  # stays on the device: no wait per step
-        if (i + 1) % every == 0 or i + 1 == steps:
-            evaluate_now(i + 1)
-    nnx.update(model, params, rest)
+    # stop_on_nonfinite=False: every step trains, as a run that does not cut at divergence
+    hist = train(model, data.batches(x, y, min(batch_size, len(x)), seed), steps=steps,
+                 optimizer=shared_optimizer(optimizer, lr), log_every=1,
+                 stop_on_nonfinite=False, on_record=on_record)
     bn_after = batchnorm_arrays(model)
     unchanged = all(np.array_equal(bn_before[k], bn_after[k]) for k in bn_before)
     half = eval_acc[len(eval_acc) // 2:]
@@ -138,12 +163,22 @@ def fine_tune(pretrained, ds, *, frozen: bool, seed: int, steps, batch_size, opt
             "final_accuracy": eval_acc[-1], "best_accuracy": max(eval_acc),
             "accuracy_std_second_half": float(np.std(half)),
             "largest_drop": max(drops, default=0.0),
-            "train_loss": [float(v) for v in train_loss], "eval_steps": eval_steps,
+            "train_loss": [float(v) for v in hist["loss"]], "eval_steps": eval_steps,
             "eval_accuracy": eval_acc,
             "bn_unchanged": unchanged, "n_train": len(y), "n_test": len(yt)}, model
 
 
 def finetune_figure(runs, steps):
+    """Figure of part (b).
+
+    Args:
+      runs: the numbers of `fine_tune` runs (both variants, any seeds).
+      steps: fine-tuning steps (the x range).
+
+    Returns:
+      A matplotlib Figure: held-out accuracy during fine-tuning and per-step training loss, one
+      line per run, coloured by variant.
+    """
     fig, (ax_a, ax_l) = plt.subplots(1, 2, figsize=(12, 4.3), layout="constrained")
     for v, variant in enumerate(VARIANTS):
         for k, r in enumerate(r for r in runs if r["variant"] == variant):
@@ -165,6 +200,18 @@ def finetune_figure(runs, steps):
 
 def run(out, *, log, meta, depth, width, steps, batch_size, optimizer, lr, init, log_every,
         seeds, seed) -> str:
+    """Runs the experiment: part (a) placement, part (b) frozen vs training BN fine-tuning.
+
+    Args:
+      out: the output folder (report.html, figures, batchnorm.json).
+      log, meta: the run's logger and metadata for the page.
+      depth, width, steps, batch_size, optimizer, lr, init, log_every: the run's settings.
+      seeds: how many seeds, from `seed` on.
+      seed: the first seed (also the data set and pretraining seed).
+
+    Returns:
+      The text summary: both tables.
+    """
     ds = data.synthetic(seed)
     seed_list = list(range(seed, seed + seeds))
     common = dict(depth=depth, width=width, steps=steps, batch_size=batch_size,

@@ -13,7 +13,7 @@ from ._style import positive_finite
 
 
 def depth_sweep(sweep, *, title: str | None = None):
-    """Plots a `gradflow.sweep.Sweep` (or its `to_dict()`, e.g. a loaded sweep.json): the
+    """Plots a `gradflow.experiments.sweep_records.Sweep` (or its `to_dict()`, e.g. a loaded sweep.json): the
     attenuation error_norm[layer 1] / error_norm[output layer] at init against depth on a log
     axis, one colour per architecture (line: median over seeds, band: min to max), the
     mean-field prediction dashed where it applies; with training steps a second panel shows the

@@ -1,6 +1,6 @@
 """The depth sweep's outputs: its text table, its HTML report and the files of a sweep run.
 
-The input is a `gradflow.experiments.depth_sweep.Sweep` (its rows, settings, definitions and
+The input is a `gradflow.experiments.sweep_records.Sweep` (its rows, settings, definitions and
 how it was run); nothing here measures.
 """
 from __future__ import annotations
