@@ -58,8 +58,20 @@ def _unstack(stacked: dict) -> tuple[list, list]:
 
 
 class Checkpoint:
-    """The latest training checkpoint of one architecture in `directory` (orbax
-    CheckpointManager, one step kept, written synchronously and atomically by orbax)."""
+    """The latest training checkpoint of one architecture in `directory`.
+
+    An orbax `CheckpointManager` that keeps one step, written synchronously and atomically by
+    orbax; it is opened on first use.
+
+    Args:
+      directory: the checkpoint directory; created if missing.
+
+    Example::
+
+      ckpt = Checkpoint("runs/x/checkpoints/plain")
+      ckpt.save(state, {"arch": "plain"})
+      state = ckpt.restore(fresh)  # fresh: the TrainState of a newly built model and optimizer
+    """
 
     def __init__(self, directory):
         self.directory = Path(directory).absolute()
@@ -73,10 +85,17 @@ class Checkpoint:
         return self._manager
 
     def exists(self) -> bool:
+        """Whether `directory` holds a checkpoint."""
         return self.directory.is_dir() and self._mgr().latest_step() is not None
 
     def save(self, state: TrainState, meta: dict | None = None) -> None:
-        """Writes `state` (device arrays are copied to the host)."""
+        """Writes `state` as the checkpoint, replacing the previous one.
+
+        Args:
+          state: the TrainState to save; its device arrays are copied to the host and its
+            records must not be empty.
+          meta: free-form JSON-serializable metadata stored in the header; default empty.
+        """
         ocp = _ocp()
         leaves, treedef = jax.tree.flatten((state.params, state.rest, state.opt_state))
         arrays = {f"{i:05d}": _host(leaf) for i, leaf in enumerate(leaves)}
@@ -90,8 +109,18 @@ class Checkpoint:
         self._mgr().wait_until_finished()
 
     def restore(self, fresh: TrainState) -> TrainState:
-        """The saved state, laid out as `fresh` (the state of a freshly built model and
-        optimizer); ValueError if it was written for another model or optimizer."""
+        """Reads the saved state, laid out as `fresh`.
+
+        Args:
+          fresh: the TrainState of a freshly built model and optimizer; its tree structure and
+            shapes must match the saved ones.
+
+        Returns:
+          The saved TrainState, records and layer names included.
+
+        Raises:
+          ValueError: if there is no checkpoint, or it was written for another model or optimizer.
+        """
         ocp = _ocp()
         mgr = self._mgr()
         step = mgr.latest_step()
@@ -118,18 +147,33 @@ class Checkpoint:
                           tuple(header["layers"]))
 
     def close(self):
+        """Closes the orbax manager, if open; the next use reopens it."""
         if self._manager is not None:
             self._manager.close()
             self._manager = None
 
     def delete(self):
+        """Closes the manager and removes `directory` with everything in it."""
         self.close()
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
 class ArchSaver:
-    """`resume` and `on_record` hooks of `gf.train` for the architecture `arch` of the run in
-    `run_dir`. `clock` (shared by the archs of a run) keeps the time of the last checkpoint."""
+    """The `resume` and `on_record` hooks of `gf.train` for one architecture of a run.
+
+    Args:
+      run_dir: the run's directory; the History goes to `<arch>_history.npz` there, the
+        checkpoint to `checkpoints/<arch>/`.
+      arch: the architecture's name.
+      clock: a dict shared by the archs of a run that keeps the time of the last checkpoint
+        (key "checkpoint", `time.monotonic()`); default a new one.
+
+    Example::
+
+      saver = ArchSaver(run_dir, "plain")
+      hist = gf.train(model, batches, steps=1000, optimizer=tx, **saver.hooks({"arch": "plain"}))
+      saver.finish()
+    """
 
     def __init__(self, run_dir, arch: str, clock: dict | None = None):
         self.run_dir, self.arch = Path(run_dir), arch
@@ -143,21 +187,47 @@ class ArchSaver:
 
     @property
     def history_path(self) -> Path:
+        """Where the History is flushed: `<run_dir>/<arch>_history.npz`."""
         return self.run_dir / f"{self.arch}_history.npz"
 
     def hooks(self, meta: dict) -> dict:
-        """keyword arguments for `gf.train`; `meta` goes into the flushed History."""
+        """Keyword arguments for `gf.train`.
+
+        Args:
+          meta: metadata that goes into every flushed History.
+
+        Returns:
+          `{"on_record": ..., "resume": ...}`; `resume` is None when there is no checkpoint.
+        """
         self.meta = dict(meta)
         return {"on_record": self.on_record,
                 "resume": self.resume if self.checkpoint.exists() else None}
 
     def resume(self, fresh: TrainState) -> TrainState:
+        """The `resume` hook: the checkpointed state, laid out as `fresh`.
+
+        Args:
+          fresh: the TrainState `gf.train` starts from.
+
+        Returns:
+          The restored TrainState; its step is kept in `resumed_from`.
+        """
         state = self.checkpoint.restore(fresh)
         self.resumed_from = state.step
         self._host = list(state.records)
         return state
 
     def on_record(self, state: TrainState, final: bool = False) -> None:
+        """The `on_record` hook: flushes the History and checkpoints when they are due.
+
+        The History is flushed at the first record and then at most every FLUSH_S seconds, a
+        checkpoint written at most every CHECKPOINT_S seconds (on the shared clock); both at
+        once when `final`.
+
+        Args:
+          state: the TrainState after the recorded step.
+          final: True where training stops early.
+        """
         now = time.monotonic()
         if final or now - self.last_flush >= FLUSH_S:
             self.flush(state)
@@ -167,7 +237,17 @@ class ArchSaver:
             self.clock["checkpoint"] = time.monotonic()
 
     def flush(self, state: TrainState) -> Path:
-        """Writes the History so far (atomically) to `<arch>_history.npz`."""
+        """Writes the History so far to `history_path`, atomically.
+
+        Its meta is the `hooks` meta plus "partial" (True) and "flushed_at_step".
+
+        Args:
+          state: the TrainState whose records to write; records already on the host are
+            not fetched again.
+
+        Returns:
+          The path written.
+        """
         self._host += jax.device_get(list(state.records[len(self._host):]))
         hist = History.from_records(state.layers, state.at, self._host,
                                     {**self.meta, "partial": True, "flushed_at_step": state.step})

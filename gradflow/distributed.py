@@ -28,12 +28,34 @@ ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None, *, auto: bool = False) -> bool:
-    """Joins a multi-process run through `jax.distributed.initialize`, before anything else
-    touches a device. Settings come from the arguments, else from the environment variables
-    JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID.
-    With none of them set, nothing happens (a single process) unless `auto`, which lets JAX
-    detect a TPU slice, SLURM or Open MPI job. Returns whether the run is multi-process.
-    On CPU the processes talk through gloo collectives."""
+    """Joins a multi-process run through `jax.distributed.initialize`.
+
+    Call it in every process before anything else touches a device. Each setting comes from its
+    argument, else from the environment (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
+    JAX_PROCESS_ID). With none of them set, nothing happens (a single process) unless `auto`.
+    On CPU the processes talk through gloo collectives.
+
+    Args:
+      coordinator_address: "host:port" of process 0.
+      num_processes: the number of processes.
+      process_id: this process's index, 0 to num_processes - 1.
+      auto: let JAX detect the missing settings in a TPU slice, SLURM or Open MPI job.
+
+    Returns:
+      Whether the run is multi-process (True also when JAX's distributed runtime was already
+      initialized).
+
+    Raises:
+      ValueError: if only some settings are given and not `auto`, or an environment variable
+        that should be an integer is not one.
+
+    Example:
+      >>> gf.distributed.initialize()  # no settings in the environment: one process
+      False
+      >>> gf.distributed.initialize("10.0.0.1:1234", num_processes=2,
+      ...                           process_id=0)  # doctest: +SKIP
+      True
+    """
     if jax.distributed.is_initialized():
         return True
     given = {"coordinator_address": coordinator_address or os.environ.get(ENV[0]) or None,
@@ -63,16 +85,41 @@ def _env_int(value, name):
 
 
 def is_primary() -> bool:
-    """True in process 0, the one that writes histories, figures and reports."""
+    """Whether this is process 0, the one that writes histories, figures and reports.
+
+    Returns:
+      True in process 0 (and in a single-process run), False elsewhere.
+
+    Example:
+      >>> if gf.distributed.is_primary():  # doctest: +SKIP
+      ...     hist.save("plain_history.npz")
+    """
     return jax.process_index() == 0
 
 
 # -- the mesh -------------------------------------------------------------------------------------
 
 def data_mesh(devices=None) -> Mesh:
-    """A 1-D mesh with axis `data` over `devices`: None (every device of every process), a
-    count N (the first N; with several processes N/P of each process's devices), or a sequence
-    of jax devices."""
+    """A 1-D mesh with the single axis `data`, to pass as `mesh=` to `gf.probe` / `gf.train`.
+
+    Args:
+      devices: None (every device of every process), a count N (the first N; with P processes,
+        the first N/P of each process's devices), or a non-empty sequence of jax devices.
+        Devices are ordered process by process.
+
+    Returns:
+      A `jax.sharding.Mesh` of shape (n_devices,) with axis name "data".
+
+    Raises:
+      ValueError: for a count outside 1..device_count, one that is not a multiple of the
+        number of processes, or anything that is not a list of jax devices.
+
+    Example:
+      >>> mesh = gf.distributed.data_mesh()  # every device
+      >>> mesh.axis_names
+      ('data',)
+      >>> hist = gf.train(model, batches, steps=100, optimizer=tx, mesh=mesh)  # doctest: +SKIP
+    """
     return Mesh(np.array(_select(devices)), (DATA_AXIS,), axis_types=(AxisType.Auto,))
 
 
@@ -108,8 +155,19 @@ def _process_major(devices) -> list:
 
 
 def resolve(devices=None, mesh: Mesh | None = None) -> Mesh | None:
-    """The mesh `gf.probe` / `gf.train` shard over, or None for one device in one process (then
-    nothing is re-placed or re-jitted: the single-device path is unchanged)."""
+    """The mesh `gf.probe` / `gf.train` shard over, from their `devices` / `mesh` arguments.
+
+    Args:
+      devices: as in `data_mesh`.
+      mesh: a `jax.sharding.Mesh` with a `data` axis, used as it is.
+
+    Returns:
+      The mesh, or None for one device in one process (then nothing is re-placed or
+      re-jitted: the single-device path is unchanged). A one-device list still gives a mesh.
+
+    Raises:
+      ValueError: if both are given, `mesh` has no `data` axis, or `devices` is invalid.
+    """
     if mesh is not None:
         if devices is not None:
             raise ValueError("give devices= or mesh=, not both")
@@ -124,18 +182,34 @@ def resolve(devices=None, mesh: Mesh | None = None) -> Mesh | None:
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+    """The sharding that puts a whole copy of an array on every device of `mesh`."""
     return NamedSharding(mesh, PartitionSpec())
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis split along `data`, any other mesh axis replicated."""
+    """The sharding that splits the leading (batch) axis along `data`.
+
+    Args:
+      mesh: a mesh with a `data` axis; any other mesh axis is replicated over.
+
+    Returns:
+      `NamedSharding(mesh, PartitionSpec("data"))`.
+    """
     return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
 # -- placement ------------------------------------------------------------------------------------
 
 def check_divisible(rows: int, mesh: Mesh) -> None:
-    """ValueError unless this process's `rows` split evenly over its devices in the mesh."""
+    """Checks that this process's batch rows split evenly over its devices in the mesh.
+
+    Args:
+      rows: the number of examples in this process's share of the batch.
+      mesh: a mesh with a `data` axis.
+
+    Raises:
+      ValueError: if they do not, saying which batch size would.
+    """
     local = _local_slots(mesh)
     if rows % local:
         who = ("a batch" if jax.process_count() == 1
@@ -152,8 +226,20 @@ def _local_slots(mesh: Mesh) -> int:
 
 
 def place_batch(x, y, mesh: Mesh):
-    """(x, y), this process's share of the global batch (a single process's share is the whole
-    batch), as global arrays sharded along `data`. Arrays that are already global are resharded."""
+    """Places a batch on the mesh as global arrays sharded along `data`.
+
+    Args:
+      x: inputs with a leading batch axis: this process's share of the global batch (a single
+        process's share is the whole batch), or a global jax array (then resharded).
+      y: targets, likewise.
+      mesh: a mesh with a `data` axis.
+
+    Returns:
+      `(x, y)` as global jax arrays, rows split along `data`.
+
+    Raises:
+      ValueError: for a 0-d array, or rows that do not divide across this process's devices.
+    """
     sharding = batch_sharding(mesh)
     out = []
     for a in (x, y):
@@ -170,15 +256,31 @@ def place_batch(x, y, mesh: Mesh):
 
 
 def place_global(a, mesh: Mesh, sharding=None):
-    """An array every process holds in full (held-out data, initial parameters), placed with
-    `sharding` (default: rows along `data`); each device takes only its own slice."""
+    """Places an array that every process holds in full (held-out data, initial parameters).
+
+    Args:
+      a: the whole array, identical in every process.
+      mesh: a mesh with a `data` axis.
+      sharding: the target sharding; default `batch_sharding(mesh)` (rows along `data`).
+
+    Returns:
+      A global jax array; each device takes only its own slice of `a`.
+    """
     a = np.asarray(a)
     sharding = batch_sharding(mesh) if sharding is None else sharding
     return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
 
 
 def replicate(tree, mesh: Mesh):
-    """Every leaf of `tree` (identical in every process) on every device of the mesh."""
+    """Replicates every leaf of a pytree on every device of the mesh.
+
+    Args:
+      tree: a pytree of arrays, identical in every process.
+      mesh: the mesh.
+
+    Returns:
+      The same tree with every leaf a replicated jax array.
+    """
     rep = replicated(mesh)
     if jax.process_count() == 1:
         return jax.device_put(tree, rep)
@@ -187,8 +289,25 @@ def replicate(tree, mesh: Mesh):
 
 
 def process_share(batch, mesh: Mesh):
-    """This process's rows of a global batch (x, y) that every process holds in full: the rows
-    its devices hold under `batch_sharding`, in order (`place_batch`'s input)."""
+    """This process's rows of a global batch that every process holds in full.
+
+    Args:
+      batch: `(x, y)`, the whole global batch (numpy arrays or array-likes).
+      mesh: the mesh the batch will be sharded over.
+
+    Returns:
+      `(x, y)` as numpy arrays: the rows this process's devices hold under `batch_sharding`, in
+      order, as `place_batch` (and `gf.train` in a multi-process run) expects them.
+
+    Raises:
+      ValueError: if the batch does not divide across the mesh's `data` axis.
+
+    Example:
+      >>> mesh = gf.distributed.data_mesh()
+      >>> x, y = np.zeros((8, 4)), np.arange(8)
+      >>> gf.distributed.process_share((x, y), mesh)[0].shape  # one process: every row
+      (8, 4)
+    """
     x, y = batch
     n, blocks = len(x), mesh.shape[DATA_AXIS]
     if n % blocks:
@@ -201,8 +320,15 @@ def process_share(batch, mesh: Mesh):
 
 
 def process_shares(batches, mesh: Mesh):
-    """`process_share` of every batch of an iterable; the batches themselves when one process
-    holds every device."""
+    """`process_share` of every batch of an iterable, lazily.
+
+    Args:
+      batches: an iterable of global batches `(x, y)`.
+      mesh: the mesh the batches will be sharded over.
+
+    Yields:
+      Each batch's `process_share`; the batches themselves in a single-process run.
+    """
     if jax.process_count() == 1:
         yield from batches
         return
@@ -212,14 +338,30 @@ def process_shares(batches, mesh: Mesh):
 
 @functools.lru_cache(maxsize=64)
 def sharded(step, mesh: Mesh, n_replicated: int):
-    """`step(*replicated_args, x, y)` jitted with its first `n_replicated` arguments and every
-    output replicated, and x, y sharded along `data`; compiled once per (step, mesh)."""
+    """A compiled step jitted with data-parallel shardings (cached per step, mesh and count).
+
+    Args:
+      step: a function `step(*replicated_args, x, y)`.
+      mesh: a mesh with a `data` axis.
+      n_replicated: how many leading arguments (parameters, state) are replicated.
+
+    Returns:
+      `jax.jit(step)` with those arguments and every output replicated, and x, y sharded
+      along `data`.
+    """
     rep, data = replicated(mesh), batch_sharding(mesh)
     return jax.jit(step, in_shardings=(rep,) * n_replicated + (data, data), out_shardings=rep)
 
 
 @functools.lru_cache(maxsize=64)
 def gathered(fn, mesh: Mesh):
-    """`fn(graphdef, *arrays)` (graphdef static) with every output replicated on the mesh, so
-    each process can read it whole."""
+    """`fn` jitted so that every process can read its outputs whole (cached per fn and mesh).
+
+    Args:
+      fn: a function `fn(graphdef, *arrays)`; `graphdef` is a static argument.
+      mesh: the mesh.
+
+    Returns:
+      `jax.jit(fn)` with every output replicated on the mesh.
+    """
     return jax.jit(fn, static_argnums=0, out_shardings=replicated(mesh))

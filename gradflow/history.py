@@ -52,7 +52,22 @@ class _Records:
         return {}
 
     def save(self, path) -> Path:
-        """Writes the records atomically to `path` (.npz); returns the path."""
+        """Writes the records to `path` as an `.npz` file, atomically.
+
+        The file holds numpy arrays only (no pickle); the layer names and `meta` go into a JSON
+        header, so `meta` must be JSON-serializable. It is written to a temporary file that is
+        synced to disk and renamed into place.
+
+        Args:
+          path: the destination (str or Path); no suffix is added.
+
+        Returns:
+          The destination as a Path.
+
+        Example:
+          >>> hist.save("plain_history.npz")  # doctest: +SKIP
+          PosixPath('plain_history.npz')
+        """
         path = Path(path)
         header = {"format": _FORMAT, "kind": self.kind, "layers": list(self.layers),
                   "meta": self.meta}
@@ -66,7 +81,23 @@ class _Records:
 
     @classmethod
     def load(cls, path):
-        """Reads records written by `save`; ValueError naming the file if it is not one."""
+        """Reads a file written by `save` of the same class.
+
+        Args:
+          path: the `.npz` file (str or Path).
+
+        Returns:
+          A Snapshot (`Snapshot.load`) or History (`History.load`).
+
+        Raises:
+          ValueError: naming the file, if it is unreadable or not a gradflow file of this kind
+            (e.g. a Snapshot file given to `History.load`).
+
+        Example:
+          >>> hist = gf.History.load("runs/<date>_<time>/plain_history.npz")  # doctest: +SKIP
+          >>> hist.meta["arch"], hist.layers[0]  # doctest: +SKIP
+          ('plain', 'stem/layer')
+        """
         try:
             with np.load(path, allow_pickle=False) as z:
                 header = json.loads(str(z["header"]))
@@ -88,13 +119,49 @@ class _Records:
 
 
 class Snapshot(_Records):
-    """Per-layer measurements of one batch: `s["grad_norm"]` has shape (n_layers,)."""
+    """Per-layer measurements of one batch, as `gf.probe` returns them.
+
+    `s[metric]` has shape (n_layers,), layers in network order (input first); `s["loss"]` and
+    `s["accuracy"]` are 0-d arrays. `s.metrics` and `s.scalars` name what is there (an unknown
+    name raises KeyError listing them), `s.layers` are the layer names, `s.meta` the metadata.
+
+    Args:
+      layers: the layer names, in network order.
+      metrics: metric name -> (n_layers,) array.
+      scalars: scalar name -> 0-d array (loss, accuracy); default none.
+      meta: free-form metadata, JSON-serializable so that `save` can write it; default empty.
+
+    Example:
+      >>> snap = gf.probe(model, (x, y))  # doctest: +SKIP
+      >>> snap["error_norm"].shape, float(snap["loss"])  # doctest: +SKIP
+      ((50,), 2.31)
+      >>> snap.save("init.npz"); snap = gf.Snapshot.load("init.npz")  # doctest: +SKIP
+    """
     kind = "snapshot"
 
 
 class History(_Records):
-    """Measurements over training: `h["grad_norm"]` has shape (n_records, n_layers), `h.steps` the
-    step of each record, `h["loss"]` shape (n_records,)."""
+    """Per-layer measurements over training, as `gf.train` returns them.
+
+    `h[metric]` has shape (n_records, n_layers), layers in network order (input first);
+    `h["loss"]` and `h["accuracy"]` have shape (n_records,); `h.steps` (int64, (n_records,)) is
+    the training step of each record. `h.metrics`, `h.scalars`, `h.layers` and `h.meta` are as
+    in Snapshot.
+
+    Args:
+      layers: the layer names, in network order.
+      metrics: metric name -> (n_records, n_layers) array.
+      scalars: scalar name -> (n_records,) array; default none.
+      meta: free-form metadata, JSON-serializable so that `save` can write it; default empty.
+      steps: the step of each record; default none.
+
+    Example:
+      >>> hist = gf.train(model, batches, steps=100, optimizer=optax.sgd(0.1),
+      ...                 log_every=10)  # doctest: +SKIP
+      >>> hist["grad_norm"].shape, hist.steps[-1]  # doctest: +SKIP
+      ((11, 50), 99)
+      >>> last = hist.snapshot()  # doctest: +SKIP
+    """
     kind = "history"
 
     def __init__(self, layers, metrics: dict, scalars: dict | None = None, meta: dict | None = None,
@@ -110,14 +177,44 @@ class History(_Records):
         return cls(header["layers"], metrics, scalars, header["meta"], steps=arrays["steps"])
 
     def snapshot(self, record: int = -1) -> Snapshot:
-        """The measurements of one record as a Snapshot."""
+        """The measurements of one record as a Snapshot.
+
+        Args:
+          record: the record's index (not its step); default the last record.
+
+        Returns:
+          A Snapshot with that record's per-layer values and scalars; its meta is this History's
+          meta plus "step", the record's training step.
+
+        Example:
+          >>> init = hist.snapshot(0)  # doctest: +SKIP
+          >>> init.meta["step"], init["error_norm"].shape  # doctest: +SKIP
+          (0, (50,))
+        """
         return Snapshot(self.layers, {k: v[record] for k, v in self._metrics.items()},
                         {k: v[record] for k, v in self._scalars.items()},
                         {**self.meta, "step": int(self.steps[record])})
 
     @classmethod
     def from_records(cls, layers, steps, records: list[dict], meta=None) -> "History":
-        """Builds a History from per-record dicts of host arrays (per-layer or scalar)."""
+        """Builds a History from one dict of host arrays per record.
+
+        Args:
+          layers: the layer names, in network order.
+          steps: the training step of each record.
+          records: one dict per record, all with the same keys, mapping a name to a
+            (n_layers,) array (a metric) or a 0-d array (a scalar such as the loss).
+          meta: free-form metadata; default empty.
+
+        Returns:
+          A History whose metrics stack to (n_records, n_layers) and scalars to (n_records,).
+
+        Example:
+          >>> rec = {"grad_norm": np.ones(3), "loss": np.float32(2.3)}
+          >>> h = gf.History.from_records(("a", "b", "c"), [0, 10], [rec, rec])
+          >>> h["grad_norm"].shape, h["loss"].shape, h.steps
+          ((2, 3), (2,), array([ 0, 10]))
+        """
         keys = records[0].keys() if records else ()
         stacked = {k: np.stack([np.asarray(r[k]) for r in records]) for k in keys}
         metrics = {k: v for k, v in stacked.items() if v.ndim == 2}
@@ -126,6 +223,12 @@ class History(_Records):
 
     def truncated(self, k: int) -> "History":
         """The first `k` records as a new History (meta copied).
+
+        Args:
+          k: how many records to keep, from the first (all of them if there are fewer).
+
+        Returns:
+          A History with the same layers and the first `k` records' arrays and steps.
 
         Example:
           >>> h.truncated(3).steps  # doctest: +SKIP
@@ -137,9 +240,18 @@ class History(_Records):
 
 
 def finite_record(record: dict) -> bool:
-    """Whether a record's loss and every layer's gradient and error norm are finite (error norms
-    that are NaN in every layer are ones the model could not measure: its layer calls cannot be
-    probed). `gf.train` stops where this is False."""
+    """Whether a record's loss and every layer's gradient and error norm are finite.
+
+    Error norms that are NaN in every layer count as finite: they are ones the model could not
+    measure (its layer calls cannot be probed). `gf.train` stops where this is False.
+
+    Args:
+      record: a dict with "loss" (a scalar) and optionally "grad_norm" and "error_norm"
+        ((n_layers,) arrays); other keys are ignored.
+
+    Returns:
+      True if every value checked is finite.
+    """
     if not np.isfinite(float(record["loss"])):
         return False
     for k in BACKWARD:

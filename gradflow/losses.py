@@ -10,17 +10,58 @@ _EPS = 1e-7  # Keras' clipping of probabilities in binary cross-entropy
 
 
 def cross_entropy(logits, labels):
-    """Softmax cross-entropy with integer labels, averaged over the batch."""
+    """Softmax cross-entropy with integer labels, averaged over the batch.
+
+    Args:
+      logits: (batch, num_classes) unnormalized scores.
+      labels: (batch,) class indices (cast to int32).
+
+    Returns:
+      The mean loss, a scalar.
+
+    Example:
+      >>> round(float(gf.losses.cross_entropy(jnp.zeros((2, 10)), jnp.array([3, 7]))), 4)
+      2.3026
+    """
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels.astype(jnp.int32)).mean()
 
 
 def mse(outputs, targets):
-    """Mean squared error; targets are reshaped to the outputs' shape."""
+    """Mean squared error over every element.
+
+    Args:
+      outputs: the model's outputs, any shape.
+      targets: as many elements as `outputs`; reshaped to its shape (so (batch,) targets fit
+        (batch, 1) outputs).
+
+    Returns:
+      The mean of the squared differences, a scalar.
+
+    Example:
+      >>> float(gf.losses.mse(jnp.array([[1.0], [3.0]]), jnp.array([0.0, 1.0])))
+      2.5
+    """
     return jnp.mean(jnp.square(outputs - targets.reshape(outputs.shape)))
 
 
 def binary_cross_entropy(probs, labels):
-    """Binary cross-entropy on probabilities (Keras' default, from_logits=False), labels in {0, 1}."""
+    """Binary cross-entropy on probabilities (Keras' default, from_logits=False).
+
+    Probabilities are clipped to [1e-7, 1 - 1e-7], as Keras clips them.
+
+    Args:
+      probs: probabilities in [0, 1], as many as `labels` (e.g. (batch, 1) sigmoid outputs);
+        reshaped to the labels' shape.
+      labels: (batch,) labels in {0, 1}.
+
+    Returns:
+      The mean loss, a scalar.
+
+    Example:
+      >>> probs, labels = jnp.full((4, 1), 0.5), jnp.array([0, 1, 1, 0])
+      >>> round(float(gf.losses.binary_cross_entropy(probs, labels)), 4)
+      0.6931
+    """
     p = jnp.clip(probs.reshape(labels.shape), _EPS, 1 - _EPS)
     y = labels.astype(p.dtype)
     return -jnp.mean(y * jnp.log(p) + (1 - y) * jnp.log1p(-p))
@@ -42,7 +83,23 @@ LOSSES = {
 
 
 def resolve(loss) -> tuple[Callable, Callable | None]:
-    """A loss name, a callable `(outputs, y) -> scalar`, or None (cross-entropy)."""
+    """The loss and accuracy functions that the `loss` argument of `gf.probe` / `gf.train` names.
+
+    Args:
+      loss: a name in `LOSSES` ("cross_entropy", "mse", "binary_cross_entropy"), a callable
+        `(outputs, y) -> scalar`, or None (cross-entropy).
+
+    Returns:
+      `(loss_fn, accuracy_fn)`; `accuracy_fn(outputs, y)` is None for "mse" and for a callable.
+
+    Raises:
+      ValueError: for any other name.
+
+    Example:
+      >>> loss_fn, acc_fn = gf.losses.resolve("mse")
+      >>> loss_fn is gf.losses.mse, acc_fn
+      (True, None)
+    """
     if loss is None:
         loss = "cross_entropy"
     if callable(loss):

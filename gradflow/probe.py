@@ -11,8 +11,18 @@ from .instrument.steps import layout_for, probe_step
 
 
 def as_batch(batch, mesh=None):
-    """(x, y) -> device arrays, sharded along the `data` axis of `mesh` if given; ValueError if
-    `batch` is not a pair or does not divide across the mesh's devices."""
+    """A batch `(x, y)` as device arrays, sharded along the `data` axis of `mesh` if given.
+
+    Args:
+      batch: a pair (tuple or list) `(x, y)` of arrays with a leading batch axis.
+      mesh: a `jax.sharding.Mesh` with a `data` axis, or None (one device, no sharding).
+
+    Returns:
+      `(x, y)` as jax arrays.
+
+    Raises:
+      ValueError: if `batch` is not a pair, or its rows do not divide across the mesh's devices.
+    """
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
         raise ValueError("batch must be a pair (x, y) of arrays")
     if mesh is not None:
@@ -21,22 +31,56 @@ def as_batch(batch, mesh=None):
 
 
 def split_model(model, wrt=nnx.Param):
-    """(graphdef, trained params, everything else) of an NNX model."""
+    """Splits an NNX model into its structure, its trained parameters and everything else.
+
+    Args:
+      model: a `flax.nnx.Module`.
+      wrt: the `nnx` filter of the trained variables; default `nnx.Param`.
+
+    Returns:
+      `(graphdef, params, rest)`, as `nnx.split(model, wrt, ...)` returns them.
+
+    Raises:
+      ValueError: if `model` is not a `flax.nnx.Module`.
+    """
     if not isinstance(model, nnx.Module):
         raise ValueError(f"model must be a flax.nnx.Module, got {type(model).__name__}")
     return nnx.split(model, wrt, ...)
 
 
 def probe(model, batch, loss=None, *, devices=None, mesh=None) -> Snapshot:
-    """Per-layer grad_norm, error_norm, act_mean, act_std, dead_frac and weight_norm for one batch.
+    """Measures every layer of `model` on one batch, without changing the model.
 
-    `batch` is (x, y); `loss` is a name ("cross_entropy" (default, integer labels), "mse",
-    "binary_cross_entropy") or a callable (outputs, y) -> scalar. BatchNorm uses batch statistics
-    as in training; no parameter or running statistic of `model` changes.
+    BatchNorm uses batch statistics as in training; no parameter or running statistic of `model`
+    changes.
 
-    Data parallel over `devices` (None: every visible device; a count; a list) or a `mesh`
-    with a `data` axis (`gradflow.distributed`): the batch is split across them and every
-    statistic is that of the whole batch. In a multi-process run `batch` is this process's share.
+    Args:
+      model: a `flax.nnx.Module`.
+      batch: a pair `(x, y)` of arrays with a leading batch axis; in a multi-process run, this
+        process's share of the global batch.
+      loss: "cross_entropy" (the default; integer labels), "mse", "binary_cross_entropy", or a
+        callable `(outputs, y) -> scalar`.
+      devices: data parallelism over None (every visible device), a count, or a list of jax
+        devices; the batch is split across them and every statistic is that of the whole batch.
+      mesh: instead of `devices`, a `jax.sharding.Mesh` with a `data` axis
+        (`gf.distributed.data_mesh`).
+
+    Returns:
+      A Snapshot with (n_layers,) arrays `grad_norm`, `error_norm`, `act_mean`, `act_std`,
+      `dead_frac` and `weight_norm`, and scalars `loss` and `accuracy` (NaN for "mse" and
+      callables). `meta["probed"]` is False where the model's layer calls cannot be probed;
+      `error_norm` and the activation statistics are then NaN.
+
+    Raises:
+      ValueError: if `model` is not an NNX module, `batch` is not a pair, its rows do not divide
+        across the devices, or both `devices` and `mesh` are given.
+
+    Example:
+      >>> model = gf.models.cnn("plain", 20, rngs=nnx.Rngs(0))
+      >>> x, y = jnp.ones((8, 16, 16, 3)), jnp.arange(8) % 10
+      >>> snap = gf.probe(model, (x, y))
+      >>> snap["error_norm"].shape, snap.layers[0]
+      ((20,), 'stem/layer')
     """
     loss_fn, acc_fn = losses.resolve(loss)
     mesh = distributed.resolve(devices, mesh)

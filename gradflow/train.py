@@ -18,7 +18,19 @@ from .instrument.steps import layout_for, train_steps
 
 
 def recorded_steps(steps: int, log_every: int) -> list[int]:
-    """Steps 0, log_every, 2*log_every, ... and the last step."""
+    """The steps `gf.train` records: 0, log_every, 2*log_every, ... and the last step.
+
+    Args:
+      steps: the number of training steps.
+      log_every: the interval between records, in steps.
+
+    Returns:
+      The recorded steps in ascending order (empty if `steps` is 0).
+
+    Example:
+      >>> gf.recorded_steps(10, 4)
+      [0, 4, 8, 9]
+    """
     out = list(range(0, steps, log_every))
     if steps and out[-1] != steps - 1:
         out.append(steps - 1)
@@ -26,10 +38,17 @@ def recorded_steps(steps: int, log_every: int) -> list[int]:
 
 
 class TrainState(NamedTuple):
-    """Everything `train` needs to continue after `step` steps: parameters, the rest of the
-    model's state (BatchNorm statistics, RNG counters), the optimizer state, and the records so
-    far (their steps, per-record dicts of arrays, and the layer names). The data position is
-    `step`: that many batches were consumed."""
+    """Everything `train` needs to continue after `step` steps (its checkpointing hooks' state).
+
+    Attributes:
+      step: the number of steps taken; also the data position (that many batches were consumed).
+      params: the trained parameters (`nnx.Param` state).
+      rest: the rest of the model's state (BatchNorm statistics, RNG counters).
+      opt_state: the optax optimizer state.
+      at: the steps of the records so far.
+      records: the records so far, one dict of arrays per record.
+      layers: the layer names, in network order.
+    """
     step: int
     params: Any
     rest: Any
@@ -42,24 +61,53 @@ class TrainState(NamedTuple):
 def train(model, batches, *, steps: int, optimizer, log_every: int = 1, loss=None,
           progress=None, stop_on_nonfinite: bool = True, devices=None, mesh=None,
           resume=None, on_record=None, stop=None) -> History:
-    """Trains `model` in place with the optax `optimizer` on `steps` batches (x, y) from the
-    iterable `batches`, measuring every layer at the steps given by `recorded_steps`.
+    """Trains `model` in place and measures every layer at the steps `recorded_steps` gives.
 
-    A record at step s describes the gradients at the parameters before update s. `progress`,
-    if given, is called as progress(step) after each step. With `stop_on_nonfinite`, a recorded
-    step whose loss, or any layer's gradient or error norm, is not finite ends training: that
-    record is kept (it shows which layers went non-finite), its update is not applied, and
-    `meta["diverged_at_step"]` is set.
+    A record at step s describes the gradients at the parameters before update s. Unrecorded
+    steps run an uninstrumented compiled step and never wait on the device.
 
-    Hooks for checkpointing (all optional; without them nothing is added to the loop):
-    `resume(fresh: TrainState) -> TrainState` replaces the fresh start by a saved one (the first
-    `step` batches are then skipped); `on_record(state, final)` gets the TrainState after every
-    recorded step (final=False) and where training stops early (final=True); `stop()` is asked
-    after every step, and True ends training cleanly there with `meta["stopped_at_step"]` set.
+    Args:
+      model: a `flax.nnx.Module`; updated in place (parameters and BatchNorm statistics).
+      batches: an iterable of `(x, y)` pairs with at least `steps` items; in a multi-process
+        run, each is this process's share of the global batch.
+      steps: the number of training steps (>= 1).
+      optimizer: an optax `GradientTransformation`, e.g. `optax.sgd(0.1)`.
+      log_every: the interval between records, in steps (>= 1); the last step is always
+        recorded.
+      loss: as in `gf.probe`: "cross_entropy" (the default), "mse", "binary_cross_entropy", or
+        a callable `(outputs, y) -> scalar`.
+      progress: if given, called as `progress(step)` after each step.
+      stop_on_nonfinite: end training at a recorded step whose loss, or any layer's gradient or
+        error norm, is not finite: that record is kept (it shows which layers went non-finite),
+        its update is not applied, and `meta["diverged_at_step"]` is set.
+      devices: data parallelism, as in `gf.probe`: None (every visible device), a count, or a
+        list of jax devices. Each batch is split across them, parameters and optimizer state
+        are replicated, and the model ends up holding replicated arrays.
+      mesh: instead of `devices`, a `jax.sharding.Mesh` with a `data` axis.
+      resume: checkpointing hook `resume(fresh: TrainState) -> TrainState` that replaces the
+        fresh start by a saved state; the first `state.step` batches are then skipped.
+      on_record: checkpointing hook `on_record(state: TrainState, final: bool)`, called after
+        every recorded step (final=False) and where `stop` ends training early (final=True).
+      stop: `stop() -> bool`, asked after every step; True ends training there cleanly, with
+        `meta["stopped_at_step"]` set.
 
-    Data parallel over `devices` (None: every visible device; a count; a list) or a `mesh`
-    with a `data` axis, as in `gf.probe`: each batch is split across them, parameters and
-    optimizer state are replicated, and the model ends up holding replicated arrays.
+    Returns:
+      A History: (n_records, n_layers) arrays of `gf.instrument.TRAIN_METRICS` (the probe's
+      metrics and `update_ratio`), `loss` and `accuracy` per record, and `steps`.
+
+    Raises:
+      ValueError: for a non-positive `steps` or `log_every`, an `optimizer` without
+        `init`/`update`, an empty `batches`, or one that runs out before `steps` (unless training
+        diverged or was stopped).
+
+    Example:
+      >>> model = gf.models.mlp("plain", 4, width=32, in_features=8, num_classes=3,
+      ...                       rngs=nnx.Rngs(0))
+      >>> x, y = jnp.ones((16, 8)), jnp.arange(16) % 3
+      >>> hist = gf.train(model, [(x, y)] * 20, steps=20, optimizer=optax.sgd(0.1),
+      ...                 log_every=5)
+      >>> hist.steps, hist["grad_norm"].shape
+      (array([ 0,  5, 10, 15, 19]), (5, 4))
     """
     check_positive_int("steps", steps)
     check_positive_int("log_every", log_every)

@@ -31,6 +31,26 @@ KINDS = ("vanishing", "exploding", "dead_units", "saturation", "unstable_updates
 
 @dataclass(frozen=True)
 class Finding:
+    """One thing `gf.diagnose` found: what, where, the evidence and what to do about it.
+
+    `str(finding)` reads "kind [layers]: evidence -> suggestion".
+
+    Attributes:
+      kind: one of `KINDS`: "vanishing", "exploding", "dead_units", "saturation",
+        "unstable_updates", "divergence" or "healthy".
+      layers: the names of the layers concerned, in network order (empty for "healthy").
+      evidence: the measurement behind the finding, in words.
+      suggestion: what to try.
+      value: the number judged: the error ratio layer 1 / output layer (vanishing, exploding;
+        the activation-std ratio when only the forward signal explodes), the worst dead
+        fraction, the largest activation std (saturation), the worst update ratio, or the step
+        of divergence (NaN in a Snapshot, and for "healthy").
+
+    Example:
+      >>> f = gf.Finding("dead_units", ("stem/layer",), "40% of units silent", "use He init", 0.4)
+      >>> print(f)
+      dead_units [stem/layer]: 40% of units silent -> use He init
+    """
     kind: str
     layers: tuple[str, ...]
     evidence: str
@@ -47,8 +67,26 @@ def _span(layers) -> str:
 
 
 def diagnose(records, *, activation: str | None = None) -> list[Finding]:
-    """Findings for a Snapshot or History (a History is judged at its last finite record, and
-    checked for divergence). `activation` defaults to records.meta["activation"]."""
+    """Judges the gradient flow of a Snapshot or History by the thresholds in this module.
+
+    A History is judged at its last finite record and checked for divergence.
+
+    Args:
+      records: a Snapshot (`gf.probe`) or History (`gf.train`).
+      activation: the hidden activation ("tanh" and "sigmoid" are checked for saturation);
+        default `records.meta["activation"]`.
+
+    Returns:
+      A list of Findings: one per problem found ("divergence" alone when no record is finite),
+      or a single "healthy" one.
+
+    Example:
+      >>> snap = gf.probe(gf.models.cnn("plain", 50, rngs=nnx.Rngs(0)), (x, y))  # doctest: +SKIP
+      >>> [(f.kind, len(f.layers)) for f in gf.diagnose(snap)]  # doctest: +SKIP
+      [('vanishing', 42)]
+      >>> for finding in gf.diagnose(hist):  # doctest: +SKIP
+      ...     print(finding)
+    """
     activation = activation or records.meta.get("activation")
     findings = []
     record = _last_finite(records, findings)

@@ -13,7 +13,15 @@ FORWARD = ("act_mean", "act_std")
 
 
 def nonfinite_records(hist) -> np.ndarray:
-    """Boolean per record of a History: where `finite_record` is False."""
+    """Which records of a History are not finite.
+
+    Args:
+      hist: a History.
+
+    Returns:
+      A (n_records,) bool array, True where `finite_record` is False (loss, gradient or error
+      norm not finite).
+    """
     keys = [k for k in ("loss",) + BACKWARD if k in hist]
     return np.array([not finite_record({k: hist[k][i] for k in keys})
                      for i in range(len(hist.steps))], dtype=bool)
@@ -28,15 +36,31 @@ def _bad_layers(row: dict, metrics, n: int) -> np.ndarray:
 
 
 def first_backward(row: dict, layers, metrics=BACKWARD) -> str | None:
-    """The layer nearest the output (the first backpropagation reaches) whose error or gradient
-    norm in the per-layer dict `row` is not finite; None if all are finite."""
+    """The first layer back-propagation reaches with a non-finite error or gradient norm.
+
+    Args:
+      row: one record, metric name -> (n_layers,) array.
+      layers: the layer names, in network order.
+      metrics: the metrics to check; default `BACKWARD` ("error_norm", "grad_norm").
+
+    Returns:
+      The name of the non-finite layer nearest the output, or None if all are finite.
+    """
     idx = np.flatnonzero(_bad_layers(row, metrics, len(layers)))
     return layers[idx[-1]] if idx.size else None
 
 
 def first_forward(row: dict, layers, metrics=FORWARD) -> str | None:
-    """The layer nearest the input whose activation statistics are not finite; None if all
-    are."""
+    """The first layer (from the input) whose activation statistics are not finite.
+
+    Args:
+      row: one record, metric name -> (n_layers,) array.
+      layers: the layer names, in network order.
+      metrics: the metrics to check; default `FORWARD` ("act_mean", "act_std").
+
+    Returns:
+      The name of the non-finite layer nearest the input, or None if all are finite.
+    """
     idx = np.flatnonzero(_bad_layers(row, metrics, len(layers)))
     return layers[idx[0]] if idx.size else None
 
@@ -58,9 +82,16 @@ class Divergence(NamedTuple):
 
 
 def locate(hist: History) -> Divergence | None:
-    """The first non-finite record of `hist` and where it appeared; None if every record is
-    finite. Metrics the model could not measure (NaN in every record of a model whose layer
-    calls were not probed) are left out.
+    """The first non-finite record of `hist` and where it appeared.
+
+    Metrics the model could not measure (NaN in every record of a model whose layer calls were
+    not probed) are left out.
+
+    Args:
+      hist: a History.
+
+    Returns:
+      A Divergence, or None if every record is finite.
 
     Example:
       >>> where = locate(history)  # doctest: +SKIP
@@ -103,8 +134,21 @@ def cut(hist: History) -> tuple[History, Divergence | None]:
 
 
 def describe(backward_layer: str | None, forward_layer: str | None = None) -> str:
-    """"first non-finite at layer 'head' (backward order)", with where the activations went
-    non-finite (forward order) when they did; "" if neither is known."""
+    """Where values went non-finite, in words.
+
+    Args:
+      backward_layer: the first non-finite layer in backward order, or None.
+      forward_layer: the first layer with non-finite activations in forward order, or None.
+
+    Returns:
+      E.g. "first non-finite at layer 'head' (backward order)", followed by where the
+      activations went non-finite when `forward_layer` is given; "" if neither is.
+
+    Example:
+      >>> from gradflow.analysis.divergence import describe
+      >>> describe("head")
+      "first non-finite at layer 'head' (backward order)"
+    """
     text = ""
     if backward_layer:
         text = f"first non-finite at layer '{backward_layer}' (backward order)"

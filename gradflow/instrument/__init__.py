@@ -19,7 +19,7 @@ Everything else lives in the submodules (`measure`, `steps`, `probes`, `recorder
 `intercept`) and is internal.
 """
 from .measure import LAYER_METRICS, TRAIN_METRICS
-from .probes import WEIGHT_LAYERS, register_activation, register_scanned_stack
+from .registry import WEIGHT_LAYERS, register_activation, register_scanned_stack
 from .tap import activation_stats, error_tap
 
 __all__ = ["register_activation", "register_scanned_stack", "WEIGHT_LAYERS", "LAYER_METRICS",

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from .probes import WEIGHT_LAYERS, run_probed, use_batch_statistics
+from .probes import run_probed, use_batch_statistics
+from .registry import WEIGHT_LAYERS
 from .recorder import Row, UnreachableLayer, path_name
 from .tap import error_norm_from, safe_norm
 

@@ -1,37 +1,8 @@
 """Probes: on a throwaway copy of a model (merged inside the trace), the modules gradflow knows how
-to measure are given a probed class that reports to the current Recorder.
+to measure (`registry.kind_of`) are given a probed class that reports to the current Recorder.
 
 The user's model object is never modified, parameter paths are unchanged, and the user edits
-no code: any `nnx.Linear`, `nnx.Conv` or `nnx.ConvTranspose` (`WEIGHT_LAYERS`) is found by
-walking the graph and gets one row per call. Two more kinds of module plug in through a public
-registry, the same way for gradflow's model zoo and for a user's own modules:
-
-- `register_activation(cls)`: a call of a `cls` module is what the unit passes on; its
-  act_mean / act_std / dead_frac become those of the weight layer called just before it.
-  Without any registered activation module in a model, a row reports the next weight layer's
-  input instead (exact for sequential networks; see recorder.py).
-- `register_scanned_stack(cls, block=, length=, ...)`: a `cls` module applies one block, whose
-  arrays carry a leading axis of length n, n times with `jax.lax.scan`. Probes cannot reach
-  into a plain scan body, so the probe runs the scan itself and reports one row per layer and
-  iteration, as if the stack were unrolled.
-
-A user's activation module::
-
-    import jax
-    from flax import nnx
-    import gradflow as gf
-
-    @gf.instrument.register_activation
-    class ShiftedReLU(nnx.Module):
-      def __init__(self, shift: float):
-        self.shift = shift
-
-      def __call__(self, x):
-        return jax.nn.relu(x - self.shift)
-
-Registered classes are looked up by the module's class hierarchy: a subclass of a registered
-class is measured the same way unless it is registered itself. Register at import time, next to
-the class definition (registering clears gradflow's cached layouts and compiled steps).
+no code.
 
 BatchNorm: in a probe and in instrumented or bare training, every BatchNorm runs on batch
 statistics, as in training, except a frozen one: in inference mode (`use_running_average is
@@ -40,126 +11,12 @@ True`) and holding no trainable `nnx.Param` (scale and bias absent, or another V
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
-
 import jax
 from flax import nnx
 
 from .intercept import swap_call
 from .recorder import Recorder, Row, UnreachableLayer, current, path_name, recording
-
-WEIGHT_LAYERS = (nnx.Linear, nnx.Conv, nnx.ConvTranspose)
-
-# class -> probe call(self, rec, original, *args, **kwargs), found along type(module).__mro__
-_PROBES: dict[type, Callable] = {}
-# callables that drop what was cached for the old registry (compiled steps register theirs)
-_ON_REGISTER: list[Callable[[], None]] = []
-
-
-def register_activation(cls: type) -> type:
-    """Registers a module class as an activation: what a unit passes on.
-
-    A call of a module of class `cls` (or of a subclass) reports its output's statistics
-    (act_mean, act_std, dead_frac) as those of the weight layer called just before it. The call
-    itself is unchanged: the output, parameters and gradients are the module's own.
-
-    Args:
-      cls: an `nnx.Module` subclass whose `__call__(x, ...)` returns the activation.
-
-    Returns:
-      `cls` itself, so this can be used as a class decorator.
-
-    Example::
-
-      @gf.instrument.register_activation
-      class Swish(nnx.Module):
-        def __call__(self, x):
-          return x * jax.nn.sigmoid(x)
-    """
-    return _register(cls, _activation_call)
-
-
-@dataclass(frozen=True)
-class _ScannedStack:
-    """How to reach a registered stack's stacked block, its length and whether it scans."""
-    block: Callable[[Any], nnx.Module]
-    length: Callable[[Any], int]
-    scanned: Callable[[Any], bool] | None
-    names: Callable[[int], tuple] | None
-
-    def __call__(self, module, rec, original, x):
-        return _stack_call(self, module, rec, x)
-
-
-def register_scanned_stack(cls: type | None = None, *, block: Callable[[Any], nnx.Module],
-                           length: Callable[[Any], int],
-                           scanned: Callable[[Any], bool] | None = None,
-                           names: Callable[[int], tuple] | None = None):
-    """Registers a module class that applies one stacked block n times with `jax.lax.scan`.
-
-    The block module's arrays carry a leading axis of length n; calling the stack on `x` must
-    equal `block_{n-1}(... block_0(x))`, where block_i holds slice i (and its state updates,
-    e.g. BatchNorm statistics, are written back). The probe runs that scan itself with probes
-    inside the block, so each weight layer gets one row per iteration, with its error norm and
-    activation statistics. Instances whose `scanned(module)` is False are called as they are
-    (their weight layers are found directly, e.g. an unrolled variant of the same class).
-
-    Args:
-      cls: an `nnx.Module` subclass; omit it to get a class decorator.
-      block: `block(module)` returns the stacked block module (an attribute of `module`).
-      length: `length(module)` returns n, the number of iterations (the leading axis).
-      scanned: `scanned(module)` tells whether this instance scans; default: always.
-      names: `names(i)` returns the path, relative to the stack, under which rows of iteration
-        i are named; default: the block's own path, then i (e.g. `stack/block/3/linear`).
-
-    Returns:
-      `cls`, or a class decorator when `cls` is omitted.
-
-    Example::
-
-      class Block(nnx.Module):
-        def __init__(self, width, rngs):
-          self.linear = nnx.Linear(width, width, rngs=rngs)
-          self.act = Swish()  # a registered activation module
-
-        def __call__(self, x):
-          return self.act(self.linear(x))
-
-      @gf.instrument.register_scanned_stack(block=lambda m: m.block, length=lambda m: m.n)
-      class Repeat(nnx.Module):
-        def __init__(self, width, n, rngs):
-          self.n = n
-          keys = jax.random.split(rngs.params(), n)
-          self.block = nnx.vmap(lambda k: Block(width, nnx.Rngs(k)))(keys)
-
-        def __call__(self, x):  # only the scan: the probe replaces this call
-          graphdef, state = nnx.split(self.block)
-
-          def body(x, s):
-            block = nnx.merge(graphdef, s)
-            return block(x), nnx.state(block)
-
-          x, state = jax.lax.scan(body, x, state)
-          nnx.update(self.block, state)
-          return x
-
-      # rows of a model holding `self.stack = Repeat(8, 3, rngs)`:
-      # stack/block/0/linear, stack/block/1/linear, stack/block/2/linear
-    """
-    spec = _ScannedStack(block, length, scanned, names)
-    if cls is None:
-        return lambda c: _register(c, spec)
-    return _register(cls, spec)
-
-
-def _register(cls, call) -> type:
-    if not (isinstance(cls, type) and issubclass(cls, nnx.Module)):
-        raise TypeError(f"expected an nnx.Module subclass, got {cls!r}")
-    _PROBES[cls] = call
-    for clear in _ON_REGISTER:
-        clear()
-    return cls
+from .registry import ACTIVATION, ScannedStack, kind_of
 
 
 def module_paths(model) -> dict[int, tuple]:
@@ -250,15 +107,13 @@ def run_probed(model, x, dummies):
 
 
 def _probe_call_for(m):
-    if isinstance(m, WEIGHT_LAYERS):
+    kind = kind_of(m)
+    if kind == "weight":
         return _weight_call
-    for cls in type(m).__mro__:
-        call = _PROBES.get(cls)
-        if call is not None:
-            if isinstance(call, _ScannedStack) and call.scanned is not None \
-                    and not call.scanned(m):
-                return None
-            return call
+    if kind == ACTIVATION:
+        return _activation_call
+    if isinstance(kind, ScannedStack):
+        return lambda self, rec, original, x: _stack_call(kind, self, rec, x)
     return None
 
 
@@ -282,7 +137,7 @@ def _activation_call(self, rec: Recorder, original, x, *args, **kwargs):
     return a
 
 
-def _stack_call(spec: _ScannedStack, self, rec: Recorder, x):
+def _stack_call(spec: ScannedStack, self, rec: Recorder, x):
     """Scans the stacked block with a fresh Recorder per iteration; rows come out block by block."""
     block_module, n = spec.block(self), spec.length(self)
     stack_path, block_path = rec.paths.get(id(self)), rec.paths.get(id(block_module))

@@ -3,7 +3,7 @@
 Rows are discovered by tracing: a layer called twice gives two rows. For each row the recorder
 keeps what the layer passes on (the output of the registered activation module that follows it,
 else its own linear output) and, through `error_tap`, the squared norm of dL/dz in the backward
-pass. Activation modules are those registered with `probes.register_activation`.
+pass. Activation modules are those registered with `registry.register_activation`.
 
 Models without registered activation modules (e.g. a user's model calling `nnx.relu`): a row's
 activation statistics are those of the next weight layer's input, which is exactly what the

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from . import probes
+from . import registry
 from .measure import Layout, apply, discover, row_norms, value_grads_and_stats
 
 
@@ -86,4 +86,4 @@ def _clear_caches() -> None:
     train_steps.cache_clear()
 
 
-probes._ON_REGISTER.append(_clear_caches)
+registry.ON_REGISTER.append(_clear_caches)
