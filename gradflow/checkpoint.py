@@ -85,7 +85,11 @@ class Checkpoint:
         return self._manager
 
     def exists(self) -> bool:
-        """Whether `directory` holds a checkpoint."""
+        """Whether `directory` holds a checkpoint.
+
+        Returns:
+          True if the directory exists and orbax finds a saved step in it.
+        """
         return self.directory.is_dir() and self._mgr().latest_step() is not None
 
     def save(self, state: TrainState, meta: dict | None = None) -> None:

@@ -182,7 +182,14 @@ def resolve(devices=None, mesh: Mesh | None = None) -> Mesh | None:
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
-    """The sharding that puts a whole copy of an array on every device of `mesh`."""
+    """The sharding that puts a whole copy of an array on every device of a mesh.
+
+    Args:
+      mesh: the mesh.
+
+    Returns:
+      `NamedSharding(mesh, PartitionSpec())`.
+    """
     return NamedSharding(mesh, PartitionSpec())
 
 

@@ -29,7 +29,17 @@ _LOG: contextvars.ContextVar[list | None] = contextvars.ContextVar("gradflow_flo
 
 @dataclass(frozen=True)
 class LayerCost:
-    """One call of a conv or dense layer (a layer called twice gives two rows, `name#2`)."""
+    """One call of a conv or dense layer (a layer called twice gives two rows, `name#2`).
+
+    Attributes:
+      name: the layer's path in the model, e.g. "blocks/0/unit1/layer".
+      kind: "conv 3x3", "depthwise 3x3", "grouped 3x3", "conv 1x1", "dense", ...
+      kernel_shape: the kernel's shape.
+      input_shape: the input's shape, without the batch axis.
+      output_shape: the output's shape, without the batch axis.
+      params: kernel and bias elements.
+      macs: multiply-accumulates per example (kernel size x output positions).
+    """
     name: str
     kind: str  # "conv 3x3", "depthwise 3x3", "conv 1x1", "grouped 3x3", "dense"
     kernel_shape: tuple
@@ -40,21 +50,34 @@ class LayerCost:
 
 
 class Costs:
-    """Per-layer costs in call order, their totals, and the model's total parameter count."""
+    """Per-layer costs in call order, their totals, and the model's parameter count.
+
+    `str()` renders a table with totals.
+
+    Attributes:
+      layers: LayerCosts in call order.
+      model_params: every `nnx.Param` element of the model (normalization included).
+    """
 
     def __init__(self, layers: list[LayerCost], model_params: int):
         self.layers, self.model_params = layers, model_params
 
     @property
     def macs(self) -> int:
+        """Multiply-accumulates per example, summed over the layers."""
         return sum(r.macs for r in self.layers)
 
     @property
     def layer_params(self) -> int:
+        """Parameters of the conv and dense layers (kernels and biases)."""
         return sum(r.params for r in self.layers)
 
     def by_kind(self) -> dict[str, tuple[int, int]]:
-        """kind -> (params, MACs) summed over the layers of that kind."""
+        """Totals per kind of layer.
+
+        Returns:
+          `{kind: (params, macs)}`, summed over the layers of that kind.
+        """
         out: dict[str, tuple[int, int]] = {}
         for r in self.layers:
             p, m = out.get(r.kind, (0, 0))
@@ -62,6 +85,12 @@ class Costs:
         return out
 
     def to_dict(self) -> dict:
+        """The costs as plain Python data, for JSON.
+
+        Returns:
+          `{"model_params", "layer_params", "macs", "layers"}`, `layers` a list of one dict per
+          LayerCost (shapes as lists).
+        """
         return {"model_params": self.model_params, "layer_params": self.layer_params,
                 "macs": self.macs, "layers": [
                     {"name": r.name, "kind": r.kind, "kernel_shape": list(r.kernel_shape),
@@ -89,9 +118,29 @@ class Costs:
 
 
 def costs(model: nnx.Module, input_shape, *, dtype=jnp.float32) -> Costs:
-    """Parameters and MACs per example of every nnx.Conv / nnx.Linear call of `model` for one
-    input of shape `input_shape` (no batch axis), traced abstractly (nothing is computed; an
-    abstract model from `nnx.eval_shape(lambda: Model(...))` works as well as a real one)."""
+    """Parameters and multiply-accumulates per example of every nnx.Conv / nnx.Linear call.
+
+    The model is traced abstractly on a copy: nothing is computed, and an abstract model from
+    `nnx.eval_shape(lambda: Model(...))` works as well as a real one.
+
+    Args:
+      model: a `flax.nnx.Module`.
+      input_shape: the shape of one input, without the batch axis.
+      dtype: the input's dtype; default float32.
+
+    Returns:
+      A Costs; print it for the table.
+
+    Raises:
+      ValueError: if `model` is not a `flax.nnx.Module`.
+
+    Example:
+      >>> model = nnx.eval_shape(lambda: gf.models.seed_resnet(rngs=nnx.Rngs(0)))
+      >>> c = gf.flops.costs(model, (32, 32, 3))
+      >>> c.model_params, len(c.layers), c.macs
+      (297697, 10, 39313536)
+      >>> print(c)  # doctest: +SKIP
+    """
     if not isinstance(model, nnx.Module):
         raise ValueError(f"model must be a flax.nnx.Module, got {type(model).__name__}")
     graphdef, state = nnx.split(model)

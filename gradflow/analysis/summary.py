@@ -22,6 +22,17 @@ _SHAPES: contextvars.ContextVar[dict | None] = contextvars.ContextVar("gradflow_
 
 @dataclass(frozen=True)
 class SummaryRow:
+    """One module of a Summary.
+
+    Attributes:
+      path: the module's attribute path from the model (() for the model itself).
+      kind: the module's class name.
+      output_shape: the shape of its first call's output, batch axis shown as None; None if it
+        is never called (e.g. an `nnx.List`).
+      params: the number of array elements in this module and everything below it, trainable
+        or not (random-number state not counted).
+      note: extra text, e.g. "×8 (scanned)" for a scanned Stack.
+    """
     path: tuple
     kind: str  # the module's class name
     output_shape: tuple | None  # first call's output, batch axis shown as None
@@ -30,17 +41,25 @@ class SummaryRow:
 
     @property
     def depth(self) -> int:
+        """Nesting depth: 0 for the model, 1 for its direct children, ..."""
         return len(self.path)
 
 
 class Summary:
-    """Rows in network order (a module after its parent, children in call order)."""
+    """The hierarchy `gf.summary` returns; `str()` renders it as a table.
+
+    Attributes:
+      rows: SummaryRows in network order (a module after its parent, children in call order).
+      total: the model's parameter count (every array, trainable or not).
+      trainable: the count of `nnx.Param` elements.
+    """
 
     def __init__(self, rows: list[SummaryRow], total: int, trainable: int):
         self.rows, self.total, self.trainable = rows, total, trainable
 
     @property
     def non_trainable(self) -> int:
+        """`total - trainable`: BatchNorm statistics, and frozen scale and offset."""
         return self.total - self.trainable
 
     def __str__(self) -> str:
@@ -63,7 +82,30 @@ class Summary:
 
 def summary(model: nnx.Module, input_shape, *, dtype=jnp.float32, max_depth: int | None = None
             ) -> Summary:
-    """The hierarchy of `model` for one input of shape `input_shape` (without the batch axis)."""
+    """The hierarchy of `model` with output shapes and parameter counts, like Keras' summary().
+
+    The model is traced abstractly on a copy (nothing is computed, `model` does not change).
+
+    Args:
+      model: a `flax.nnx.Module`.
+      input_shape: the shape of one input, without the batch axis.
+      dtype: the input's dtype; default float32.
+      max_depth: leave out modules nested deeper than this (0: the model only); default all.
+
+    Returns:
+      A Summary; print it for the table.
+
+    Raises:
+      ValueError: if `model` is not a `flax.nnx.Module`.
+
+    Example:
+      >>> model = gf.models.mlp("plain", 4, width=16, in_features=8, num_classes=3,
+      ...                       rngs=nnx.Rngs(0))
+      >>> s = gf.summary(model, (8,))
+      >>> s.total, s.trainable, s.rows[-1].output_shape
+      (739, 739, (None, 3))
+      >>> print(s)  # doctest: +SKIP
+    """
     if not isinstance(model, nnx.Module):
         raise ValueError(f"model must be a flax.nnx.Module, got {type(model).__name__}")
     shapes: dict[int, tuple] = {}

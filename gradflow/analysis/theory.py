@@ -55,11 +55,34 @@ _PHI = {
 
 
 def gaussian_mean(f, q: float) -> float:
-    """E[f(sqrt(q) z)] for z ~ N(0, 1), by Gauss-Hermite quadrature."""
+    """E[f(sqrt(q) z)] for z ~ N(0, 1), by 96-point Gauss-Hermite quadrature.
+
+    Args:
+      f: a vectorized function of a numpy array.
+      q: the variance of the Gaussian argument.
+
+    Returns:
+      The expectation, a float.
+
+    Example:
+      >>> round(gf.theory.gaussian_mean(lambda v: v ** 2, 2.0), 6)
+      2.0
+    """
     return float(np.sum(_WEIGHTS * f(np.sqrt(q) * _NODES)))
 
 
 def sigma_w2(init: str) -> float:
+    """The weight variance times fan_in, sigma_w^2, that an initializer gives square layers.
+
+    Args:
+      init: an initializer name in `SIGMA_W2` ("lecun", "he", "glorot", "orthogonal").
+
+    Returns:
+      sigma_w^2, e.g. 2.0 for "he".
+
+    Raises:
+      ValueError: for another name.
+    """
     check_choice("init", init, tuple(SIGMA_W2))
     return SIGMA_W2[init]
 
@@ -70,13 +93,31 @@ PARTICLES = 20_000  # population size for residual_profile: ~1% sampling error o
 
 def mlp_profile(depth: int, *, init: str = "lecun", activation: str = "relu",
                 bias_var: float = 0.0, input_var: float = 1.0, arch: str = "plain") -> dict:
-    """Predicted per-layer profiles for the zoo's `depth`-layer MLP at init (layer 1 = stem,
-    layer `depth` = output layer), hidden layers square.
+    """Predicted per-layer profiles for the zoo's `depth`-layer MLP at init.
 
-    Returns numpy arrays over layers: `error_sq` (E||dL/dz_l||^2 relative to the output layer)
-    and `grad_sq` (E||dL/dW_l||^2, same normalization); for plain and bn also `q`
-    (pre-activation variance) and `chi` (backward factor from layer l+1 to l). `arch` is "plain",
-    "bn" (ReLU only), or a residual arch (see `residual_profile`, bias_var 0 only).
+    Layer 1 is the stem, layer `depth` the output layer; hidden layers are square.
+
+    Args:
+      depth: the number of weight layers.
+      init: an initializer name in `SIGMA_W2` ("lecun", "he", "glorot", "orthogonal").
+      activation: "relu", "tanh", "linear" or "sigmoid".
+      bias_var: sigma_b^2, the bias variance (0 for residual archs).
+      input_var: the second moment of the input's entries.
+      arch: "plain", "bn" (ReLU only), or a residual arch (see `residual_profile`).
+
+    Returns:
+      A dict of (depth,) numpy arrays: `error_sq` (E||dL/dz_l||^2 relative to the output layer)
+      and `grad_sq` (E||dL/dW_l||^2, same normalization); for plain and bn also `q`
+      (pre-activation variance) and `chi` (backward factor from layer l+1 to l). Residual archs
+      return `residual_profile`'s dict.
+
+    Raises:
+      ValueError: for an unknown choice, "bn" with another activation than ReLU, or a bias
+        variance with a residual arch.
+
+    Example:
+      >>> gf.theory.mlp_profile(4, init="lecun")["error_sq"]
+      array([0.125, 0.25 , 0.5  , 1.   ])
     """
     check_choice("arch", arch, ("plain", "bn") + RESIDUAL_ARCHS)
     if arch in RESIDUAL_ARCHS:
@@ -110,11 +151,34 @@ def mlp_profile(depth: int, *, init: str = "lecun", activation: str = "relu",
 def residual_profile(depth: int, *, init: str = "lecun", activation: str = "relu",
                      input_var: float = 1.0, bn: bool = False, particles: int = PARTICLES,
                      seed: int = 0) -> dict:
-    """Predicted per-layer `error_sq` and `grad_sq` (relative to the output layer) and the
-    stream's second moment `q` per block, for the zoo's `depth`-layer residual MLP at init
-    (stem, (depth-2)/2 v1 blocks, output layer), by population dynamics under the mean-field
-    assumptions in the module docstring. Deterministic for a given `seed`; cached (depth
-    10,000 takes ~7 s)."""
+    """Predicted per-layer profiles for the zoo's `depth`-layer residual MLP at init.
+
+    The net is a stem, (depth-2)/2 v1 blocks and the output layer; the profile is solved by
+    population dynamics under the mean-field assumptions in the module docstring.
+    Deterministic for a given `seed`, and cached (depth 10,000 takes ~7 s).
+
+    Args:
+      depth: the number of weight layers, even and >= 2.
+      init: an initializer name in `SIGMA_W2`.
+      activation: "relu", "tanh", "linear" or "sigmoid".
+      input_var: the second moment of the input's entries.
+      bn: True for residual_bn (BatchNorm after each weight layer in the blocks).
+      particles: the population size (sampling error ~1/sqrt(particles) on each factor).
+      seed: the seed of the population.
+
+    Returns:
+      A dict of numpy arrays: `error_sq` and `grad_sq`, shape (depth,), E||dL/dz_l||^2 and
+      E||dL/dW_l||^2 relative to the output layer; `q`, shape ((depth-2)/2 + 1,), the
+      stream's second moment entering each block and after the last.
+
+    Raises:
+      ValueError: for an odd depth or depth < 2, or an unknown activation or init.
+
+    Example:
+      >>> p = gf.theory.residual_profile(10, init="he", bn=True)
+      >>> p["error_sq"].shape, p["q"].shape
+      ((10,), (5,))
+    """
     check_choice("activation", activation, tuple(_PHI))
     if depth < 2 or depth % 2:
         raise ValueError(f"depth={depth}: residual nets have an even depth >= 2")
@@ -167,8 +231,19 @@ def _residual_profile(depth, init, activation, input_var, bn, particles, seed) -
 
 
 def slope_toward_input(norms) -> float:
-    """Least-squares change of log10(norm) per layer, measured from the output side toward the
-    input: negative when the signal vanishes toward the input, positive when it explodes."""
+    """Least-squares change of log10(norm) per layer, from the output side toward the input.
+
+    Args:
+      norms: per-layer norms in network order (input first), all positive.
+
+    Returns:
+      Decades per layer: negative when the signal vanishes toward the input, positive when it
+      explodes; NaN for fewer than two layers or a non-finite log.
+
+    Example:
+      >>> round(gf.theory.slope_toward_input([1e-3, 1e-2, 1e-1, 1.0]), 6)
+      -1.0
+    """
     logs = np.log10(np.asarray(norms, dtype=np.float64))
     if logs.size < 2 or not np.all(np.isfinite(logs)):
         return float("nan")
@@ -177,16 +252,47 @@ def slope_toward_input(norms) -> float:
 
 def error_slope(*, init: str = "lecun", activation: str = "relu", arch: str = "plain",
                 depth: int = 50, bias_var: float = 0.0) -> float:
-    """Predicted `slope_toward_input` of ||dL/dz|| over the hidden layers of a depth-`depth` MLP."""
+    """Predicted `slope_toward_input` of ||dL/dz|| over the hidden layers of an MLP at init.
+
+    Args:
+      init: an initializer name in `SIGMA_W2`.
+      activation: "relu", "tanh", "linear" or "sigmoid".
+      arch: as in `mlp_profile`.
+      depth: the number of weight layers.
+      bias_var: sigma_b^2, the bias variance.
+
+    Returns:
+      Decades per layer toward the input (negative: vanishing).
+
+    Example:
+      >>> round(gf.theory.error_slope(init="lecun", activation="relu"), 3)
+      -0.151
+    """
     p = mlp_profile(depth, init=init, activation=activation, arch=arch, bias_var=bias_var)
     return slope_toward_input(np.sqrt(p["error_sq"][1:-1]))
 
 
 def predicted_profile(metric: str, n_layers: int, *, arch: str, init: str,
                       activation: str) -> np.ndarray | None:
-    """Predicted `error_norm` or `grad_norm` per layer at init, relative to the output layer
-    (= 1), for a plain, BN(-ReLU) or residual network of `n_layers` weight layers; None where
-    the theory does not apply (other metrics, activations or archs, odd residual depths)."""
+    """Predicted `error_norm` or `grad_norm` per layer at init, relative to the output layer.
+
+    Args:
+      metric: "error_norm" or "grad_norm".
+      n_layers: the number of weight layers.
+      arch: "plain", "bn" (ReLU only), "residual" or "residual_bn".
+      init: an initializer name in `SIGMA_W2`.
+      activation: "relu", "tanh", "linear" or "sigmoid".
+
+    Returns:
+      A (n_layers,) numpy array, input first, last entry 1; None where the theory does not
+      apply (other metrics, activations or archs, odd residual depths, and `grad_norm` of
+      "residual").
+
+    Example:
+      >>> gf.theory.predicted_profile("error_norm", 5, arch="plain", init="lecun",
+      ...                             activation="relu").round(3)
+      array([0.25 , 0.354, 0.5  , 0.707, 1.   ])
+    """
     if metric not in ("error_norm", "grad_norm") or arch not in ("plain", "bn") + RESIDUAL_ARCHS:
         return None
     if activation not in _PHI or init not in SIGMA_W2 or (arch == "bn" and activation != "relu"):
@@ -204,11 +310,29 @@ def predicted_profile(metric: str, n_layers: int, *, arch: str, init: str,
 
 def theory_attenuation(arch: str, depth: int, *, model: str, init: str, activation: str,
                        image_shape=None) -> float | None:
-    """The mean-field attenuation error_norm[0] / error_norm[-1] at init for `depth` weight
-    layers, None where the theory does not apply (separable convs, odd residual depths, other
-    activations). For CNNs the global average pooling before the head divides the error reaching
-    the last conv by H*W at each of its H*W positions: a factor 1/sqrt(H*W) on the norm (the
-    zoo's CNNs built by the run keep the input's H x W up to the pooling)."""
+    """The mean-field attenuation error_norm[0] / error_norm[-1] at init.
+
+    For CNNs the global average pooling before the head divides the error reaching the last
+    conv by H*W at each of its H*W positions: a factor 1/sqrt(H*W) on the norm (the zoo's CNNs
+    built by the run keep the input's H x W up to the pooling).
+
+    Args:
+      arch: a zoo arch, e.g. "plain" or "residual_bn" (separable archs give None).
+      depth: the number of weight layers.
+      model: "cnn" or "mlp".
+      init: an initializer name in `SIGMA_W2`.
+      activation: "relu", "tanh", "linear" or "sigmoid".
+      image_shape: the input's (H, W, C); needed for "cnn".
+
+    Returns:
+      The predicted ratio, or None where the theory does not apply (separable convs, odd
+      residual depths, other activations).
+
+    Example:
+      >>> round(gf.theory.theory_attenuation("plain", 10, model="mlp", init="lecun",
+      ...                                    activation="relu"), 4)
+      0.0442
+    """
     if arch.endswith(SEPARABLE):
         return None
     pred = predicted_profile("error_norm", depth, arch=arch, init=init, activation=activation)

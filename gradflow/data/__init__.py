@@ -17,10 +17,32 @@ DATASETS = ("synthetic", "cifar10", "mnist", "fashion_mnist", "npz", "folder")
 
 
 def load(name: str, data_dir=None, *, seed: int = 0) -> Dataset:
-    """The dataset `name` (one of DATASETS): `synthetic` is generated from `seed`; the others are
-    read from `data_dir` (for `npz`, the .npz file itself) and standardized per channel with
-    training-split statistics. Missing or malformed files raise `loaders.DataError` (a
-    ValueError) naming the file."""
+    """Loads a dataset by name: the generated one, or one read from files.
+
+    `synthetic` is generated from `seed`; the others are read from `data_dir` and standardized
+    per channel with training-split statistics (`loaders.standardize`).
+
+    Args:
+      name: one of `DATASETS`: "synthetic", "cifar10", "mnist", "fashion_mnist", "npz" or
+        "folder" (one sub-folder of images per class).
+      data_dir: the directory holding the files (for "npz", the .npz file itself); `~` is
+        expanded. Not used by "synthetic".
+      seed: the seed of "synthetic", and of the held-out split of "npz" and "folder" when they
+        hold no test split of their own.
+
+    Returns:
+      A Dataset.
+
+    Raises:
+      ValueError: for an unknown name, or no `data_dir`; `loaders.DataError` (a ValueError)
+        naming the file when a file is missing or malformed.
+
+    Example:
+      >>> ds = gf.data.load("synthetic", seed=0)
+      >>> ds.x_train.shape, ds.num_classes
+      ((8192, 16, 16, 3), 10)
+      >>> ds = gf.data.load("cifar10", "~/data/cifar-10-batches-py")  # doctest: +SKIP
+    """
     if name == "synthetic":
         return synthetic(seed)
     if name not in DATASETS:

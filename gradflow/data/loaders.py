@@ -58,7 +58,19 @@ def _cifar_batch(path: Path):
 
 
 def cifar10(data_dir) -> Dataset:
-    """CIFAR-10 from its python pickle batches."""
+    """CIFAR-10 from its python pickle batches.
+
+    Args:
+      data_dir: the directory holding `data_batch_1..5` and `test_batch`, or its parent with
+        `cifar-10-batches-py/`.
+
+    Returns:
+      A Dataset of (50000, 32, 32, 3) / (10000, 32, 32, 3) float32 images in [0, 1], 10 named
+      classes.
+
+    Raises:
+      DataError: naming a missing or malformed file.
+    """
     root = Path(data_dir)
     if (root / "cifar-10-batches-py").is_dir():
         root = root / "cifar-10-batches-py"
@@ -72,7 +84,17 @@ def cifar10(data_dir) -> Dataset:
 
 # --- idx (MNIST, Fashion-MNIST) ----------------------------------------------------------------
 def read_idx(path: Path) -> np.ndarray:
-    """An idx file (optionally gzipped) as a numpy array."""
+    """An idx file (optionally gzipped) as a numpy array.
+
+    Args:
+      path: the file; `path` + ".gz" is tried when `path` does not exist.
+
+    Returns:
+      The array, with the file's shape and dtype.
+
+    Raises:
+      DataError: naming the file, if both are missing or it is not an idx file.
+    """
     candidates = [path, path.with_name(path.name + ".gz")]
     found = next((p for p in candidates if p.exists()), None)
     if found is None:
@@ -96,7 +118,20 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def idx_dataset(data_dir, name: str = "mnist", class_names=()) -> Dataset:
-    """MNIST-format data (MNIST, Fashion-MNIST) from the four idx files in `data_dir`."""
+    """MNIST-format data (MNIST, Fashion-MNIST) from the four idx files in `data_dir`.
+
+    Args:
+      data_dir: the directory holding `train-images-idx3-ubyte`, `train-labels-idx1-ubyte`,
+        `t10k-images-idx3-ubyte` and `t10k-labels-idx1-ubyte` (each possibly `.gz`).
+      name: the dataset's name.
+      class_names: a name per class, if known (e.g. `FASHION_CLASSES`).
+
+    Returns:
+      A Dataset of (n, H, W, 1) float32 images in [0, 1] and int32 labels.
+
+    Raises:
+      DataError: naming a missing or malformed file.
+    """
     root = Path(data_dir)
     parts = []
     for split in ("train", "t10k"):
@@ -116,7 +151,20 @@ FASHION_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", 
 
 # --- npz ----------------------------------------------------------------------------------------
 def npz(path, *, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
-    """Arrays `x` (N, ...) and integer `y` (N,), optionally `x_test`/`y_test`."""
+    """A dataset from an `.npz` file with arrays `x` (N, ...) and integer `y` (N,).
+
+    Args:
+      path: the `.npz` file; it may also hold `x_test` and `y_test`.
+      test_fraction: without `x_test`/`y_test`, the fraction of examples held out (at least 1).
+      seed: the seed of that split.
+
+    Returns:
+      A Dataset named after the file, x cast to float32, labels to int32.
+
+    Raises:
+      DataError: naming the file, if it is unreadable, lacks `x` / `y`, or holds mismatched
+        shapes, negative labels or non-finite inputs.
+    """
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -162,7 +210,23 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
 
 
 def image_folder(root, *, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
-    """root/<class>/<image>: classes are the sorted sub-folder names."""
+    """A dataset from a folder of images, one sub-folder per class (`root/<class>/<image>`).
+
+    Classes are the sorted sub-folder names; PNG, JPEG, BMP and GIF files are read as RGB and
+    resized to the first image's size.
+
+    Args:
+      root: the folder.
+      test_fraction: the fraction of images held out (at least 1).
+      seed: the seed of that split.
+
+    Returns:
+      A Dataset of (n, H, W, 3) float32 images in [0, 1], named after the folder.
+
+    Raises:
+      DataError: naming the folder or file, if there are fewer than two classes or images or
+        an image is unreadable.
+    """
     from PIL import Image, UnidentifiedImageError  # a dependency of matplotlib
 
     root = Path(root)
@@ -193,7 +257,14 @@ def image_folder(root, *, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
 
 
 def standardize(ds: Dataset) -> Dataset:
-    """Per-channel zero mean, unit variance, with statistics of the training split."""
+    """Per-channel zero mean, unit variance, with statistics of the training split.
+
+    Args:
+      ds: a Dataset; the last axis of its images is the channel axis.
+
+    Returns:
+      A new Dataset with both splits standardized and `meta["standardized"]` set.
+    """
     axes = tuple(range(ds.x_train.ndim - 1))
     mean = ds.x_train.mean(axis=axes, keepdims=True)
     std = ds.x_train.std(axis=axes, keepdims=True) + 1e-6

@@ -23,7 +23,18 @@ PERIODS = (3.2, 4.0, 3.2, 4.0, 3.2)  # px; neighbouring orientations also differ
 
 @dataclass(frozen=True)
 class Dataset:
-    """Train and held-out splits of NHWC float32 images with integer labels."""
+    """Train and held-out splits of NHWC float32 images with integer labels.
+
+    Attributes:
+      name: the dataset's name.
+      x_train: (n_train, H, W, C) float32 images.
+      y_train: (n_train,) int32 labels, 0 to num_classes - 1.
+      x_test: (n_test, H, W, C) held-out images.
+      y_test: (n_test,) held-out labels.
+      num_classes: the number of classes.
+      class_names: a name per class, where known.
+      meta: free-form metadata (e.g. the generator's seed, or "standardized").
+    """
     name: str
     x_train: np.ndarray
     y_train: np.ndarray
@@ -35,6 +46,7 @@ class Dataset:
 
     @property
     def image_shape(self) -> tuple[int, ...]:
+        """The shape of one input, (H, W, C)."""
         return tuple(self.x_train.shape[1:])
 
     def __repr__(self):
@@ -69,8 +81,30 @@ def _images(rng: np.random.Generator, labels: np.ndarray, size: int, noise: floa
 
 def synthetic(seed: int = 0, *, n_train: int = 8192, n_test: int = 2048, size: int = 16,
               noise: float = 0.4) -> Dataset:
-    """The texture-pairs dataset: (n, size, size, 3) float32 images, labels 0..9, deterministic
-    in `seed`; the held-out split is drawn from an independent stream of the same distribution."""
+    """Generates the texture-pairs dataset (see the module docstring), deterministic in `seed`.
+
+    The held-out split is drawn from an independent stream of the same distribution. Images
+    are not standardized.
+
+    Args:
+      seed: the seed; the same seed gives the same arrays.
+      n_train: training examples.
+      n_test: held-out examples.
+      size: the image side in pixels, >= 8.
+      noise: the background noise's standard deviation, >= 0.
+
+    Returns:
+      A Dataset of (n, size, size, 3) float32 images and int32 labels 0..9; class names such
+      as "0°+36°".
+
+    Raises:
+      ValueError: for a count or size that is not a positive integer, size < 8, or noise < 0.
+
+    Example:
+      >>> ds = gf.data.synthetic(seed=0, n_train=256, n_test=64)
+      >>> ds.x_train.shape, ds.num_classes, ds.class_names[0]
+      ((256, 16, 16, 3), 10, '0°+36°')
+    """
     for name, v in (("n_train", n_train), ("n_test", n_test), ("size", size)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name}={v!r} must be an integer >= 1")

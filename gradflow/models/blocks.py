@@ -22,8 +22,24 @@ from .norm import BatchNorm
 
 
 class Unit(nnx.Module):
-    """weight layer -> optional BatchNorm -> optional Activation; with `norm_after_act`,
-    weight layer -> Activation -> BatchNorm (the order the seed advises against)."""
+    """Weight layer -> optional BatchNorm -> optional Activation.
+
+    With `norm_after_act`: weight layer -> Activation -> BatchNorm (the order the seed advises
+    against).
+
+    Args:
+      layer: the weight layer (a conv or dense module).
+      features: the layer's output features (channels), for the BatchNorm.
+      norm: add a BatchNorm.
+      activation: an activation name in `ACTIVATIONS`, or None for none.
+      norm_after_act: put the BatchNorm after the activation.
+      rngs: the `nnx.Rngs` for the BatchNorm.
+
+    Example::
+
+      unit = Unit(nnx.Linear(8, 16, rngs=rngs), 16, norm=True, activation="relu", rngs=rngs)
+      y = unit(x)  # relu(bn(linear(x)))
+    """
 
     def __init__(self, layer: nnx.Module, features: int, *, norm: bool, activation: str | None,
                  norm_after_act: bool = False, rngs):
@@ -44,10 +60,27 @@ class Unit(nnx.Module):
 
 
 class ResidualBlock(nnx.Module):
-    """Two weight layers with a skip connection: act(branch(x) + shortcut(x)).
+    """Two weight layers with a skip connection: act(branch(x) + shortcut(x)) (He et al. v1).
 
-    `make_layer(in, out, strides, rngs=)` builds a main-path weight layer (the first carries the stride);
-    `make_projection(in, out, strides, rngs=)` the shortcut's 1x1 layer, used only when shapes change.
+    The branch is Unit(act) -> Unit(no act); the shortcut is the identity, or a projection Unit
+    (no activation) when the features or the stride change. The output is `materialize`d.
+
+    Args:
+      make_layer: `make_layer(in, out, strides, rngs=)` builds a main-path weight layer (the
+        first one carries the stride).
+      make_projection: `make_projection(in, out, strides, rngs=)` builds the shortcut's 1x1
+        layer, used only when shapes change.
+      in_features: input features (channels).
+      out_features: output features.
+      strides: the first layer's and the projection's stride.
+      norm: BatchNorm after every weight layer (before the activation).
+      activation: an activation name in `ACTIVATIONS`.
+      rngs: the `nnx.Rngs` for the BatchNorms.
+
+    Example::
+
+      dense = lambda fin, fout, strides, *, rngs: nnx.Linear(fin, fout, rngs=rngs)
+      block = ResidualBlock(dense, dense, 16, 16, norm=False, activation="relu", rngs=rngs)
     """
 
     def __init__(self, make_layer: Callable, make_projection: Callable, in_features: int,

@@ -21,7 +21,15 @@ MAX_DEPTH = 10_000
 
 
 class Network(nnx.Module):
-    """stem -> stages (each a pyramid level: one transition block, then a Stack) -> pool -> head."""
+    """Stem -> stages (each a pyramid level: one transition block, then a Stack) -> head.
+
+    Args:
+      stem: the first unit.
+      stages: a list of Stages.
+      head: the output layer.
+      pool: global average pooling over H and W before the head (CNNs).
+      flatten: flatten every axis but the batch axis before the stem (MLPs).
+    """
 
     def __init__(self, stem, stages, head, *, pool: bool = False, flatten: bool = False):
         self.stem = stem
@@ -42,7 +50,12 @@ class Network(nnx.Module):
 
 
 class Stage(nnx.Module):
-    """An optional first block that changes shape, then identical blocks in a Stack."""
+    """An optional first block that changes shape, then identical blocks in a Stack.
+
+    Args:
+      first: the transition block, or None.
+      rest: the Stack of identical blocks, or None.
+    """
 
     def __init__(self, first, rest):
         self.first = first
@@ -67,7 +80,22 @@ def _check_common(arch, depth, width, init, activation, stack, stages):
 
 
 def hidden_blocks(arch: str, depth: int) -> int:
-    """Number of hidden blocks (units or residual blocks) a depth gives; ValueError if none fits."""
+    """The number of hidden blocks (units or residual blocks) a depth gives.
+
+    Args:
+      arch: "plain", "residual", "bn" or "residual_bn".
+      depth: weight layers on the longest path (stem and output layer included).
+
+    Returns:
+      depth - 2 for plain and bn, (depth - 2) / 2 for residual archs.
+
+    Raises:
+      ValueError: if depth < 2, or odd for a residual arch.
+
+    Example:
+      >>> gf.models.hidden_blocks("residual", 20), gf.models.hidden_blocks("plain", 20)
+      (9, 18)
+    """
     residual = arch in ("residual", "residual_bn")
     hidden = depth - 2  # stem and output layer
     if hidden < 0:
@@ -131,12 +159,39 @@ def cnn(arch: str, depth: int, *, width: int = 16, in_channels: int = 3, num_cla
         stack: str = "auto", bn_position: str = "before_act", rngs: nnx.Rngs) -> Network:
     """A 3x3-conv network on NHWC images, ResNet-CIFAR style.
 
-    stem conv (3x3, `width` channels) -> hidden blocks split over `stages` (stage s has
-    width*2**s channels; each later stage starts with a stride-2 block, with a projection shortcut
-    in residual archs) -> global average pooling -> Linear(num_classes). `conv="separable"` makes
-    every hidden 3x3 conv depthwise-separable (the stem stays standard, as in Xception).
-    `stack`: "unrolled", "scan", or "auto" (scan off CPU). `bn_position="after_act"` (arch "bn"
-    only) gives Conv(with bias) -> act -> BN instead of Conv(no bias) -> BN -> act. Returns logits.
+    Stem conv (3x3, `width` channels) -> hidden blocks split over `stages` (stage s has
+    width*2**s channels; each later stage starts with a stride-2 block, with a projection
+    shortcut in residual archs) -> global average pooling -> Linear(num_classes). With BN before
+    the activation, the convs have no bias.
+
+    Args:
+      arch: "plain", "residual", "bn" or "residual_bn".
+      depth: weight layers on the longest path (stem, hidden layers, head), 2 to `MAX_DEPTH`;
+        even for residual archs.
+      width: the stem's channels (those of the first stage).
+      in_channels: the input's channels.
+      num_classes: the number of outputs.
+      conv: "standard", or "separable" to make every hidden 3x3 conv depthwise-separable (the
+        stem stays standard, as in Xception).
+      init: kernel initializer: "lecun", "he", "glorot" or "orthogonal".
+      activation: a name in `ACTIVATIONS` ("relu", "tanh", "gelu", ...).
+      stages: the number of pyramid levels; each needs at least one hidden block.
+      stack: how repeated blocks run: "unrolled", "scan", or "auto" (unrolled on CPU up to
+        depth 128, scanned otherwise).
+      bn_position: "before_act" (Conv(no bias) -> BN -> act) or, arch "bn" only, "after_act"
+        (Conv(with bias) -> act -> BN).
+      rngs: the `nnx.Rngs` to initialize from.
+
+    Returns:
+      A Network mapping (batch, H, W, in_channels) images to (batch, num_classes) logits.
+
+    Raises:
+      ValueError: for an invalid choice, or a depth or stage count the arch cannot realize.
+
+    Example:
+      >>> model = gf.models.cnn("residual_bn", 20, width=16, stages=3, rngs=nnx.Rngs(0))
+      >>> model(jnp.ones((2, 16, 16, 3))).shape
+      (2, 10)
     """
     _check_common(arch, depth, width, init, activation, stack, stages)
     check_choice("conv", conv, CONVS)
@@ -174,7 +229,34 @@ def mlp(arch: str, depth: int, *, width: int, in_features: int, num_classes: int
         rngs: nnx.Rngs) -> Network:
     """A fully connected network: Linear(in, width) unit -> hidden blocks -> Linear(num_classes).
 
-    Inputs with more than one feature axis are flattened. With BN, hidden layers have no bias.
+    Inputs with more than one feature axis are flattened. With BN, every layer but the head
+    has no bias.
+
+    Args:
+      arch: "plain", "residual", "bn" or "residual_bn".
+      depth: weight layers on the longest path (stem, hidden layers, head), 2 to `MAX_DEPTH`;
+        even for residual archs.
+      width: the hidden layers' width.
+      in_features: the number of input features (after flattening).
+      num_classes: the number of outputs.
+      init: kernel initializer: "lecun", "he", "glorot" or "orthogonal".
+      activation: a name in `ACTIVATIONS` ("relu", "tanh", "gelu", ...).
+      use_bias: biases in the layers (with BN, in the head only).
+      stack: how repeated blocks run: "unrolled", "scan", or "auto" (scanned).
+      rngs: the `nnx.Rngs` to initialize from.
+
+    Returns:
+      A Network mapping (batch, ...) inputs with `in_features` elements per example to
+      (batch, num_classes) outputs.
+
+    Raises:
+      ValueError: for an invalid choice, or a depth the arch cannot realize.
+
+    Example:
+      >>> model = gf.models.mlp("residual_bn", 10, width=64, in_features=16 * 16 * 3,
+      ...                       num_classes=10, rngs=nnx.Rngs(0))
+      >>> model(jnp.ones((2, 16, 16, 3))).shape
+      (2, 10)
     """
     _check_common(arch, depth, width, init, activation, stack, 1)
     check_positive_int("in_features", in_features)

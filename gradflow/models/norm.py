@@ -2,7 +2,8 @@
 
 Flax's BatchNorm writes `self.mean[...] = new`, and that indexed write asks the traced value for
 its `.sharding`; under `jit` the resulting AttributeError message walks the whole trace, making
-tracing quadratic in the number of BN layers. Assigning the whole value skips that check. The arithmetic is Flax's own (`_compute_stats`, `_normalize`).
+tracing quadratic in the number of BN layers. Assigning the whole value skips that check. The
+arithmetic is Flax's own (`_compute_stats`, `_normalize`).
 """
 from __future__ import annotations
 
@@ -12,7 +13,16 @@ from flax.nnx.nn.normalization import _canonicalize_axes, _compute_stats, _norma
 
 
 class BatchNorm(nnx.BatchNorm):
-    """Same parameters, statistics, modes and results as `nnx.BatchNorm`."""
+    """Same parameters, statistics, modes and results as `nnx.BatchNorm`.
+
+    Takes `nnx.BatchNorm`'s arguments; only the running-statistics update differs (whole-value
+    assignment), which keeps tracing linear in the number of BN layers.
+
+    Example::
+
+      bn = BatchNorm(16, rngs=nnx.Rngs(0))  # as nnx.BatchNorm(16, rngs=nnx.Rngs(0))
+      y = bn(x)
+    """
 
     def __call__(self, x, use_running_average=None, *, mask=None):
         use_running_average = (self.use_running_average if use_running_average is None

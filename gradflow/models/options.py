@@ -32,26 +32,78 @@ ACTIVATIONS = {
 
 
 def check_choice(name: str, value, choices) -> None:
-    """Raise ValueError naming the argument and the accepted values."""
+    """Checks that `value` is one of `choices`.
+
+    Args:
+      name: the argument's name, for the message.
+      value: the value given.
+      choices: the accepted values.
+
+    Raises:
+      ValueError: naming the argument and the accepted values.
+    """
     if value not in choices:
         raise ValueError(f"{name}={value!r} is not one of {', '.join(map(repr, choices))}")
 
 
 def check_positive_int(name: str, value) -> None:
+    """Checks that `value` is an integer >= 1 (bools are refused).
+
+    Args:
+      name: the argument's name, for the message.
+      value: the value given.
+
+    Raises:
+      ValueError: naming the argument.
+    """
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name}={value!r} must be an integer >= 1")
 
 
 def initializer(name: str):
+    """The kernel initializer of a name.
+
+    Args:
+      name: a key of `INITS`: "lecun", "he", "glorot" or "orthogonal".
+
+    Returns:
+      The `nnx.initializers` function.
+
+    Raises:
+      ValueError: for another name.
+    """
     check_choice("init", name, tuple(INITS))
     return INITS[name]
 
 
 def activation_fn(name: str):
+    """The activation function of a name.
+
+    Args:
+      name: a key of `ACTIVATIONS` ("relu", "tanh", "sigmoid", "gelu", "silu", "leaky_relu",
+        "linear").
+
+    Returns:
+      The function, elementwise on jax arrays.
+
+    Raises:
+      ValueError: for another name.
+    """
     check_choice("activation", name, tuple(ACTIVATIONS))
     return ACTIVATIONS[name]
 
 
 def base_arch(arch: str) -> str:
-    """The arch without its separable suffix: 'residual_bn_separable' -> 'residual_bn'."""
+    """The arch without its separable suffix.
+
+    Args:
+      arch: an arch name, possibly ending in `SEPARABLE` ("_separable").
+
+    Returns:
+      The name without the suffix.
+
+    Example:
+      >>> gf.models.base_arch("residual_bn_separable")
+      'residual_bn'
+    """
     return arch[:-len(SEPARABLE)] if arch.endswith(SEPARABLE) else arch

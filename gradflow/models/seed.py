@@ -15,7 +15,15 @@ from .layers import Activation
 
 
 class SeedBlock(nnx.Module):
-    """conv-relu, conv-relu, optional 2x2 max-pool (padding same), plus a (projected) shortcut."""
+    """Conv-relu, conv-relu, optional 2x2 max-pool (padding same), plus a (projected) shortcut.
+
+    Args:
+      in_features: input channels.
+      filters: output channels of both 3x3 convs.
+      pooling: max-pool after the convs; the shortcut is then a strided 1x1 conv.
+      shortcut: add the skip connection (a 1x1 conv when pooling or changing width).
+      rngs: the `nnx.Rngs` to initialize from.
+    """
 
     def __init__(self, in_features: int, filters: int, *, pooling: bool, shortcut: bool = True, rngs):
         init = nnx.initializers.glorot_uniform()
@@ -41,7 +49,12 @@ class SeedBlock(nnx.Module):
 
 
 class SeedResNet(nnx.Module):
-    """The seed's model; `shortcuts=False` gives the same network without skip connections."""
+    """The seed's model; `shortcuts=False` gives the same network without skip connections.
+
+    Args:
+      shortcuts: keep the skip connections.
+      rngs: the `nnx.Rngs` to initialize from.
+    """
 
     def __init__(self, *, shortcuts: bool = True, rngs):
         self.blocks = nnx.List([
@@ -60,5 +73,22 @@ class SeedResNet(nnx.Module):
 
 
 def seed_resnet(*, shortcuts: bool = True, rngs: nnx.Rngs) -> SeedResNet:
-    """The seed's Keras residual CNN (32x32x3 input, sigmoid output)."""
+    """The seed's Keras residual CNN: 32x32x3 pixel values in, a sigmoid probability out.
+
+    Inputs are rescaled by 1/255 inside the model; train with `loss="binary_cross_entropy"`.
+
+    Args:
+      shortcuts: keep the skip connections; False gives the same network without them.
+      rngs: the `nnx.Rngs` to initialize from.
+
+    Returns:
+      A SeedResNet (297,697 parameters) mapping (batch, 32, 32, 3) images to (batch, 1)
+      probabilities.
+
+    Example:
+      >>> model = gf.models.seed_resnet(rngs=nnx.Rngs(0))
+      >>> model(jnp.zeros((2, 32, 32, 3))).shape
+      (2, 1)
+      >>> snap = gf.probe(model, (x, y), loss="binary_cross_entropy")  # doctest: +SKIP
+    """
     return SeedResNet(shortcuts=shortcuts, rngs=rngs)

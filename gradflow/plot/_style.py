@@ -19,17 +19,41 @@ LOG_METRICS = {"grad_norm", "error_norm", "weight_norm", "update_ratio", "act_st
 
 
 def label(metric: str) -> str:
+    """The axis label of a metric.
+
+    Args:
+      metric: a metric name.
+
+    Returns:
+      Its label in `LABELS`, e.g. "‖∂L/∂z‖ (error signal)", or the name itself if it has none.
+    """
     return LABELS.get(metric, metric)
 
 
 def positive_finite(a) -> np.ndarray:
-    """Values that can sit on a log scale; others become NaN (drawn as blank, never as garbage)."""
+    """Values that can sit on a log scale; others become NaN (drawn as blank, never as garbage).
+
+    Args:
+      a: an array-like.
+
+    Returns:
+      A float64 array: `a` where finite and > 0, NaN elsewhere.
+    """
     a = np.asarray(a, dtype=np.float64)
     return np.where(np.isfinite(a) & (a > 0), a, np.nan)
 
 
 def layer_ticks(names, max_ticks: int = 25):
-    """Tick positions and short labels for up to `max_ticks` layers, network order."""
+    """Tick positions and short labels for at most about `max_ticks` layers, network order.
+
+    Args:
+      names: the layer names.
+      max_ticks: how many ticks to aim for; the last layer always gets one.
+
+    Returns:
+      `(positions, labels)`: 0-based indices and "i: name" labels (1-based, long names
+      shortened to their last path components).
+    """
     n = len(names)
     step = max(1, int(np.ceil(n / max_ticks)))
     pos = list(range(0, n, step))
@@ -51,7 +75,18 @@ def _short(name: str, keep: int = 28) -> str:
 
 
 def png_bytes(fig, dpi: int = 110) -> bytes:
-    """`fig` rendered as PNG bytes at `dpi`; the figure is closed."""
+    """Renders a figure as PNG bytes and closes it.
+
+    Args:
+      fig: a matplotlib Figure.
+      dpi: the resolution, dots per inch.
+
+    Returns:
+      The PNG file's bytes.
+
+    Example:
+      >>> png = gf.plot.png_bytes(gf.plot.heatmap(hist))  # doctest: +SKIP
+    """
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)

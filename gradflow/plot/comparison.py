@@ -15,7 +15,16 @@ CHANCE_COLOR = "0.45"
 
 
 def shared_range(histories, metric: str = "error_norm") -> tuple[float, float]:
-    """(min, max) of the positive finite values of `metric` over all histories."""
+    """The range of the positive finite values of `metric` over several histories.
+
+    Args:
+      histories: an iterable of Histories.
+      metric: a per-layer metric name; default "error_norm".
+
+    Returns:
+      `(min, max)`; (1e-8, 1.0) when there is no such value, and max = 10 * min when all are
+      equal.
+    """
     vals = [positive_finite(h[metric]).ravel() for h in histories]
     vals = np.concatenate(vals) if vals else np.array([])
     vals = vals[np.isfinite(vals)]
@@ -35,10 +44,26 @@ def _cells(values: np.ndarray, lo: float) -> np.ndarray:
 
 def comparison_grid(runs: dict, metric: str = "error_norm", diverged: dict | None = None,
                     steps: int | None = None):
-    """All architectures' layers x steps maps side by side on ONE log color scale (one colorbar),
-    so a weaker signal is a darker colour in every panel. `runs` maps arch -> History;
-    `diverged` maps an arch to the step where its loss became non-finite (its last record then
-    spans up to that step); `steps` fixes the common step axis."""
+    """Draws every architecture's layers x steps map side by side on one shared log colour scale.
+
+    One colorbar serves all panels, so a weaker signal is a darker colour in every panel. Exact
+    zeros are black; non-finite values, and steps never reached, light grey.
+
+    Args:
+      runs: arch name -> History.
+      metric: a per-layer metric name; default "error_norm".
+      diverged: arch name -> the step where its loss became non-finite; its last record then
+        spans up to that step and its panel says so.
+      steps: the number of training steps, which fixes the common step axis to 0..steps-1;
+        default up to the last recorded step of any run.
+
+    Returns:
+      The matplotlib Figure.
+
+    Example:
+      >>> fig = gf.plot.comparison_grid({"plain": h1, "residual_bn": h2})  # doctest: +SKIP
+      >>> fig.savefig("grid.png")  # doctest: +SKIP
+    """
     diverged = diverged or {}
     archs = list(runs)
     lo, hi = shared_range(runs.values(), metric)
@@ -78,10 +103,24 @@ def comparison_grid(runs: dict, metric: str = "error_norm", diverged: dict | Non
 
 
 def profiles(runs: dict, metrics=("error_norm", "grad_norm"), diverged: dict | None = None):
-    """Per-layer profiles, one line per architecture: rows are metrics, columns are the first
-    record (at init) and the last (end of training); log y-axis shared along each row. Layers
-    whose value is exactly zero are marked with a triangle on the bottom edge; `diverged` (arch
-    -> step) is noted in an arch's label in the end column."""
+    """Per-layer profiles of several architectures at init and at the end, one line per arch.
+
+    Rows are metrics, columns the first record (at init) and the last (end of training), on a
+    log y-axis with one range per row. Layers whose value is exactly zero are marked with a
+    triangle on the bottom edge.
+
+    Args:
+      runs: arch name -> History.
+      metrics: the per-layer metrics, one row each; default ("error_norm", "grad_norm").
+      diverged: arch name -> the step where its loss became non-finite; noted in its label in
+        the end column, and its line there dashed (its last finite record, not the end).
+
+    Returns:
+      The matplotlib Figure.
+
+    Example:
+      >>> fig = gf.plot.profiles({"plain": h1, "residual_bn": h2})  # doctest: +SKIP
+    """
     diverged = diverged or {}
     any_zero = False
     fig, axes = plt.subplots(len(metrics), 2, figsize=(11, 3.7 * len(metrics)), squeeze=False,
@@ -123,8 +162,23 @@ def profiles(runs: dict, metrics=("error_norm", "grad_norm"), diverged: dict | N
 
 def curves(runs: dict, num_classes: int | None = None, held_out: dict | None = None,
            steps: int | None = None):
-    """Training loss and accuracy per architecture (each recorded batch thin, a moving average
-    thick), chance level dashed, held-out accuracy as a star at the last step."""
+    """Training loss and accuracy curves per architecture, side by side.
+
+    Each recorded batch is drawn thin, a trailing moving average thick.
+
+    Args:
+      runs: arch name -> History (with scalars "loss" and "accuracy").
+      num_classes: if given, chance level (loss ln(num_classes), accuracy 1/num_classes)
+        dashed.
+      held_out: arch name -> held-out accuracy, drawn as a star at the arch's last step.
+      steps: the number of training steps, which fixes the step axis to 0..steps-1.
+
+    Returns:
+      The matplotlib Figure.
+
+    Example:
+      >>> fig = gf.plot.curves({"plain": h1, "residual_bn": h2}, num_classes=10)  # doctest: +SKIP
+    """
     held_out = held_out or {}
     fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
     top = 0.0

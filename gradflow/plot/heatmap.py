@@ -10,10 +10,31 @@ from ._style import LOG_METRICS, label, layer_ticks, positive_finite
 
 def heatmap(history, metric: str = "grad_norm", *, ax=None, log: bool | None = None, vmin=None,
             vmax=None, title: str | None = None):
-    """Layers x steps image of `history[metric]` with a colorbar; returns the Figure.
+    """Draws one per-layer metric of a History as a layers x steps image, with a colorbar.
 
-    Log color scale by default for norms; non-finite values are grey, exact zeros black.
-    `vmin`/`vmax` fix the color range (to compare several histories on one scale).
+    Layers run up from the input at the bottom; each cell spans its recorded step. Non-finite
+    values are drawn light grey and, on a log scale, exact zeros black (below the scale).
+
+    Args:
+      history: a History.
+      metric: a per-layer metric name; default "grad_norm".
+      ax: a matplotlib Axes to draw into; default a new Figure.
+      log: log colour scale; default True for grad_norm, error_norm, weight_norm, update_ratio
+        and act_std.
+      vmin: the lower end of the colour range; default the smallest (positive, if log) finite
+        value. Fix `vmin` and `vmax` to compare several histories on one scale.
+      vmax: the upper end; default the largest finite value.
+      title: the title; default the metric's label and `meta["arch"]`.
+
+    Returns:
+      The matplotlib Figure.
+
+    Raises:
+      ValueError: if `history[metric]` is not 2-D (n_records, n_layers).
+
+    Example:
+      >>> fig = gf.plot.heatmap(hist, "error_norm")  # doctest: +SKIP
+      >>> fig.savefig("heatmap.png")  # doctest: +SKIP
     """
     data = np.asarray(history[metric], dtype=np.float64)
     if data.ndim != 2:

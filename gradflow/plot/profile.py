@@ -10,10 +10,28 @@ from ._style import LOG_METRICS, label, layer_ticks, positive_finite
 
 def profile(records, metric: str = "error_norm", *, at=None, ax=None, log: bool | None = None,
             title: str | None = None, theory: bool = False):
-    """Plots `metric` against layer index (input on the left) for a Snapshot, or for a History at
-    the records whose steps are in `at` (default: first and last). `theory=True` overlays the
-    mean-field prediction at init (gradflow.theory), anchored at the first line's last hidden layer,
-    where one applies (needs meta "arch", "init", "activation"). Returns the Figure."""
+    """Plots a per-layer metric against layer index (input on the left), one line per record.
+
+    Args:
+      records: a Snapshot (one line) or a History.
+      metric: a per-layer metric name; default "error_norm".
+      at: for a History, the steps to draw (each the nearest recorded step); default the first
+        and the last record.
+      ax: a matplotlib Axes to draw into; default a new Figure.
+      log: log y-axis; default True for grad_norm, error_norm, weight_norm, update_ratio and
+        act_std.
+      title: the title; default the metric's label and `meta["arch"]`.
+      theory: overlay the mean-field prediction at init (`gf.theory.predicted_profile`),
+        anchored at the first line's last hidden layer, where one applies; it needs
+        `meta["arch"]`, `meta["init"]` and `meta["activation"]`.
+
+    Returns:
+      The matplotlib Figure.
+
+    Example:
+      >>> fig = gf.plot.profile(hist, "grad_norm", at=[0, 50, 99])  # doctest: +SKIP
+      >>> fig = gf.plot.profile(gf.History.load("plain_history.npz"), theory=True)  # doctest: +SKIP
+    """
     data = np.asarray(records[metric], dtype=np.float64)
     log = metric in LOG_METRICS if log is None else log
     fig = ax.figure if ax is not None else plt.figure(figsize=(8, 4.5))

@@ -13,11 +13,26 @@ from ._style import positive_finite
 
 
 def depth_sweep(sweep, *, title: str | None = None):
-    """Plots a `gradflow.experiments.sweep_records.Sweep` (or its `to_dict()`, e.g. a loaded sweep.json): the
-    attenuation error_norm[layer 1] / error_norm[output layer] at init against depth on a log
-    axis, one colour per architecture (line: median over seeds, band: min to max), the
-    mean-field prediction dashed where it applies; with training steps a second panel shows the
-    final training loss against depth. Returns the Figure."""
+    """Draws a depth sweep: the error-signal attenuation at init against depth, per architecture.
+
+    The attenuation error_norm[layer 1] / error_norm[output layer] is on a log axis, one colour
+    per architecture (line: median over seeds, band: min to max), the mean-field prediction
+    dashed where it applies. With training steps, a second panel shows the final training loss
+    against depth, diverged or failed cells marked with a cross.
+
+    Args:
+      sweep: a `gradflow.experiments.sweep_records.Sweep`, or its `to_dict()` (e.g. a loaded
+        sweep.json).
+      title: the figure title; default one naming the model, width, init, activation and
+        dataset.
+
+    Returns:
+      The matplotlib Figure.
+
+    Example:
+      >>> sweep = json.loads(Path("runs/<date>_<time>/sweep.json").read_text())  # doctest: +SKIP
+      >>> gf.plot.depth_sweep(sweep).savefig("sweep.png")  # doctest: +SKIP
+    """
     d = sweep.to_dict() if hasattr(sweep, "to_dict") else sweep
     depths = np.asarray(d["depths"], dtype=np.float64)
     archs, cells, steps = d["archs"], d["cells"], d.get("steps") or 0
