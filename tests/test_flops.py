@@ -91,3 +91,14 @@ def test_zoo_model_totals_and_repeated_calls():
     assert "MACs" in str(c) and c.to_dict()["macs"] == c.macs
     with pytest.raises(ValueError, match="nnx.Module"):
         costs(lambda x: x, (4,))
+
+
+def test_scanned_stacks_are_refused_with_the_fix():
+    """A scanned stack traces its layers once for all iterations: no silent undercount."""
+    model = nnx.eval_shape(lambda: gf.models.mlp("plain", 6, width=8, in_features=12, num_classes=3,
+                                                 stack="scan", rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match="unrolled"):
+        gf.flops.costs(model, (12,))
+    unrolled = nnx.eval_shape(lambda: gf.models.mlp("plain", 6, width=8, in_features=12, num_classes=3,
+                                                    stack="unrolled", rngs=nnx.Rngs(0)))
+    assert len(gf.flops.costs(unrolled, (12,)).layers) == 6

@@ -132,7 +132,8 @@ def costs(model: nnx.Module, input_shape, *, dtype=jnp.float32) -> Costs:
       A Costs; print it for the table.
 
     Raises:
-      ValueError: if `model` is not a `flax.nnx.Module`.
+      ValueError: if `model` is not a `flax.nnx.Module`, or calls layers inside a scan or vmap
+        (a scanned stack: build it unrolled).
 
     Example:
       >>> model = nnx.eval_shape(lambda: gf.models.seed_resnet(rngs=nnx.Rngs(0)))
@@ -162,6 +163,12 @@ def costs(model: nnx.Module, input_shape, *, dtype=jnp.float32) -> Costs:
         _LOG.reset(token)
     seen: dict[str, int] = {}
     layers = []
+    if any(c[0] not in names for c in calls):
+        # a layer called inside a transform (lax.scan, nnx.scan, nnx.vmap) is a re-created copy,
+        # traced once for all its iterations: it cannot be counted per call
+        raise ValueError("costs counts layers called directly; this model runs some inside a "
+                         "scan or vmap (build it unrolled, e.g. gf.models.mlp(..., "
+                         "stack='unrolled'))")
     for module_id, kind, kernel, bias, x_shape, y_shape in calls:
         name = names[module_id]
         seen[name] = seen.get(name, 0) + 1
