@@ -10,6 +10,11 @@ norms, activation statistics) into a cross-device one.
 Several processes (hosts): call `initialize()` first (it wraps `jax.distributed.initialize`);
 each process then passes its own share of every global batch (`process_share`), as
 `jax.make_array_from_process_local_data` expects, and only `is_primary()` writes files.
+
+Why one module of ~370 lines: it is one concern (where a run's arrays live: processes, the mesh,
+placement of batches and parameters) and the one place users look for it; three sections
+(processes, the mesh, placement) of small functions, half of the length being their docstrings
+and examples.
 """
 from __future__ import annotations
 
