@@ -67,5 +67,20 @@ def json_ready(obj):
 
 
 def write_json(path, obj, *, indent: int = 2) -> Path:
-    """`json_ready(obj)` written atomically to `path` as indented JSON; returns the path."""
+    """Writes `json_ready(obj)` to `path` as indented JSON, atomically (`write_atomic`).
+
+    Args:
+      path: the destination.
+      obj: anything `json_ready` accepts.
+      indent: the JSON indentation.
+
+    Returns:
+      The destination as a Path.
+
+    Example:
+      >>> import json, tempfile
+      >>> path = write_json(Path(tempfile.mkdtemp()) / "a.json", {"loss": float("nan")})
+      >>> json.loads(path.read_text())
+      {'loss': None}
+    """
     return write_atomic(path, json.dumps(json_ready(obj), indent=indent, allow_nan=False) + "\n")

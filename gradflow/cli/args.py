@@ -67,6 +67,11 @@ def _positive_float(text):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of `python -m gradflow.run`, every option with its help and default.
+
+    Returns:
+      A `checks.Parser` (one-line errors, exit code 2); `parse` adds the checks across options.
+    """
     from ..data import DATASETS
     from ..models import ACTIVATIONS, INITS
 
@@ -137,7 +142,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse(argv=None) -> argparse.Namespace:
-    """Parses and validates everything before anything is written; bad input exits with code 2."""
+    """Parses and validates the command line before anything is written.
+
+    Bad input is a one-line usage error: the process exits with code 2. Nothing is created,
+    but a multi-process run is joined (`--coordinator`) to count the devices.
+
+    Args:
+      argv: the options (None: this process's command line).
+
+    Returns:
+      The options as a Namespace, `out` a Path. For a run or sweep, `--depth` gives `depth`,
+      `depths` (sorted) and `sweep` (several depths), `lr` defaults per optimizer and
+      `devices` is a count. With `--experiment`, `options` holds the experiment's options;
+      with `--resume`, `resume` is the run's RunRecord and the options are the run's own.
+
+    Example:
+      >>> import tempfile
+      >>> args = parse(["--depth", "20", "--archs", "plain,residual_bn",
+      ...               "--out", tempfile.mkdtemp()])
+      >>> args.archs, args.depths, args.sweep, args.lr
+      (['plain', 'residual_bn'], [20], False, 0.01)
+    """
     from ..models import hidden_blocks, MAX_DEPTH
 
     p = build_parser()

@@ -12,23 +12,56 @@ class Parser(argparse.ArgumentParser):
     """argparse with one-line errors: `python -m gradflow.run: error: <message>`, exit code 2."""
 
     def error(self, message):
+        """Prints `message` as a one-line usage error on stderr and exits with code 2.
+
+        Args:
+          message: what is wrong, naming the option.
+        """
         sys.stderr.write(f"python -m gradflow.run: error: {message} (see --help)\n")
         sys.exit(2)
 
 
 def usage_error(message: str):
-    """Exits with code 2 after printing `message` as a one-line usage error."""
+    """Exits with code 2 after printing `message` as a one-line usage error (`Parser.error`).
+
+    Args:
+      message: what is wrong, naming the option ("argument --out: ...").
+    """
     Parser().error(message)
 
 
 def command(argv) -> str:
-    """The command line as a person would type it again (`argv` None: this process's)."""
+    """The command line as a person would type it again.
+
+    Args:
+      argv: the options (None: this process's).
+
+    Returns:
+      "python -m gradflow.run" and the options, space-separated.
+
+    Example:
+      >>> command(["--depth", "20", "--archs", "plain,bn"])
+      'python -m gradflow.run --depth 20 --archs plain,bn'
+    """
     return " ".join(["python -m gradflow.run", *(sys.argv[1:] if argv is None else argv)])
 
 
 def archs_list(p, text: str, choices, hint: str = "") -> list[str]:
-    """The architectures of a comma-separated `--archs` value, each one of `choices`, none
-    twice; anything else is a usage error (`hint` is added to an unknown name's message)."""
+    """The architectures of a comma-separated `--archs` value.
+
+    Args:
+      p: the parser whose `error` reports a bad value.
+      text: the value.
+      choices: the valid names.
+      hint: added to the message about an unknown name.
+
+    Returns:
+      The names, in order; none given, an unknown one or one given twice is a usage error.
+
+    Example:
+      >>> archs_list(Parser(), "plain, residual_bn", ("plain", "bn", "residual_bn"))
+      ['plain', 'residual_bn']
+    """
     archs = [s.strip() for s in text.split(",") if s.strip()]
     if not archs:
         p.error(f"argument --archs: no architecture given (choose from {', '.join(choices)})")
@@ -41,8 +74,16 @@ def archs_list(p, text: str, choices, hint: str = "") -> list[str]:
 
 
 def out_dir(p, out) -> Path:
-    """The run directory: `out` if it is new or an empty directory, else a usage error; without
-    `out`, a new `runs/<date>_<time>` (suffixed _2, _3, ... if taken)."""
+    """The run directory, checked but not created.
+
+    Args:
+      p: the parser whose `error` reports a bad `out`.
+      out: the `--out` value, or None.
+
+    Returns:
+      `out` as a Path if it is new or an empty directory (else a usage error); without `out`,
+      a new `runs/<date>_<time>` (suffixed _2, _3, ... if taken).
+    """
     if out is not None:
         path = Path(out)
         if path.exists() and not path.is_dir():
@@ -59,7 +100,11 @@ def out_dir(p, out) -> Path:
 
 
 def make_dir(path: Path) -> None:
-    """Creates the run directory; failing is a usage error naming --out."""
+    """Creates the run directory (and its parents); failing is a usage error naming --out.
+
+    Args:
+      path: the directory.
+    """
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -1,7 +1,8 @@
 """`python -m gradflow.run --experiment NAME`: option checking and dispatch.
 
-Each experiment uses a subset of the run's options with its own defaults (EXPERIMENTS[name].options);
-an option it does not use, given on the command line, is a one-line usage error (exit 2).
+Each experiment uses a subset of the run's options with its own defaults
+(EXPERIMENTS[name].options); an option it does not use, given on the command line, is a one-line
+usage error (exit 2).
 """
 from __future__ import annotations
 
@@ -22,8 +23,21 @@ def _flag(dest: str) -> str:
 
 
 def given_options(parser: argparse.ArgumentParser, argv) -> set[str]:
-    """The destinations of the options present on the command line `argv` (abbreviations and
-    `--opt=value` included), found by re-parsing with every default suppressed."""
+    """The options present on a command line, found by re-parsing with every default suppressed.
+
+    Args:
+      parser: the run's parser (`args.build_parser`).
+      argv: the command line (None: this process's).
+
+    Returns:
+      The destinations of the options given (abbreviations and `--opt=value` included).
+
+    Example:
+      >>> from gradflow.cli.args import build_parser
+      >>> sorted(given_options(build_parser(), ["--experiment", "residual", "--dep", "20",
+      ...                                       "--lr=0.1"]))
+      ['depth', 'experiment', 'lr']
+    """
     defaults = {}
     for action in parser._actions:  # argparse has no public way to suppress defaults
         defaults[action] = action.default
@@ -80,8 +94,16 @@ def validate(parser, args, argv) -> dict:
 
 
 def main(args, argv=None) -> int:
-    """Runs the experiment `args.experiment` into the new directory `args.out`; returns the
-    exit code."""
+    """Runs the experiment `args.experiment` into the new directory `args.out` and prints its
+    text summary.
+
+    Args:
+      args: `args.parse`'s options (`experiment`, `out`, `quiet`, `options`).
+      argv: the command line, recorded in the page (None: this process's).
+
+    Returns:
+      The exit code, 0.
+    """
     t0 = time.perf_counter()
     started = _dt.datetime.now().isoformat(timespec="seconds")
     make_dir(args.out)

@@ -22,6 +22,15 @@ class StopRequest:
 
     Args:
         stream: where the handler reports a signal (default: stderr).
+
+    Example:
+        >>> import io
+        >>> stop = StopRequest(io.StringIO())
+        >>> stop(), stop.exit_code
+        (False, 0)
+        >>> stop.handle(signal.SIGINT)
+        >>> stop(), stop.name, stop.exit_code
+        (True, 'SIGINT', 130)
     """
 
     def __init__(self, stream=None):
@@ -38,18 +47,26 @@ class StopRequest:
 
     @property
     def requested(self) -> bool:
+        """True once a signal arrived."""
         return self.signum is not None
 
     @property
     def name(self) -> str:
+        """The signal's name ("SIGINT", "SIGTERM"), or "" before one arrived."""
         return signal.Signals(self.signum).name if self.signum is not None else ""
 
     @property
     def exit_code(self) -> int:
+        """128 + the signal's number, or 0 before one arrived."""
         return 128 + self.signum if self.signum is not None else 0
 
     def handle(self, signum, frame=None):
-        """The signal handler: the first signal requests a stop, the second quits at once."""
+        """The signal handler: the first signal requests a stop, the second quits at once.
+
+        Args:
+            signum: the signal's number.
+            frame: the interrupted frame (unused).
+        """
         name = signal.Signals(signum).name
         if self.signum is not None:
             self.stream.write(f"gradflow: second {name}: quitting now; the histories on disk "

@@ -5,7 +5,8 @@ default) at one width, init and seed, each is trained on the same data in the sa
 every layer recorded, and the run directory gets the histories, heatmaps, a comparison grid on one
 colour scale, profiles, curves, summary.json and a self-contained report.html.
 
-Options and their checks live in run_args.py, the progress lines in progress.py.
+Options and their checks live in `gradflow.cli.args`, the progress lines in
+`gradflow.report.progress`.
 """
 from __future__ import annotations
 
@@ -52,8 +53,15 @@ def main(argv=None) -> int:
       argv: the options (None: this process's command line).
 
     Returns:
-      The exit code: 0 done, 2 bad input (before anything is written), 130 / 143 stopped by
-      SIGINT / SIGTERM after saving what was recorded.
+      The exit code: 0 done, 130 / 143 stopped by SIGINT / SIGTERM after saving what was
+      recorded. Bad input exits with code 2 (SystemExit) before anything is written.
+
+    Example:
+      >>> main(["--depth", "20", "--archs", "plain,residual_bn", "--steps", "100",
+      ...       "--out", "runs/demo"])  # doctest: +SKIP
+      0
+      >>> main(["--depth", "8,16,32,64", "--steps", "0"])  # a depth sweep  # doctest: +SKIP
+      0
     """
     args = parse(argv)
     import matplotlib
@@ -170,7 +178,15 @@ def _stopped_message(stopped: dict, out) -> str:
 # -- depth sweep ----------------------------------------------------------------------------------
 
 def sweep_main(args, argv=None) -> int:
-    """`--depth` with several depths: the depth sweep (gradflow.sweep)."""
+    """`--depth` with several depths: the depth sweep (`experiments.depth_sweep`).
+
+    Args:
+      args: `args.parse`'s options, with `sweep` True.
+      argv: the command line, recorded in sweep.json (None: this process's).
+
+    Returns:
+      The exit code, 0.
+    """
     t_start = time.perf_counter()
     started = _dt.datetime.now().isoformat(timespec="seconds")
     import jax

@@ -1,9 +1,9 @@
 """The seed paper's four patterns as runnable experiments: `python -m gradflow.run --experiment NAME`.
 
-EXPERIMENTS maps each name to (description, run function, options): `run(out, log=..., **options)`
-writes figures, `<name>.json` and report.html into the new directory `out` and returns the text
-summary to print; `options` are the CLI options the experiment uses, with its own defaults
-(any other option given on the command line is a usage error).
+EXPERIMENTS maps each name to (description, run function, options): `run(out, log=...,
+meta=..., **options)` writes figures, `<name>.json` and report.html into the new directory `out`
+and returns the text summary to print; `options` are the CLI options the experiment uses, with
+its own defaults (any other option given on the command line is a usage error).
 """
 from __future__ import annotations
 
@@ -12,6 +12,18 @@ from typing import Callable, NamedTuple
 
 
 class Experiment(NamedTuple):
+    """One entry of EXPERIMENTS.
+
+    Attributes:
+      description: one line for `--help`.
+      run: `run(out, log=..., meta=..., **options)`; writes into `out` and returns the text
+        summary.
+      options: the CLI options the experiment takes, with its defaults.
+
+    Example:
+      >>> EXPERIMENTS["residual"].options["steps"], NAMES
+      (200, ('hierarchy', 'residual', 'batchnorm', 'separable'))
+    """
     description: str
     run: Callable
     options: dict

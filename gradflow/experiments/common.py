@@ -22,8 +22,18 @@ EVAL_CHUNK = 512  # examples per inference call in the experiments
 
 @functools.lru_cache(maxsize=None)
 def shared_optimizer(name: str, lr: float):
-    """One optax transformation per (name, lr): the compiled train steps are cached per
-    optimizer object, so runs of the same structure share one compilation."""
+    """One optax transformation per (name, lr), shared by every run of the experiments.
+
+    The compiled train steps are cached per optimizer object, so runs of the same structure
+    share one compilation.
+
+    Args:
+      name: "sgd", "momentum" or "adam" (`side_by_side.make_optimizer`).
+      lr: the learning rate.
+
+    Returns:
+      The optax transformation, the same object for the same (name, lr).
+    """
     return make_optimizer(name, lr)
 
 
@@ -31,13 +41,36 @@ class Log(Lines):
     """Progress lines on stderr (`line(text)`; nothing when disabled)."""
 
     def progress(self, names, steps: int) -> Progress:
-        """The run's per-job progress (`start(i)`, `step`, `finish(note)`) on this stream."""
+        """Progress of several jobs run one after the other, on this stream.
+
+        Args:
+          names: one name per job, in order.
+          steps: the training steps of each.
+
+        Returns:
+          A `report.progress.Progress` (`start(i)`, `step`, `finish(note)`).
+        """
         return Progress(names, steps, enabled=self.enabled, stream=self.stream)
 
 
 def subset(x, y, classes, *, relabel: bool = True, limit: int | None = None, seed: int = 0):
-    """The examples of `classes` (labels renumbered 0.. in that order when `relabel`), at most
-    `limit` of them drawn at random from `seed`, in a random order."""
+    """The examples of some classes, in a random order.
+
+    Args:
+      x, y: examples and integer labels.
+      classes: the labels to keep.
+      relabel: renumber the labels 0, 1, ... in the order of `classes`.
+      limit: keep at most this many (drawn at random); None keeps all.
+      seed: the seed of the order and the draw.
+
+    Returns:
+      (x, y) of the kept examples, labels as int32.
+
+    Example:
+      >>> xs, ys = subset(np.arange(6), np.array([0, 1, 2, 0, 1, 2]), (2, 0))
+      >>> sorted(zip(xs.tolist(), ys.tolist()))
+      [(0, 1), (2, 0), (3, 1), (5, 0)]
+    """
     keep = np.flatnonzero(np.isin(y, classes))
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5B5]))
     keep = rng.permutation(keep)[:limit]
@@ -52,10 +85,23 @@ def fit(model, name: str, x, y, *, steps: int, batch_size: int, optimizer: str, 
         log_every: int, seed: int, loss=None, progress=None) -> ArchResult:
     """Trains `model` in place on (x, y) with `gf.train` (batches drawn from `seed`).
 
+    Args:
+      model: an NNX model.
+      name: the result's name.
+      x, y: the training examples and labels.
+      steps, batch_size, log_every: as for `gf.train`.
+      optimizer, lr: as for `shared_optimizer`.
+      seed: the seed of the batch order.
+      loss: `gf.train`'s loss (None: cross-entropy).
+      progress: `gf.train`'s progress callback.
+
     Returns:
       An ArchResult named `name` (not evaluated: the experiment evaluates as it needs). A
       non-finite record marks it diverged, its History kept up to the last finite record
       (`divergence.cut`, as the run does).
+
+    Raises:
+      ValueError: if `batch_size` is larger than the training set.
     """
     if batch_size > len(x):
         raise ValueError(f"batch_size={batch_size} is larger than the {len(x)} training examples "
@@ -73,18 +119,43 @@ def fit(model, name: str, x, y, *, steps: int, batch_size: int, optimizer: str, 
 
 
 def accuracy(model, x, y) -> tuple[float, float]:
-    """(cross-entropy, accuracy) of a classifier in inference mode, BatchNorm on its running
-    statistics (as Keras predicts)."""
+    """Cross-entropy and accuracy of a classifier in inference mode, BatchNorm on its running
+    statistics (as Keras predicts).
+
+    Args:
+      model: an NNX model returning logits (not modified).
+      x, y: inputs and integer labels.
+
+    Returns:
+      (mean cross-entropy, accuracy), as `evaluation.evaluate` without recalibration.
+    """
     return evaluate(model, x, y, chunk=EVAL_CHUNK)
 
 
 def binary_accuracy(model, x, y) -> tuple[float, float]:
-    """(binary cross-entropy, accuracy) of a model returning probabilities of shape (n, 1)."""
+    """Binary cross-entropy and accuracy of a model returning probabilities of shape (n, 1).
+
+    Args:
+      model: the NNX model (not modified).
+      x, y: inputs and 0/1 labels.
+
+    Returns:
+      (mean binary cross-entropy, accuracy), as `evaluation.binary_evaluate`.
+    """
     return binary_evaluate(model, x, y, chunk=EVAL_CHUNK)
 
 
 def numbers(res: ArchResult) -> dict:
-    """The JSON-ready numbers of a `fit` or `train_arch` result (with its evaluation)."""
+    """The numbers an experiment reports for one trained model.
+
+    Args:
+      res: a `fit` or `train_arch` result (evaluated or not).
+
+    Returns:
+      A JSON-ready dict: name, parameters, layers, final training and held-out loss and
+      accuracy, error ratios at init and at the end, divergence step, training time and the
+      `gf.diagnose` findings at the end.
+    """
     h = res.history
     ok = res.diverged_at is None
     loss, acc = final_train(h) if ok else (None, None)
@@ -97,7 +168,15 @@ def numbers(res: ArchResult) -> dict:
 
 
 def comparison_rows(items: list[dict]) -> tuple[tuple, list[tuple]]:
-    """(head, rows) of the usual comparison table from `numbers` dicts."""
+    """The experiments' comparison table as text cells.
+
+    Args:
+      items: `numbers` dicts, one per model.
+
+    Returns:
+      (head, rows): model, params, train loss and accuracy, held-out accuracy (or where it
+      diverged), error ratio at init and at the end.
+    """
     head = ("model", "params", "train loss", "train acc", "held-out acc", "err ratio init",
             "err ratio end")
     rows = [(a["name"], f"{a['params']:,}", fmt(a["final_train_loss"], ".3f"),

@@ -54,18 +54,38 @@ UNROLL_MAX_DEPTH = 16
 # -- building and measuring ------------------------------------------------------------------
 
 def probe_stack(model: str, depth: int) -> str:
-    """The `stack` the sweep's probes at init use (see UNROLL_MAX_DEPTH)."""
+    """The `stack` the sweep's probes at init use (see UNROLL_MAX_DEPTH).
+
+    Args:
+      model: "cnn" or "mlp".
+      depth: the network's depth.
+
+    Returns:
+      "unrolled" or "scan".
+
+    Example:
+      >>> probe_stack("cnn", 16), probe_stack("cnn", 32), probe_stack("mlp", 8)
+      ('unrolled', 'scan', 'scan')
+    """
     if model != "cnn":
         return "scan"  # as "auto" does for MLPs: fast to compile and to run
     return "unrolled" if depth <= UNROLL_MAX_DEPTH else "scan"
 
 
 def build(arch: str, cfg: Config, image_shape, num_classes: int, stack: str = "auto"):
-    """`side_by_side.build_model`'s network (initialized from cfg.seed), with the hidden blocks
-    stacked as `stack` says ("auto" is exactly `build_model`). A scanned network is
-    initialized by one compiled program per structure, reused for every seed: built eagerly, its
-    initializers compile once per new stacked shape, seconds per depth (values agree with the
-    eager build to float32 rounding)."""
+    """`side_by_side.build_model`'s network, initialized from cfg.seed.
+
+    A scanned network is initialized by one compiled program per structure, reused for every
+    seed: built eagerly, its initializers compile once per new stacked shape, seconds per depth
+    (values agree with the eager build to float32 rounding).
+
+    Args:
+      arch, cfg, image_shape, num_classes: as for `build_model`.
+      stack: "auto" (exactly `build_model`), "unrolled" or "scan".
+
+    Returns:
+      The network.
+    """
     if stack == "auto":
         return build_model(arch, cfg, image_shape, num_classes)
     import jax
@@ -94,14 +114,31 @@ _INIT: dict = {}
 
 
 def first_batch(ds, batch_size: int, seed: int):
-    """The first batch training with `seed` would see (`data.batches`)."""
+    """The first batch training with `seed` would see (`data.batches`).
+
+    Args:
+      ds: the Dataset.
+      batch_size: examples in the batch.
+      seed: the seed of the batch order.
+
+    Returns:
+      (x, y).
+    """
     return next(data.batches(ds.x_train, ds.y_train, batch_size, seed))
 
 
 def attenuation(model, batch, devices=None) -> dict:
-    """error_norm[0] / error_norm[-1] of `model` on `batch` at its current parameters, by
-    `gf.probe` on `devices`: attenuation (None if not a finite positive number), error_first,
-    error_last, layers and initial_loss. `batch` is the whole batch in every process."""
+    """error_norm[0] / error_norm[-1] of `model` on one batch at its current parameters.
+
+    Args:
+      model: an NNX model.
+      batch: (x, y), the whole batch in every process.
+      devices: `gf.probe`'s devices.
+
+    Returns:
+      {"attenuation" (None unless a finite positive number), "error_first", "error_last",
+      "layers", "initial_loss"}.
+    """
     from .. import distributed
     from ..probe import probe
 
@@ -123,19 +160,46 @@ def _ratio(a, b) -> float | None:
 # -- the sweep -------------------------------------------------------------------------------
 
 def probe_batch_size(cfg: Config) -> int:
-    """The probe batch at init for cfg's model: min(cfg.batch_size, PROBE_BATCH[model])."""
+    """The probe batch at init for cfg's model.
+
+    Args:
+      cfg: the settings.
+
+    Returns:
+      min(cfg.batch_size, PROBE_BATCH[cfg.model]).
+    """
     return min(cfg.batch_size, PROBE_BATCH[cfg.model])
 
 
 def depth_sweep(cfg: Config, depths, *, seeds=None, steps: int | None = None, ds=None,
                 progress=None, probe_batch: int | None = None, on_step=None) -> Sweep:
-    """Measures every arch of `cfg` at every depth in `depths` for each seed in `seeds` (default
-    SEED_COUNT seeds from cfg.seed). `steps` (default cfg.steps): 0 probes one batch at init;
-    more trains each cell like `gradflow.run` and records its final training loss. `ds`: the
-    data (default: `data.load(cfg.dataset, cfg.data_dir, seed=cfg.seed)`). `probe_batch`
-    (steps == 0): examples in the probe batch, default `probe_batch_size(cfg)`.
-    `progress(done, total, cell)` is called after each cell; with training,
-    `on_step(step, steps, arch, depth, seed)` after each step. Returns a Sweep."""
+    """Measures every arch of `cfg` at every depth, for each seed.
+
+    Args:
+      cfg: the settings (archs, model, width, init, ...); its depth is not used.
+      depths: the depths, sorted and deduplicated here.
+      seeds: the initialization seeds; default SEED_COUNT seeds from cfg.seed.
+      steps: 0 probes one batch at init; more trains each cell like `gradflow.run` and records
+        its final training loss; default cfg.steps.
+      ds: the data; default `data.load(cfg.dataset, cfg.data_dir, seed=cfg.seed)`.
+      progress: `progress(done, total, cell)`, called after each cell.
+      probe_batch: with steps == 0, examples in the probe batch; default
+        `probe_batch_size(cfg)`.
+      on_step: with training, `on_step(step, steps, arch, depth, seed)` after each step.
+
+    Returns:
+      A Sweep; a cell that fails records its error and the sweep goes on.
+
+    Raises:
+      ValueError: if no depth or seed is given, `steps` < 0, or a depth is impossible for an
+        arch.
+
+    Example:
+      >>> cfg = Config(archs=("plain", "residual_bn"))
+      >>> res = depth_sweep(cfg, [8, 16, 32, 64], steps=0)  # doctest: +SKIP
+      >>> res.depths, len(res.cells)  # 2 archs x 4 depths x 3 seeds  # doctest: +SKIP
+      ((8, 16, 32, 64), 24)
+    """
     t0 = time.perf_counter()
     depths = sorted({int(d) for d in depths})
     seeds = tuple(range(cfg.seed, cfg.seed + SEED_COUNT)) if seeds is None else tuple(seeds)

@@ -61,6 +61,11 @@ def predict(model, x, *, chunk: int = EVAL_CHUNK, mesh=None) -> np.ndarray:
 
     Returns:
       The outputs as float64 numpy, one row per example.
+
+    Example:
+      >>> model = nnx.Linear(4, 8, rngs=nnx.Rngs(0))
+      >>> predict(model, np.ones((5, 4)), chunk=2).shape  # chunks of 2, the last one padded
+      (5, 8)
     """
     model = nnx.clone(model)
     for m in _batchnorms(model):
@@ -94,6 +99,13 @@ def evaluate(model, x, y, x_calib=None, *, chunk: int = EVAL_CHUNK,
 
     Returns:
       (mean cross-entropy, accuracy).
+
+    Example:
+      >>> model = nnx.Linear(4, 8, rngs=nnx.Rngs(0))
+      >>> loss, acc = evaluate(model, np.ones((5, 4)), np.zeros(5, int))
+      >>> loss > 0, acc in (0.0, 1.0)  # the five inputs are equal
+      (True, True)
+      >>> evaluate(model, ds.x_test, ds.y_test, x_calib=ds.x_train[:1024])  # doctest: +SKIP
     """
     if x_calib is not None and _batchnorms(model):
         model = nnx.clone(model)
@@ -106,7 +118,16 @@ def evaluate(model, x, y, x_calib=None, *, chunk: int = EVAL_CHUNK,
 
 
 def binary_evaluate(model, x, y, *, chunk: int = EVAL_CHUNK) -> tuple[float, float]:
-    """(binary cross-entropy, accuracy) of a model returning probabilities of shape (n, 1)."""
+    """Binary cross-entropy and accuracy (threshold 0.5) on (x, y) in inference mode.
+
+    Args:
+      model: an NNX model returning probabilities of shape (n, 1) (not modified).
+      x, y: inputs and 0/1 labels.
+      chunk: as in `predict`.
+
+    Returns:
+      (mean binary cross-entropy, accuracy).
+    """
     p = np.clip(predict(model, x, chunk=chunk)[:, 0], 1e-7, 1 - 1e-7)
     loss = -np.mean(y * np.log(p) + (1 - y) * np.log1p(-p))
     return float(loss), float(np.mean((p > 0.5) == (y > 0.5)))

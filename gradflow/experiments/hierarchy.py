@@ -26,7 +26,12 @@ BLOCK_KINDS = ("Unit", "ResidualBlock", "SeedBlock", "UserBlock")
 
 
 class UserBlock(nnx.Module):
-    """A user's own block, written with plain Flax NNX: conv -> BN -> relu, twice, max-pool."""
+    """A user's own block, written with plain Flax NNX: conv -> BN -> relu, twice, max-pool.
+
+    Args:
+      cin, cout: input and output channels.
+      rngs: the `nnx.Rngs` to initialize from.
+    """
 
     def __init__(self, cin, cout, rngs):
         self.conv1 = nnx.Conv(cin, cout, (3, 3), use_bias=False, rngs=rngs)
@@ -41,7 +46,12 @@ class UserBlock(nnx.Module):
 
 
 class UserNet(nnx.Module):
-    """A VGG-like user model: blocks of doubling width, then a dense classifier."""
+    """A VGG-like user model: blocks of doubling width, then a dense classifier.
+
+    Args:
+      rngs: the `nnx.Rngs` to initialize from.
+      widths: the output channels of each UserBlock, one block per entry; 10 classes out.
+    """
 
     def __init__(self, rngs, widths=(16, 32)):
         cins = (3,) + tuple(widths[:-1])
@@ -55,8 +65,17 @@ class UserNet(nnx.Module):
 
 
 def zoo(depth: int, width: int, archs, seed: int) -> list[tuple[str, str, nnx.Module, tuple]]:
-    """(key, title, model, input shape) of every model summarized, built abstractly
-    (`nnx.eval_shape`: shapes only, no initialization to compute)."""
+    """Every model the experiment summarizes, built abstractly (`nnx.eval_shape`: shapes only).
+
+    Args:
+      depth, width: the zoo networks' depth and width.
+      archs: the CNN architectures; the last one is also shown separable and as an MLP.
+      seed: the initialization seed.
+
+    Returns:
+      (key, title, model, input shape) per model: the seed's ResNet, a CNN per arch, the
+      separable CNN, the MLP and UserNet.
+    """
     out = [(key, title, nnx.eval_shape(make), shape)
            for key, title, make, shape in _zoo(depth, width, archs, seed)]
     return out
@@ -86,9 +105,16 @@ def _zoo(depth, width, archs, seed):
 
 
 def blocks(s) -> list[dict]:
-    """The outermost block-like rows (units, residual blocks, user blocks; then the head), in
-    network order, each with its stage: the second path element under `stages`, else its own
-    top-level name."""
+    """The outermost block-like rows of a summary (units, residual blocks, user blocks; then
+    the head), in network order.
+
+    Args:
+      s: a `gf.summary` Summary.
+
+    Returns:
+      One dict per block: name (its path), kind, stage (the second path element under
+      `stages`, else its top-level name), params and output_shape.
+    """
     rows = []
     for r in s.rows:
         outer = [q for q in s.rows if q.path == r.path[:len(q.path)] and q.path != r.path]
@@ -105,8 +131,15 @@ def blocks(s) -> list[dict]:
 
 
 def pyramid_figure(entries):
-    """One row per model: parameters per block (log scale, coloured by stage), and the block's
-    channels and spatial size along the network."""
+    """The pyramid figure, one row per model.
+
+    Args:
+      entries: (title, `blocks` rows) per model.
+
+    Returns:
+      A matplotlib Figure: per block its parameters (log scale, coloured by stage), and its
+      channels and spatial size along the network.
+    """
     fig, axes = plt.subplots(len(entries), 2, figsize=(12, 2.8 * len(entries)), squeeze=False,
                              layout="constrained")
     for (title, rows), (ax_p, ax_s) in zip(entries, axes):
@@ -137,6 +170,16 @@ def pyramid_figure(entries):
 
 
 def run(out, *, log, meta, depth: int, width: int, archs, seed: int) -> str:
+    """Runs the experiment: summarizes every model of `zoo` into `out`.
+
+    Args:
+      out: the output folder (report.html, pyramid.png, hierarchy.json).
+      log, meta: the run's logger and metadata for the page.
+      depth, width, archs, seed: as for `zoo`.
+
+    Returns:
+      The text summary: every model's summary table, then the totals.
+    """
     page = Page(out, "Modularity, hierarchy, reuse: model summaries", meta)
     page.text("gf.summary(model, input_shape) lists every module as network → stages → blocks → "
               "layers with its output shape and parameter count (nnx.Param leaves below it; "

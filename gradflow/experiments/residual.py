@@ -32,21 +32,47 @@ FIRST_CONV = "blocks/0/unit1/layer"
 
 
 def to_pixels(x: np.ndarray) -> np.ndarray:
-    """Standardized images -> 0..255 pixel values (float32), what Rescaling(1/255) expects."""
+    """Standardized images as 0..255 pixel values, what Rescaling(1/255) expects.
+
+    Args:
+      x: standardized images.
+
+    Returns:
+      round(128 + PIXEL_SCALE * x) clipped to 0..255, as float32.
+
+    Example:
+      >>> to_pixels(np.array([-3.0, 0.0, 1.0]))
+      array([  0., 128., 176.], dtype=float32)
+    """
     return np.clip(np.round(128.0 + PIXEL_SCALE * x), 0, 255).astype(np.float32)
 
 
 def binary_task(ds):
-    """(x_train, y_train, x_test, y_test): pixels, label 1 where the pair includes the 0°
-    grating."""
+    """The binary task cut from the built-in data: does the image contain the 0° grating?
+
+    Args:
+      ds: the synthetic Dataset.
+
+    Returns:
+      (x_train, y_train, x_test, y_test): images as pixels (`to_pixels`), int32 label 1 where
+      the class's pair includes the 0° grating, else 0.
+    """
     positive = np.asarray([POSITIVE_TYPE in pair for pair in data.PAIRS])
     return (to_pixels(ds.x_train), positive[ds.y_train].astype(np.int32),
             to_pixels(ds.x_test), positive[ds.y_test].astype(np.int32))
 
 
 def first_conv_ratios(res: dict) -> dict:
-    """error_ratio_init/end measured at the first 3x3 conv (FIRST_CONV) in both networks: with
-    shortcuts, row 1 is block 0's projection, which would not compare like with like."""
+    """Error ratios measured at the first 3x3 conv (FIRST_CONV), alike in both networks: with
+    shortcuts, row 1 is block 0's projection, which would not compare like with like.
+
+    Args:
+      res: a `fit` result (an ArchResult).
+
+    Returns:
+      {"error_ratio_init", "error_ratio_end"} at FIRST_CONV (None where not finite, or
+      diverged), and "projection_error_ratio_init" at row 1 (None without shortcuts).
+    """
     h = res.history
     i = h.layers.index(FIRST_CONV)
     e = np.asarray(h["error_norm"], dtype=np.float64)
@@ -59,6 +85,17 @@ def first_conv_ratios(res: dict) -> dict:
 
 def run(out, *, log, meta, steps: int, batch_size: int, optimizer: str, lr: float,
         log_every: int, seed: int) -> str:
+    """Runs the experiment: the seed's ResNet with and without shortcuts, trained alike.
+
+    Args:
+      out: the output folder (report.html, figures, histories, residual.json).
+      log, meta: the run's logger and metadata for the page.
+      steps, batch_size, optimizer, lr, log_every: the training settings.
+      seed: the seed of the data, the initialization and the batch order.
+
+    Returns:
+      The text summary: the model's summary (32x32x3 input) and the results table.
+    """
     ds = data.synthetic(seed)
     x, y, xt, yt = binary_task(ds)
     page = Page(out, "Residual connections: the seed's ResNet with and without shortcuts", meta)

@@ -6,7 +6,7 @@
 2. Speed: forward+backward time of one 3x3 conv layer, standard vs separable, at widths W, 4W
    and 16W on this machine (`conv_timing.time_convs`; median after warm-up).
 3. Learning: both versions of each arch trained side by side as the run does
-   (`experiment.train_arch`): error-signal maps, curves, held-out accuracy.
+   (`side_by_side.train_arch`): error-signal maps, curves, held-out accuracy.
 """
 from __future__ import annotations
 
@@ -30,7 +30,20 @@ TIMING = dict(batch=16, size=16, repeats=7, warmup=2)
 
 
 def closed_form_macs(layer) -> int:
-    """A layer's MACs per example from its kind and shapes alone (the formulas of gf.flops)."""
+    """A layer's MACs per example from its kind and shapes alone (the formulas of gf.flops).
+
+    Args:
+      layer: a `gf.flops` LayerCost.
+
+    Returns:
+      The multiply-adds per example.
+
+    Example:
+      >>> from gradflow.analysis.flops import LayerCost
+      >>> dw = LayerCost("dw", "depthwise 3x3", (3, 3, 1, 16), (8, 8, 16), (8, 8, 16), 144, 9216)
+      >>> closed_form_macs(dw), closed_form_params(dw, bias=False)
+      (9216, 144)
+    """
     k = int(np.prod(layer.kernel_shape[:-2])) if layer.kind != "dense" else 1
     cin, cout = layer.input_shape[-1], layer.output_shape[-1]
     positions = int(np.prod(layer.output_shape[:-1]))
@@ -40,6 +53,15 @@ def closed_form_macs(layer) -> int:
 
 
 def closed_form_params(layer, bias: bool) -> int:
+    """A layer's parameters from its kind and shapes alone.
+
+    Args:
+      layer: a `gf.flops` LayerCost.
+      bias: whether the layer has a bias.
+
+    Returns:
+      Kernel and bias elements.
+    """
     k = int(np.prod(layer.kernel_shape[:-2])) if layer.kind != "dense" else 1
     cin, cout = layer.input_shape[-1], layer.output_shape[-1]
     weights = k * cout if layer.kind.startswith("depthwise") else k * cin * cout
@@ -47,7 +69,18 @@ def closed_form_params(layer, bias: bool) -> int:
 
 
 def cost_table(archs, depth, width, image_shape, num_classes, seed):
-    """Per arch and conv kind: the model's Costs, and whether every layer matches its formula."""
+    """The cost of each arch's CNN, standard and separable, checked against the closed forms.
+
+    Args:
+      archs: the architectures.
+      depth, width, num_classes, seed: as for `gradflow.models.cnn`.
+      image_shape: one image's shape.
+
+    Returns:
+      {name: (Costs, mismatches)}: name is the arch, with the `_separable` suffix for the
+      separable version; mismatches lists the layers whose MACs or parameters differ from
+      `closed_form_macs` / `closed_form_params`.
+    """
     out = {}
     for arch in archs:
         for conv in ("standard", "separable"):
@@ -70,6 +103,16 @@ def _bias_layers(model):
 
 
 def timing(width: int, log) -> list[dict]:
+    """Times a standard and a separable 3x3 layer at every width in WIDTH_FACTORS (`TIMING`).
+
+    Args:
+      width: the base width W.
+      log: the run's logger (a line per width).
+
+    Returns:
+      One dict per width: width, standard_ms, separable_ms, speedup, mac_ratio and the
+      GMAC/s of each kind (forward+backward counted as 3x the forward MACs).
+    """
     rows = []
     for f in WIDTH_FACTORS:
         w = width * f
@@ -85,6 +128,14 @@ def timing(width: int, log) -> list[dict]:
 
 
 def timing_figure(rows):
+    """Forward+backward time against width, both kinds, log-log.
+
+    Args:
+      rows: `timing`'s rows.
+
+    Returns:
+      A matplotlib Figure.
+    """
     fig, ax = plt.subplots(figsize=(6.5, 4.2), layout="constrained")
     w = [r["width"] for r in rows]
     ax.plot(w, [r["standard_ms"] for r in rows], "o-", label="standard 3x3 conv")
@@ -99,6 +150,19 @@ def timing_figure(rows):
 
 def run(out, *, log, meta, depth, width, archs, steps, batch_size, optimizer, lr, init,
         log_every, seed) -> str:
+    """Runs the experiment: cost, speed, and learning of standard against separable convs.
+
+    Args:
+      out: the output folder (report.html, figures, separable.json).
+      log, meta: the run's logger and metadata for the page.
+      depth, width, init: the CNNs' settings.
+      archs: the architectures; each runs standard and separable.
+      steps, batch_size, optimizer, lr, log_every: the training settings.
+      seed: the seed of the data, the initialization and the batch order.
+
+    Returns:
+      The text summary: the cost, timing and learning tables.
+    """
     ds = data.synthetic(seed)
     page = Page(out, "Depthwise separable convolutions: cost, speed and learning", meta)
 

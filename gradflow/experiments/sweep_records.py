@@ -17,19 +17,31 @@ from .._io import json_ready, write_json
 
 @dataclass
 class Cell:
-    """One (arch, depth, seed) measurement. `status`: "ok", "underflow" (no finite positive
-    ratio: the signal is below even the error tap's rescaled float32 range), "diverged" (training's loss became non-finite; the
-    attenuation at init is still measured) or "failed" (an exception, in `note`)."""
+    """One (arch, depth, seed) measurement.
+
+    Attributes:
+      arch, depth, seed: the cell.
+      attenuation: error_norm[0] / error_norm[-1] at init; None unless finite and positive.
+      error_first, error_last: error_norm[0] and error_norm[-1] at init.
+      layers, initial_loss: the measured rows and the loss at init.
+      attenuation_end, final_train_loss, held_out_accuracy: after training (steps > 0); the
+        loss is the mean over the records in the last 10% of the steps.
+      status: "ok", "underflow" (no finite positive ratio: the signal is below even the error
+        tap's rescaled float32 range), "diverged" (training's loss became non-finite; the
+        attenuation at init is still measured) or "failed" (an exception).
+      note: what happened, where the status is not "ok".
+      time_s: the cell's seconds.
+    """
     arch: str
     depth: int
     seed: int
-    attenuation: float | None = None  # error_norm[0] / error_norm[-1] at init
-    error_first: float | None = None  # error_norm[0] at init
-    error_last: float | None = None  # error_norm[-1] at init
+    attenuation: float | None = None
+    error_first: float | None = None
+    error_last: float | None = None
     layers: int | None = None
     initial_loss: float | None = None
-    attenuation_end: float | None = None  # after training (steps > 0)
-    final_train_loss: float | None = None  # steps > 0: mean over the last 10% of the records
+    attenuation_end: float | None = None
+    final_train_loss: float | None = None
     held_out_accuracy: float | None = None
     status: str = "ok"
     note: str = ""
@@ -38,8 +50,19 @@ class Cell:
 
 @dataclass
 class Sweep:
-    """A depth sweep's settings, its cells (one per arch, depth and seed, in that order) and the
-    mean-field prediction per arch and depth (None where no theory applies)."""
+    """A depth sweep's settings, cells and mean-field predictions (`depth_sweep` makes it).
+
+    Attributes:
+      config: the settings, as sweep.json stores them.
+      archs, depths, seeds: what was swept.
+      steps: training steps per cell; 0: measured at init only.
+      probe_batch: examples in the probe batch at init (None with training).
+      cells: one Cell per arch, depth and seed, in that order.
+      theory: arch -> the mean-field attenuation per depth (None where no theory applies).
+      num_classes: the data's classes.
+      elapsed_s: the sweep's seconds.
+      run: how it was run (command, start, device).
+    """
     config: dict
     archs: tuple
     depths: tuple
@@ -58,12 +81,28 @@ class Sweep:
         return DEFINITIONS
 
     def values(self, arch: str, depth: int, key: str = "attenuation") -> list[float]:
-        """The finite values of `key` over the seeds of one (arch, depth)."""
+        """The finite values of one Cell field over the seeds of one (arch, depth).
+
+        Args:
+          arch, depth: the cells.
+          key: a Cell field.
+
+        Returns:
+          The values, None and non-finite ones left out.
+        """
         out = [getattr(c, key) for c in self.cells if c.arch == arch and c.depth == depth]
         return [v for v in out if v is not None and math.isfinite(v)]
 
     def stats(self, arch: str, key: str = "attenuation") -> dict:
-        """Per depth: median, min, max and count of `key` over the seeds (NaN where none)."""
+        """Statistics of one Cell field over the seeds, per depth.
+
+        Args:
+          arch: the architecture.
+          key: a Cell field.
+
+        Returns:
+          {"median", "min", "max", "n"}: arrays with one entry per depth (NaN where no value).
+        """
         out = {k: [] for k in ("median", "min", "max", "n")}
         for d in self.depths:
             v = self.values(arch, d, key)
@@ -73,7 +112,12 @@ class Sweep:
         return {k: np.asarray(v) for k, v in out.items()}
 
     def rows(self) -> list[dict]:
-        """One summary row per (arch, depth): median/min/max over seeds, theory, final loss."""
+        """The summary, one row per (arch, depth).
+
+        Returns:
+          Dicts of arch, depth, seeds (finite attenuations), the attenuation's median, min and
+          max, and the theory; with training also the median final loss and the diverged count.
+        """
         rows = []
         for arch in self.archs:
             for i, d in enumerate(self.depths):
@@ -91,7 +135,12 @@ class Sweep:
         return rows
 
     def to_dict(self) -> dict:
-        """JSON-ready (NaN and infinities as null)."""
+        """sweep.json's content.
+
+        Returns:
+          A JSON-ready dict (NaN and infinities as null) with the settings, definitions,
+          summary rows, theory and every cell.
+        """
         return json_ready({
             "kind": "depth_sweep",
             "config": self.config,
@@ -107,7 +156,14 @@ class Sweep:
         })
 
     def save(self, path) -> Path:
-        """Writes `to_dict()` as JSON, atomically; returns the path."""
+        """Writes `to_dict()` as JSON, atomically.
+
+        Args:
+          path: the destination (sweep.json).
+
+        Returns:
+          The destination as a Path.
+        """
         return write_json(path, self.to_dict())
 
 

@@ -19,8 +19,20 @@ from .side_by_side import BN_CALIBRATION, FINAL_WINDOW, ArchResult, Config
 
 
 def error_ratio(hist: History, record: int):
-    """error_norm of the first layer over the last layer's at a record (<1: vanishing toward the
-    input); None where undefined."""
+    """The error ratio: error_norm of the first layer over the last layer's, at one record.
+
+    Args:
+      hist: a History.
+      record: the record's index (0: init, -1: the last).
+
+    Returns:
+      The ratio (< 1: vanishing toward the input), or None where it is not finite.
+
+    Example:
+      >>> rec = {"error_norm": np.array([1e-3, 0.1, 1.0])}
+      >>> error_ratio(gf.History.from_records(("a", "b", "c"), [0], [rec]), 0)
+      0.001
+    """
     e = np.asarray(hist["error_norm"][record], dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         r = e[0] / e[-1]
@@ -28,7 +40,15 @@ def error_ratio(hist: History, record: int):
 
 
 def final_train(hist: History):
-    """(loss, accuracy) averaged over the records in the last FINAL_WINDOW of the steps."""
+    """The final training loss and accuracy.
+
+    Args:
+      hist: a History with "loss" and "accuracy".
+
+    Returns:
+      (loss, accuracy), each the mean over the records in the last FINAL_WINDOW of the steps,
+      or None where not finite.
+    """
     last = hist.steps[-1]
     sel = hist.steps >= last - FINAL_WINDOW * (last + 1)
     out = [float(np.mean(hist[k][sel])) for k in ("loss", "accuracy")]
@@ -36,7 +56,22 @@ def final_train(hist: History):
 
 
 def verdict(a: dict, best_acc: float, num_classes: int) -> str:
-    """One line: how the error signal flows (from the error ratio) and whether the arch learned."""
+    """One line: how the error signal flows (from the error ratio) and whether the arch learned.
+
+    Args:
+      a: one architecture's `arch_summary`.
+      best_acc: the best held-out accuracy of the run ("learns best" within 2 points of it).
+      num_classes: the number of classes (chance level).
+
+    Returns:
+      The verdict; for a failed, interrupted or diverged arch, what happened.
+
+    Example:
+      >>> a = dict(status="ok", error_ratio_init=1e-6, error_ratio_end=1e-5,
+      ...          held_out_accuracy=0.11)
+      >>> verdict(a, best_acc=0.8, num_classes=10)
+      'vanishing error signal (1e-06 at layer 1); did not learn'
+    """
     chance, chance_loss = 1 / num_classes, math.log(num_classes)
     if a["status"] == "failed":
         return f"failed: {a['error']}"
@@ -73,8 +108,16 @@ def verdict(a: dict, best_acc: float, num_classes: int) -> str:
 
 
 def arch_summary(res: ArchResult) -> dict:
-    """The JSON-ready numbers of one architecture's result (verdict added by `summarize`); a
-    failed one (no History) has status "failed" and its error."""
+    """One architecture's entry in summary.json, without its verdict (`summarize` adds it).
+
+    Args:
+      res: its ArchResult.
+
+    Returns:
+      A JSON-ready dict: status, parameters, final training and held-out numbers, error ratios,
+      divergence, slopes (`slopes`) and `gf.diagnose` findings at init and at the end. A failed
+      one (no History) has status "failed", its error and None numbers.
+    """
     if res.history is None:
         return {"arch": res.arch, "status": "failed", "error": res.error or "unknown",
                 **{k: None for k in _NUMBERS}}
@@ -118,8 +161,15 @@ def _end_findings(res: ArchResult) -> list[str]:
 
 
 def slopes(h: History) -> dict:
-    """Measured and mean-field-predicted change of log10 ||dL/dz|| per layer toward the input,
-    over the hidden layers at init (None where the theory does not apply)."""
+    """The error signal's slope at init, measured and predicted by mean-field theory.
+
+    Args:
+      h: a History whose meta holds arch, init and activation.
+
+    Returns:
+      {"error_slope_init", "error_slope_theory"}: the change of log10 ||dL/dz|| per layer
+      toward the input over the hidden layers; None where not finite or no theory applies.
+    """
     m = h.meta
     measured = theory.slope_toward_input(h["error_norm"][0][1:-1])
     pred = theory.predicted_profile("error_norm", len(h.layers), arch=base_arch(m["arch"]),
@@ -145,6 +195,15 @@ def summarize(results: list[ArchResult], cfg: Config, ds) -> dict:
     Returns:
       A JSON-ready dict: config, data, definitions, and per arch its numbers, verdict and
       diagnosis (NaN as None).
+
+    Example:
+      >>> cfg = Config(archs=("plain",))
+      >>> ds = gf.data.synthetic(cfg.seed, n_train=256, n_test=64)
+      >>> results = [side_by_side.train_arch(a, cfg, ds) for a in cfg.archs]  # doctest: +SKIP
+      >>> results = [ArchResult("plain", error="MemoryError")]  # one that failed
+      >>> summary = summarize(results, cfg, ds)
+      >>> sorted(summary), summary["archs"][0]["verdict"]
+      (['archs', 'config', 'data', 'definitions'], 'failed: MemoryError')
     """
     archs = [arch_summary(r) for r in results]
     accs = [a["held_out_accuracy"] for a in archs if a["held_out_accuracy"] is not None]
@@ -174,7 +233,19 @@ def summarize(results: list[ArchResult], cfg: Config, ds) -> dict:
 
 
 def describe(ds) -> str:
-    """One line about the data: name, what it is, sizes, image shape and classes."""
+    """One line about the data, for the reports.
+
+    Args:
+      ds: a Dataset.
+
+    Returns:
+      Its name, what it is, sizes, image shape and classes.
+
+    Example:
+      >>> describe(gf.data.synthetic(0, n_train=256, n_test=64))
+      'synthetic (two oriented gratings per image, the class is which pair): 256 training and 64
+      held-out 16×16×3 images, 10 classes'
+    """
     shape = "×".join(map(str, ds.image_shape))
     what = ("two oriented gratings per image, the class is which pair" if ds.name == "synthetic"
             else ds.name)

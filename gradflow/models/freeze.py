@@ -15,19 +15,65 @@ class FrozenParam(nnx.Variable):
 
 
 def freeze_batchnorm(model: nnx.Module) -> int:
-    """Freezes every BatchNorm of `model` in place; returns how many. `gf.train` then leaves
-    their statistics, scale and offset unchanged, and `gf.probe` runs them in inference mode."""
+    """Freezes every BatchNorm of `model` in place, as Keras' `trainable = False` does.
+
+    Each BatchNorm gets `use_running_average=True` and its scale and bias become `FrozenParam`:
+    `gf.train` then leaves its statistics, scale and offset unchanged, and `gf.probe` runs it
+    in inference mode.
+
+    Args:
+      model: an NNX model.
+
+    Returns:
+      The number of BatchNorm modules frozen.
+
+    Example:
+      >>> model = nnx.Sequential(nnx.Linear(4, 8, rngs=nnx.Rngs(0)),
+      ...                        nnx.BatchNorm(8, rngs=nnx.Rngs(0)))
+      >>> gf.freeze_batchnorm(model)
+      1
+      >>> model.layers[1].use_running_average, type(model.layers[1].scale).__name__
+      (True, 'FrozenParam')
+    """
     return _set(model, frozen=True)
 
 
 def unfreeze_batchnorm(model: nnx.Module) -> int:
-    """Undoes `freeze_batchnorm`: batch statistics in training, scale and offset trained."""
+    """Undoes `freeze_batchnorm` in place: batch statistics in training, scale and offset trained.
+
+    Args:
+      model: an NNX model.
+
+    Returns:
+      The number of BatchNorm modules unfrozen.
+
+    Example:
+      >>> bn = nnx.BatchNorm(8, rngs=nnx.Rngs(0))
+      >>> gf.freeze_batchnorm(bn), gf.unfreeze_batchnorm(bn)
+      (1, 1)
+      >>> bn.use_running_average, type(bn.scale).__name__
+      (False, 'Param')
+    """
     return _set(model, frozen=False)
 
 
 def batchnorm_arrays(model: nnx.Module) -> dict:
-    """{(module path, "mean" | "var" | "scale" | "bias"): numpy copy} for every BatchNorm of
-    `model`, to check what fine-tuning changed."""
+    """Copies of every BatchNorm's statistics, scale and bias, to check what fine-tuning changed.
+
+    Args:
+      model: an NNX model.
+
+    Returns:
+      {(module path, "mean" | "var" | "scale" | "bias"): numpy array}, one entry per BatchNorm
+      and array.
+
+    Example:
+      >>> model = nnx.Sequential(nnx.Linear(4, 8, rngs=nnx.Rngs(0)),
+      ...                        nnx.BatchNorm(8, rngs=nnx.Rngs(0)))
+      >>> before = batchnorm_arrays(model)
+      >>> sorted(k for _, k in before), before[(("layers", 1), "var")].shape
+      (['bias', 'mean', 'scale', 'var'], (8,))
+    """
     out = {}
     for path, m in nnx.iter_modules(model):
         if isinstance(m, nnx.BatchNorm):

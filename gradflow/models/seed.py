@@ -1,4 +1,5 @@
-"""The seed paper's Keras example, layer for layer (DESIGN.md section 2).
+"""The Keras ResNet of the seminar paper "Modern patterns of convolutional neural networks"
+(residual connections section), layer for layer.
 
 Rescaling(1/255) on 32x32x3 -> three residual blocks (32 filters + max-pool, 64 + max-pool, 128),
 each two 3x3 ReLU convs with bias; a pooling block's shortcut is a strided 1x1 conv, a block that

@@ -31,10 +31,14 @@ class Stack(nnx.Module):
         applied with `jax.lax.scan`; False: `n` modules in `.blocks`.
       rngs: the `nnx.Rngs` the blocks are initialized from.
 
-    Example::
-
-      stack = Stack(lambda rngs: nnx.Linear(8, 8, rngs=rngs), 4, scan=True, rngs=nnx.Rngs(0))
-      y = stack(jnp.ones((2, 8)))
+    Example:
+      >>> make = lambda rngs: nnx.Linear(8, 8, rngs=rngs)
+      >>> stack = gf.models.Stack(make, 4, scan=False, rngs=nnx.Rngs(0))
+      >>> stack(jnp.ones((2, 8))).shape, len(stack.blocks)
+      ((2, 8), 4)
+      >>> scanned = gf.models.Stack(make, 4, scan=True, rngs=nnx.Rngs(0))  # doctest: +SKIP
+      >>> scanned.block.kernel.shape  # doctest: +SKIP
+      (4, 8, 8)
     """
 
     def __init__(self, make_block: Callable[[nnx.Rngs], nnx.Module], n: int, *, scan: bool, rngs):

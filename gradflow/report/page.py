@@ -42,14 +42,36 @@ def document(title: str, body: str) -> str:
 
 
 def figure_html(title: str, caption: str, png: bytes) -> str:
-    """A figure section: heading, caption and the PNG inlined as base64."""
+    """A figure section: heading, caption and the PNG inlined as base64.
+
+    Args:
+      title: the heading (escaped here).
+      caption: a note under the heading; "" for none.
+      png: the PNG file's bytes (`gradflow.plot.png_bytes`).
+
+    Returns:
+      The section's HTML.
+    """
     return (f"<h3>{e(title)}</h3>" + (f"<p class=note>{e(caption)}</p>" if caption else "")
             + f'<img alt="{e(title)}" src="data:image/png;base64,'
             f'{base64.b64encode(png).decode()}">')
 
 
 def table_html(head, rows, *, row_class=None) -> str:
-    """An HTML table of text cells; `row_class[i]` (if given) is the i-th row's class."""
+    """An HTML table of text cells.
+
+    Args:
+      head: the column titles.
+      rows: one sequence of cells per row (converted with str and escaped).
+      row_class: the CSS class of each row ("" or None for none), or None.
+
+    Returns:
+      The table's HTML.
+
+    Example:
+      >>> table_html(("arch", "loss"), [("plain", 2.3)])
+      '<table><tr><th>arch</th><th>loss</th></tr><tr><td>plain</td><td>2.3</td></tr></table>'
+    """
     body = "".join(
         f"<tr{f' class={row_class[i]}' if row_class and row_class[i] else ''}>"
         + "".join(f"<td>{e(str(c))}</td>" for c in r) + "</tr>" for i, r in enumerate(rows))
@@ -58,7 +80,15 @@ def table_html(head, rows, *, row_class=None) -> str:
 
 
 def write_text(path, text: str) -> Path:
-    """Writes `text` atomically (see `gradflow._io.write_atomic`); returns the path."""
+    """Writes `text` atomically (`gradflow._io.write_atomic`).
+
+    Args:
+      path: the destination.
+      text: the text, written as UTF-8.
+
+    Returns:
+      The destination as a Path.
+    """
     return write_atomic(path, text)
 
 
@@ -69,6 +99,14 @@ class Page:
       out: an existing, empty directory.
       title: the page's title.
       meta: the command, start time, device and options (shown at the top and stored in JSON).
+
+    Example:
+      >>> import tempfile
+      >>> page = Page(tempfile.mkdtemp(), "Residual connections", {"command": "python -m ..."})
+      >>> page.heading("Results")
+      >>> page.table(("arch", "loss"), [("plain", "2.30")], "after 150 steps")
+      >>> page.write("numbers.json", {"loss": 2.3})
+      ['numbers.json', 'report.html']
     """
 
     def __init__(self, out, title: str, meta: dict):
@@ -77,27 +115,60 @@ class Page:
         self.written: list[str] = []
 
     def heading(self, text: str):
+        """Adds a section heading.
+
+        Args:
+          text: the heading (escaped here).
+        """
         self.parts.append(f"<h2>{e(text)}</h2>")
 
     def text(self, text: str):
+        """Adds a paragraph.
+
+        Args:
+          text: the paragraph (escaped here).
+        """
         self.parts.append(f"<p>{e(text)}</p>")
 
     def pre(self, text: str):
+        """Adds preformatted text (a text table, a model summary).
+
+        Args:
+          text: the text (escaped here).
+        """
         self.parts.append(f"<pre>{e(text)}</pre>")
 
     def table(self, head, rows, caption: str = ""):
+        """Adds a table (`table_html`) and an optional note under it.
+
+        Args:
+          head: the column titles.
+          rows: one sequence of cells per row.
+          caption: the note; "" for none.
+        """
         self.parts.append(table_html(head, rows)
                           + (f"<p class=note>{e(caption)}</p>" if caption else ""))
 
     def figure(self, name: str, fig, title: str, caption: str = ""):
-        """Saves `fig` as `name` (PNG) and embeds it; closes the figure."""
+        """Saves `fig` as `name` (PNG) in `out` and embeds it in the page; closes the figure.
+
+        Args:
+          name: the PNG's file name.
+          fig: a matplotlib Figure.
+          title: the section's heading.
+          caption: a note under the heading; "" for none.
+        """
         png = png_bytes(fig)
         write_atomic(self.out / name, png)
         self.written.append(name)
         self.parts.append(figure_html(title, caption, png))
 
     def write(self, json_name: str, numbers: dict) -> list[str]:
-        """Writes `json_name` ({"run": meta, **numbers}) and report.html.
+        """Writes `json_name` ({"run": meta, **numbers}) and report.html into `out`.
+
+        Args:
+          json_name: the JSON file's name.
+          numbers: the experiment's numbers (made JSON-ready: NaN as null).
 
         Returns:
           Every file name written into `out`.

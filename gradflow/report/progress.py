@@ -40,7 +40,11 @@ class Lines:
         self._bar: rp.Progress | None = None
 
     def line(self, text: str):
-        """Prints `text` as one line (above the live bar, if one is shown)."""
+        """Prints `text` as one line (above the live bar, if one is shown).
+
+        Args:
+            text: the line, printed as it is (no rich markup).
+        """
         if self.enabled:
             self.console.print(text, markup=False, emoji=False, soft_wrap=True)
 
@@ -92,7 +96,11 @@ class Progress(Lines):
         return f"[{i + 1}/{len(self.archs)}] {self.archs[i]}"
 
     def start(self, i: int):
-        """Architecture `i` is being built and compiled."""
+        """Architecture `i` is being built and compiled: shows its line or bar.
+
+        Args:
+            i: its index in `archs`.
+        """
         self.i, self.t0, self.t_last = i, time.perf_counter(), 0.0
         self.recent: collections.deque = collections.deque(maxlen=RATE_WINDOW)
         self.shown = 0  # plain progress lines printed for this architecture
@@ -102,7 +110,11 @@ class Progress(Lines):
             self.line(f"{self._head(i)}: building and compiling…")
 
     def step(self, step: int):
-        """The `progress` callback of `gf.train`: step `step` (0-based) is done."""
+        """The `progress` callback of `gf.train`: updates the bar, or prints a few lines.
+
+        Args:
+            step: the step just done, 0-based.
+        """
         now = time.perf_counter()
         if step >= 2:  # steps 0 and 1 include the compilations
             self.recent.append(now)
@@ -132,7 +144,12 @@ class Progress(Lines):
                   + (f" — {note}" if note else ""))
 
     def note(self, i: int, text: str):
-        """A line about architecture `i` that is not trained now."""
+        """Prints a line about architecture `i` that is not trained now.
+
+        Args:
+            i: its index in `archs`.
+            text: what to say (e.g. "finished before the interruption").
+        """
         self.line(f"{self._head(i)}: {text}")
 
     def _rates(self, done: int, now: float) -> str:
@@ -196,7 +213,14 @@ class SweepProgress(Lines):
             self._close()
 
     def step(self, step: int, steps: int, arch: str, depth: int, seed: int):
-        """Training progress inside a cell (terminal only)."""
+        """The `on_step` callback of `depth_sweep`: training progress inside a cell, shown on
+        the live bar (terminal only).
+
+        Args:
+            step: the step just done, 0-based.
+            steps: the cell's training steps.
+            arch, depth, seed: the cell.
+        """
         now = time.perf_counter()
         if not self.tty or (now - self.t_last < REFRESH_S and step + 1 < steps):
             return

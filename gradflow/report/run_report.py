@@ -27,6 +27,13 @@ def write_run(out, histories: dict, summary: dict) -> list[str]:
     Returns:
       The names written: `<arch>_history.npz`, `<arch>_heatmap.png`, the comparison grids,
       profiles, curves, summary.json and report.html.
+
+    Example:
+      >>> results = [side_by_side.train_arch(a, cfg, ds) for a in cfg.archs]  # doctest: +SKIP
+      >>> summary = verdict.summarize(results, cfg, ds)  # doctest: +SKIP
+      >>> write_run("runs/demo", {r.arch: r.history for r in results
+      ...                         if r.history is not None}, summary)  # doctest: +SKIP
+      ['plain_history.npz', ..., 'summary.json', 'report.html']
     """
     from pathlib import Path
 
@@ -80,7 +87,15 @@ _TEXT_HEAD = ("arch", "params", "train loss", "train acc", "held-out", "err rati
 
 
 def table_rows(summary: dict) -> list[tuple[str, ...]]:
-    """The summary table as text cells, one tuple per architecture (shared by text and HTML)."""
+    """The summary table as text cells, shared by the text table and the HTML page.
+
+    Args:
+      summary: summary.json's content.
+
+    Returns:
+      One tuple of cells per architecture: arch, params, train loss, train accuracy, held-out
+      accuracy, error ratio at init and at the end, verdict.
+    """
     return [(a["arch"], fmt(a["params"], ","), fmt(a["final_train_loss"], ".3f"),
              fmt(a["final_train_accuracy"], ".1%"), fmt(a["held_out_accuracy"], ".1%"),
              fmt(a["error_ratio_init"], ".1e"), fmt(a["error_ratio_end"], ".1e"), a["verdict"])
@@ -95,6 +110,16 @@ def table(summary: dict) -> str:
 
     Returns:
       The table, with a footer line saying what the error ratio is.
+
+    Example:
+      >>> a = dict(arch="plain", params=9226, final_train_loss=2.303, final_train_accuracy=0.1,
+      ...          held_out_accuracy=0.1, error_ratio_init=3e-7, error_ratio_end=None,
+      ...          verdict="did not learn")
+      >>> print(table({"archs": [a]}))
+      arch   params  train loss  train acc  held-out  err ratio  (end)  verdict
+      -----...
+      plain   9,226       2.303      10.0%     10.0%    3.0e-07      —  did not learn
+      err ratio: error signal ‖∂L/∂z‖ at layer 1 / at the output layer, at init and at the end ...
     """
     return text_table(_TEXT_HEAD, table_rows(summary), left=(0, -1),
                       footer="err ratio: error signal ‖∂L/∂z‖ at layer 1 / at the output layer, "
@@ -102,8 +127,15 @@ def table(summary: dict) -> str:
 
 
 def html_report(summary: dict, figures: list[str]) -> str:
-    """A standalone HTML page: the configuration, the summary table with verdicts, and the
-    `figures` (HTML sections from `page.figure_html`)."""
+    """The run's standalone report.html: settings, summary table, diagnosis and figures.
+
+    Args:
+      summary: summary.json's content, with its "run" entry (command, start, device, time).
+      figures: HTML figure sections (`page.figure_html`), in page order.
+
+    Returns:
+      The page as a string.
+    """
     e = html.escape
     cfg = summary["config"]
     table = table_html(_HEAD, table_rows(summary),
@@ -129,7 +161,15 @@ millionth of the error signal the top layer gets (vanishing); far above 1 it gro
 
 
 def diagnosis_lines(summary: dict) -> list[str]:
-    """Per architecture: measured vs mean-field slope at init, and the findings at the end."""
+    """The diagnosis printed at the end of a run.
+
+    Args:
+      summary: summary.json's content.
+
+    Returns:
+      Per architecture that did not fail: a line with the measured and the mean-field error
+      slope at init, then one indented line per finding at the end.
+    """
     out = []
     for a in summary["archs"]:
         if a["status"] == "failed":
@@ -142,6 +182,14 @@ def diagnosis_lines(summary: dict) -> list[str]:
 
 
 def diagnosis_html(summary: dict) -> str:
+    """The diagnosis section of report.html, as `diagnosis_lines` gives it in text.
+
+    Args:
+      summary: summary.json's content.
+
+    Returns:
+      An HTML list, one item per architecture that did not fail, and the definitions' note.
+    """
     e = html.escape
     items = []
     for a in summary["archs"]:

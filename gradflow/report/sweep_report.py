@@ -16,8 +16,15 @@ from .text import fmt, text_table
 
 
 def table_rows(res) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of the summary as text cells: per arch and depth the median attenuation
-    over the seeds, its min-max, the theory, and with training the median final loss."""
+    """The summary as text cells, shared by the text table and the HTML page.
+
+    Args:
+      res: a Sweep.
+
+    Returns:
+      (header, rows): per arch and depth the median attenuation over the seeds, its min – max
+      and the theory; with training also the median final loss and the diverged seeds.
+    """
     head = ["arch", "depth", "attenuation", "min – max", "theory"]
     if res.steps:
         head += ["final loss", "diverged"]
@@ -41,6 +48,19 @@ def table(res) -> str:
 
     Returns:
       The table with a footer line saying what attenuation and theory are.
+
+    Example:
+      >>> from gradflow.experiments.sweep_records import Cell, Sweep
+      >>> res = Sweep(config={}, archs=("plain",), depths=(8, 16), seeds=(0,), steps=0,
+      ...             probe_batch=8, theory={"plain": [3e-2, 6e-4]},
+      ...             cells=[Cell("plain", 8, 0, attenuation=2e-2),
+      ...                    Cell("plain", 16, 0, attenuation=4e-4)])
+      >>> print(table(res))
+      arch   depth  attenuation          min – max   theory
+      -----...
+      plain      8      2.0e-02  2.0e-02 – 2.0e-02  3.0e-02
+      plain     16      4.0e-04  4.0e-04 – 4.0e-04  6.0e-04
+      attenuation: error signal ‖∂L/∂z‖ at layer 1 / at the output layer, at init, median ...
     """
     head, rows = table_rows(res)
     return text_table(head, rows, footer=(
@@ -50,7 +70,16 @@ def table(res) -> str:
 
 
 def html_report(res, png: bytes, data_description: str = "") -> str:
-    """A standalone page: settings, the table and the figure inlined as base64 PNG."""
+    """The sweep's standalone report.html: settings, the table and the figure.
+
+    Args:
+      res: a Sweep (its `run` holds the command, start and device).
+      png: the figure's PNG bytes, inlined as base64.
+      data_description: a line about the data (`verdict.describe`); "" for none.
+
+    Returns:
+      The page as a string.
+    """
     e = html.escape
     head, rows = table_rows(res)
     head = [{"attenuation": "attenuation (median)", "final loss": "final loss (median)"}.get(
@@ -76,8 +105,18 @@ Started {e(str(run.get("started", "")))} on {e(str(run.get("device", "")))}; too
 def write(out, res, data_description: str = "") -> list[str]:
     """Writes sweep.json, sweep.png and report.html into the directory `out`.
 
+    Args:
+      out: an existing directory.
+      res: a Sweep.
+      data_description: a line about the data for the page; "" for none.
+
     Returns:
       The names written.
+
+    Example:
+      >>> res = depth_sweep.depth_sweep(cfg, [8, 16, 32], steps=0)  # doctest: +SKIP
+      >>> write("runs/sweep", res)  # doctest: +SKIP
+      ['sweep.json', 'sweep.png', 'report.html']
     """
     out = Path(out)
     res.save(out / "sweep.json")
