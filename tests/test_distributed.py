@@ -206,8 +206,8 @@ def test_two_process_cli_run_equals_one_process_and_only_process_0_writes(multih
     for m in (*ref.history.metrics, *ref.history.scalars):
         np.testing.assert_allclose(got[m], ref.history[m], rtol=1e-5, atol=1e-7, err_msg=m)
     arch = summary["archs"][0]
-    assert arch["held_out_loss"] == pytest.approx(ref["held_out_loss"], rel=1e-5)
-    assert arch["held_out_accuracy"] == ref["held_out_accuracy"]
+    assert arch["held_out_loss"] == pytest.approx(ref.held_out_loss, rel=1e-5)
+    assert arch["held_out_accuracy"] == ref.held_out_accuracy
 
 
 def test_single_device_path_and_argument_checks_in_this_process(monkeypatch, capsys):

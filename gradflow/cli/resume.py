@@ -22,8 +22,22 @@ _FORMAT = "gradflow-run-1"
 
 
 class RunRecord:
-    """run.json of one run directory: `argv` (the options, without --out), `status` and the
-    `finished` architectures' results (JSON numbers; the History is loaded on demand)."""
+    """run.json of one run directory.
+
+    Args:
+      directory: the run directory.
+      argv: the options that made the run, without --out and --quiet.
+      status: "running", "interrupted" or "complete".
+      finished: arch -> `ArchResult.to_json()` numbers of the finished architectures (their
+        Histories are loaded on demand).
+      started: the start time (ISO format).
+
+    Example:
+      >>> import tempfile
+      >>> rec = RunRecord.create(tempfile.mkdtemp(), ["--depth", "20", "--out", "x", "--quiet"])
+      >>> rec.argv, rec.status, RunRecord.load(rec.directory).argv
+      (['--depth', '20'], 'running', ['--depth', '20'])
+    """
 
     def __init__(self, directory, argv, status="running", finished=None, started=None):
         self.directory = Path(directory)
@@ -35,10 +49,22 @@ class RunRecord:
 
     @property
     def path(self) -> Path:
+        """The run.json file."""
         return self.directory / RUN_FILE
 
     @classmethod
     def create(cls, directory, argv, started=None) -> "RunRecord":
+        """Starts the record of a new run and writes it.
+
+        Args:
+          directory: the (existing) run directory.
+          argv: the command-line options; --out and --quiet are dropped, --data-dir made
+            absolute.
+          started: the start time.
+
+        Returns:
+          The RunRecord, status "running".
+        """
         argv = strip_option(strip_option(argv, "--out"), "--quiet", value=False)
         record = cls(directory, _absolute(argv, "--data-dir"), started=started)
         record.save()
@@ -46,7 +72,17 @@ class RunRecord:
 
     @classmethod
     def load(cls, directory) -> "RunRecord":
-        """ValueError (one line) if `directory` holds no resumable gradflow run."""
+        """Reads the run.json of `directory`.
+
+        Args:
+          directory: a run directory.
+
+        Returns:
+          Its RunRecord.
+
+        Raises:
+          ValueError: (one line) if `directory` holds no resumable gradflow run.
+        """
         directory = Path(directory)
         path = directory / RUN_FILE
         if not directory.is_dir():
@@ -64,15 +100,31 @@ class RunRecord:
                    data.get("started"))
 
     def save(self) -> None:
+        """Writes run.json atomically."""
         data = {"format": _FORMAT, "argv": self.argv, "status": self.status,
                 "started": self.started, "finished": self.finished}
         write_json(self.path, data, indent=1)
 
     def saver(self, arch: str) -> ArchSaver:
+        """The checkpointing hooks of one architecture's training.
+
+        Args:
+          arch: the architecture.
+
+        Returns:
+          A `checkpoint.ArchSaver` in this directory, sharing the run's checkpoint clock.
+        """
         return ArchSaver(self.directory, arch, self.clock)
 
     def result(self, arch: str) -> ArchResult | None:
-        """The result of an architecture finished before (its History loaded), else None."""
+        """The result of an architecture finished before.
+
+        Args:
+          arch: the architecture.
+
+        Returns:
+          Its ArchResult with its History loaded, or None if it has not finished.
+        """
         numbers = self.finished.get(arch)
         if numbers is None:
             return None
@@ -81,14 +133,22 @@ class RunRecord:
                                     else None)
 
     def finish(self, res: ArchResult) -> None:
-        """Records a finished architecture: its History (if any) and its numbers."""
+        """Records a finished architecture: saves its History (if any) and its numbers.
+
+        Args:
+          res: its ArchResult.
+        """
         if res.history is not None:
             res.history.save(self.directory / f"{res.arch}_history.npz")
         self.finished[res.arch] = res.to_json()
         self.save()
 
     def close(self, status: str) -> None:
-        """Marks the run interrupted or complete; a complete run needs no checkpoints."""
+        """Marks the run interrupted or complete; a complete run's checkpoints are removed.
+
+        Args:
+          status: "interrupted" or "complete".
+        """
         self.status = status
         if status == "complete":
             shutil.rmtree(self.directory / CHECKPOINTS, ignore_errors=True)
@@ -107,7 +167,20 @@ def _absolute(argv, option: str) -> list:
 
 
 def strip_option(argv, option: str, value: bool = True) -> list:
-    """`argv` without `option` (and its value, as `--opt v` or `--opt=v`, if it takes one)."""
+    """A command line without one option.
+
+    Args:
+      argv: the command line.
+      option: the option, e.g. "--out".
+      value: whether it takes a value (`--opt v` or `--opt=v`), removed with it.
+
+    Returns:
+      The other arguments, in order.
+
+    Example:
+      >>> strip_option(["--out", "runs/a", "--depth=20", "--quiet"], "--out")
+      ['--depth=20', '--quiet']
+    """
     out, skip = [], False
     for a in argv:
         if skip:
@@ -123,8 +196,22 @@ def strip_option(argv, option: str, value: bool = True) -> list:
 
 
 def conflicts(parser, recorded: list, given: list) -> list[str]:
-    """The options in `given` whose values differ from those of the `recorded` command line
-    (argparse keeps the last value of an option given twice)."""
+    """The options in `given` whose values differ from those of the `recorded` command line.
+
+    Args:
+      parser: the run's parser.
+      recorded: the run's own options.
+      given: the options given with --resume.
+
+    Returns:
+      The flags whose value `given` changes (argparse keeps the last value of an option given
+      twice).
+
+    Example:
+      >>> from gradflow.cli.args import build_parser
+      >>> conflicts(build_parser(), ["--depth", "20"], ["--depth", "30", "--seed", "0"])
+      ['--depth']
+    """
     before = vars(parser.parse_args(recorded))
     after = vars(parser.parse_args(recorded + given))
     names = {a.dest: a.option_strings[-1] for a in parser._actions if a.option_strings}

@@ -1,4 +1,4 @@
-"""The seed paper's four patterns as runnable experiments: `python -m gradflow.run --experiment NAME`.
+"""The seed paper's four patterns as experiments: `python -m gradflow.run --experiment NAME`.
 
 EXPERIMENTS maps each name to (description, run function, options): `run(out, log=...,
 meta=..., **options)` writes figures, `<name>.json` and report.html into the new directory `out`

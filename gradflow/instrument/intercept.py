@@ -12,6 +12,16 @@ _SUBCLASSES: dict[tuple[type, str], type] = {}
 
 
 def swap_call(module, tag: str, hook) -> None:
+    """Gives `module` a cached subclass of its class whose `__call__` is `hook`.
+
+    A module already intercepted (with any tag) is left as it is.
+
+    Args:
+      module: a module of a throwaway copy of the model (its class is replaced in place).
+      tag: names the subclass (`f"{tag.title()}{cls.__name__}"`) and keys the cache.
+      hook: `hook(self, original_call, *args, **kwargs)`, called instead of the module's
+        `__call__`; parameter paths, state and results are unchanged unless it changes them.
+    """
     cls = type(module)
     if getattr(cls, "_gradflow_tag", None) is not None:
         return  # already intercepted (e.g. merged from a graphdef that recorded the subclass)

@@ -20,7 +20,13 @@ TRAIN_METRICS = LAYER_METRICS + ("update_ratio",)
 
 @dataclass(frozen=True)
 class Layout:
-    """The rows of a model in network order, and whether forward/error probes reached them."""
+    """The rows of a model in network order, and whether forward/error probes reached them.
+
+    Attributes:
+      rows: one Row per weight-layer call (or kernel, where calls cannot be probed).
+      names: the rows' display names, unique (`Recorder.unique_names`).
+      probed: False where only weight-gradient-based metrics are available.
+    """
     rows: tuple[Row, ...]
     names: tuple[str, ...]
     probed: bool  # False: only weight-gradient-based metrics are available
@@ -30,6 +36,14 @@ class Layout:
 
 
 def flat_arrays(state) -> dict[tuple, jax.Array]:
+    """The arrays of an `nnx.State`, by path.
+
+    Args:
+      state: an `nnx.State` (parameters, gradients, updates, ...).
+
+    Returns:
+      {path tuple: array}.
+    """
     out = {}
     for path, v in nnx.to_flat_state(state):
         out[tuple(path)] = v.get_value() if isinstance(v, nnx.Variable) else v
@@ -37,8 +51,18 @@ def flat_arrays(state) -> dict[tuple, jax.Array]:
 
 
 def apply(graphdef, params, rest, x, dummies=None, *, batch_stats=False, probes=True):
-    """Runs a copy of the model, with probes unless `probes=False` (then the recorder is None);
-    returns (output, recorder, new non-trained state)."""
+    """Runs a fresh copy of the model on `x` (inside a trace).
+
+    Args:
+      graphdef, params, rest: the split model (`nnx.split(model, wrt, ...)`).
+      x: the input.
+      dummies: the (n_rows, 2) error-tap inputs, or None while discovering rows.
+      batch_stats: run BatchNorm on batch statistics (`use_batch_statistics`).
+      probes: install the probes; False runs the model as it is.
+
+    Returns:
+      (output, recorder, new non-trained state); the recorder is None without probes.
+    """
     model = nnx.merge(graphdef, params, rest, copy=True)  # fresh Variables in this trace
     if batch_stats:
         use_batch_statistics(model)
@@ -56,8 +80,16 @@ def _param_filter(params):
 
 
 def discover(graphdef, params, rest, x, model=None) -> Layout:
-    """Traces the model abstractly once to list its weight-layer calls in order. `model`, the
-    original object, gives the attribute order used when calls cannot be probed."""
+    """Traces the model abstractly once to list its weight-layer calls in order.
+
+    Args:
+      graphdef, params, rest: the split model (arrays or shapes).
+      x: an input (array or shape).
+      model: the original object: its attribute order is used when calls cannot be probed.
+
+    Returns:
+      The Layout; `probed` is False where calls cannot be probed (one row per kernel then).
+    """
     found = {}
 
     def fn(params, rest, x):
@@ -116,8 +148,16 @@ def _definition_order(model) -> dict[int, int]:
 
 
 def row_norms(state, layout: Layout) -> jax.Array:
-    """Frobenius norm of each row's kernel in `state` (gradients, parameters or updates), exact
-    for entries down to float32's smallest normal (see `safe_norm`)."""
+    """Frobenius norm of each row's kernel, exact for entries down to float32's smallest
+    normal (see `safe_norm`).
+
+    Args:
+      state: gradients, parameters or updates, as an `nnx.State`.
+      layout: the model's Layout.
+
+    Returns:
+      An (n_rows,) array; a scanned kernel's rows are its slices.
+    """
     arrays = flat_arrays(state)
     offsets, pieces, index = {}, [], []
     for r in layout.rows:
@@ -134,7 +174,19 @@ def row_norms(state, layout: Layout) -> jax.Array:
 
 def value_grads_and_stats(graphdef, layout: Layout, loss_fn, params, rest, x, y, *,
                           batch_stats=False):
-    """Loss, outputs, parameter gradients, new state and the probe measurements, in one pass."""
+    """Loss, outputs, parameter gradients, new state and the probe measurements, in one pass.
+
+    Args:
+      graphdef, layout: the model's structure and rows.
+      loss_fn: `loss_fn(outputs, y) -> scalar`.
+      params, rest: the trained variables and the rest of the state.
+      x, y: the batch.
+      batch_stats: run BatchNorm on batch statistics (`use_batch_statistics`).
+
+    Returns:
+      (loss, outputs, grads, new rest, stats): stats maps each of LAYER_METRICS to an
+      (n_rows,) array (NaN for probe metrics where the layout is not probed).
+    """
     n = len(layout)
 
     def objective(params, dummies, rest):  # rest as an argument: BN may mutate it in this trace

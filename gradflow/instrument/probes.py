@@ -20,6 +20,14 @@ from .registry import ACTIVATION, ScannedStack, kind_of
 
 
 def module_paths(model) -> dict[int, tuple]:
+    """Where every module of `model` lives.
+
+    Args:
+      model: an NNX model.
+
+    Returns:
+      {id(module): its attribute path from `model`}.
+    """
     return {id(m): tuple(path) for path, m in nnx.iter_modules(model)}
 
 

@@ -31,13 +31,31 @@ class UnreachableLayer(Exception):
 
 @dataclass(frozen=True)
 class Row:
-    """One weight layer call: its display name and where its kernel lives in the state."""
+    """One weight layer call.
+
+    Attributes:
+      name: its display name, the layer's path ("stages/0/rest/blocks/1/layer").
+      kernel_path: where its kernel lives in the state.
+      index: its position along the stacked axis of a scanned kernel, else None.
+    """
     name: str
     kernel_path: tuple
     index: int | None = None  # position along the stacked axis of a scanned kernel
 
 
 def path_name(path) -> str:
+    """A module path as a row name.
+
+    Args:
+      path: the path's elements.
+
+    Returns:
+      Them joined with "/".
+
+    Example:
+      >>> path_name(("stages", 0, "layer"))
+      'stages/0/layer'
+    """
     return "/".join(str(p) for p in path)
 
 
@@ -51,8 +69,12 @@ class _Chunk:
 
 
 class Recorder:
-    """Per-trace collector. `dummies` is the (n_rows, 2) array of error-tap inputs, or None while
-    discovering rows. `paths` maps id(module) to its path in the traced model."""
+    """Per-trace collector of rows and their forward statistics.
+
+    Args:
+      dummies: the (n_rows, 2) array of error-tap inputs, or None while discovering rows.
+      paths: id(module) -> its path in the traced model (`probes.module_paths`).
+    """
 
     def __init__(self, dummies, paths: dict[int, tuple]):
         self.dummies = dummies
@@ -60,10 +82,22 @@ class Recorder:
         self.rows: list[Row] = []
         self.chunks: list[_Chunk] = []
         self.saw_activation = False
-        self._open: _Chunk | None = None  # the last layer's chunk, while no activation has claimed it
+        self._open: _Chunk | None = None  # the last layer's chunk until an activation claims it
 
     # -- called by probes ---------------------------------------------------------------------
     def weight_layer(self, module, x, z):
+        """Records one weight-layer call as a new row.
+
+        Args:
+          module: the layer.
+          x, z: its input and output.
+
+        Returns:
+          `z`, through `error_tap` unless discovering.
+
+        Raises:
+          UnreachableLayer: if `module` has no path in the traced model.
+        """
         i = len(self.rows)
         path = self.paths.get(id(module))
         if path is None:
@@ -75,20 +109,38 @@ class Recorder:
         return z if self.dummies is None else error_tap(z, self.dummies[i])
 
     def activation(self, a):
+        """Records a registered activation's output as what the last weight layer passes on.
+
+        Args:
+          a: the activation's output.
+        """
         self.saw_activation = True
         if self._open is not None:
             self._open.acts = activation_stats(a)[None]
             self._open = None
 
     def stacked(self, rows: list[Row], acts, saw_activation: bool):
-        """Adds the rows of a scanned stack, whose statistics are already final."""
+        """Adds the rows of a scanned stack, whose statistics are already final.
+
+        Args:
+          rows: the stack's rows, block by block.
+          acts: their (len(rows), 3) activation statistics.
+          saw_activation: whether the block called a registered activation.
+        """
         self.rows.extend(rows)
         self.chunks.append(_Chunk(None, None, acts, resolved=True))
         self.saw_activation |= saw_activation
         self._open = None
 
     def take_dummies(self, n: int):
-        """The error-tap scalars of the next `n` rows (None while discovering)."""
+        """The error-tap inputs of the next `n` rows.
+
+        Args:
+          n: the number of rows.
+
+        Returns:
+          An (n, 2) slice of `dummies`, or None while discovering.
+        """
         if self.dummies is None:
             return None
         start = len(self.rows)
@@ -96,7 +148,13 @@ class Recorder:
 
     # -- results --------------------------------------------------------------------------------
     def act_stats(self):
-        """(n_rows, 3) array of [act_mean, act_std, dead_frac]."""
+        """The rows' activation statistics.
+
+        Returns:
+          An (n_rows, 3) array of [act_mean, act_std, dead_frac]: of the registered activation
+          after each row, else of the row's output; without any registered activation, of the
+          next row's input (the last row: its own output).
+        """
         if not self.chunks:
             return jnp.zeros((0, 3), jnp.float32)
         if self.saw_activation:
@@ -108,7 +166,11 @@ class Recorder:
         return jnp.concatenate([inputs[1:], last[-1:]])
 
     def unique_names(self) -> list[str]:
-        """Row names, with '#k' appended to the k-th repeated call of a layer."""
+        """The row names, made unique.
+
+        Returns:
+          The names, with '#k' appended to the k-th call of a layer called more than once.
+        """
         seen: dict[str, int] = {}
         out = []
         for r in self.rows:
@@ -119,11 +181,24 @@ class Recorder:
 
 
 def current() -> Recorder | None:
+    """The current Recorder.
+
+    Returns:
+      The Recorder of the `recording` block being run, or None outside one.
+    """
     return _CURRENT.get()
 
 
 @contextlib.contextmanager
 def recording(rec: Recorder):
+    """Makes `rec` the current Recorder for the duration of the block.
+
+    Args:
+      rec: the Recorder.
+
+    Returns:
+      A context manager yielding `rec`.
+    """
     token = _CURRENT.set(rec)
     try:
         yield rec

@@ -73,7 +73,11 @@ def register_activation(cls: type) -> type:
 
 @dataclass(frozen=True)
 class ScannedStack:
-    """How to reach a registered stack's stacked block, its length and whether it scans."""
+    """How to reach a registered stack's stacked block, its length and whether it scans.
+
+    Attributes:
+      block, length, scanned, names: as `register_scanned_stack` takes them.
+    """
     block: Callable[[Any], nnx.Module]
     length: Callable[[Any], int]
     scanned: Callable[[Any], bool] | None
@@ -151,8 +155,20 @@ def _register(cls, kind) -> type:
 
 
 def kind_of(module):
-    """How `module` is measured: "weight" (`WEIGHT_LAYERS`), ACTIVATION, a ScannedStack (a
-    registered stack that scans), or None (its calls are not probed; its submodules may be)."""
+    """How `module` is measured.
+
+    Args:
+      module: any module.
+
+    Returns:
+      "weight" (`WEIGHT_LAYERS`), ACTIVATION, a ScannedStack (a registered stack that scans),
+      or None (its calls are not probed; its submodules may be).
+
+    Example:
+      >>> linear = nnx.eval_shape(lambda: nnx.Linear(2, 2, rngs=nnx.Rngs(0)))
+      >>> kind_of(linear), kind_of(gf.models.Activation("relu"))
+      ('weight', 'activation')
+    """
     if isinstance(module, WEIGHT_LAYERS):
         return "weight"
     for cls in type(module).__mro__:

@@ -21,7 +21,16 @@ _LAYOUTS: dict = {}
 
 
 def layout_for(graphdef, params, rest, x, model=None) -> Layout:
-    """The model's rows, traced once per (structure, input shape)."""
+    """The model's rows, traced once per (structure, input shape) and cached.
+
+    Args:
+      graphdef, params, rest: the split model.
+      x: an input batch.
+      model: the original object (`discover`).
+
+    Returns:
+      The Layout.
+    """
     key = (graphdef, tuple(x.shape), str(x.dtype))
     if key not in _LAYOUTS:
         _LAYOUTS[key] = discover(graphdef, abstract(params), abstract(rest), abstract(x), model)
@@ -29,6 +38,18 @@ def layout_for(graphdef, params, rest, x, model=None) -> Layout:
 
 
 def abstract(tree):
+    """Shapes and dtypes only.
+
+    Args:
+      tree: a pytree of arrays.
+
+    Returns:
+      The same tree with every leaf a `jax.ShapeDtypeStruct`.
+
+    Example:
+      >>> abstract({"w": jnp.ones((2, 3))})
+      {'w': ShapeDtypeStruct(shape=(2, 3), dtype=float32)}
+    """
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), tree)
 
 
@@ -39,8 +60,17 @@ def _metrics(loss, out, y, accuracy_fn):
 
 @functools.lru_cache(maxsize=64)
 def probe_step(graphdef, layout: Layout, loss_fn, accuracy_fn):
-    """jit(params, rest, x, y) -> per-layer stats + loss/accuracy; BN uses batch statistics and
-    its running statistics are not returned (left unchanged)."""
+    """The compiled probe of one model structure, cached.
+
+    Args:
+      graphdef, layout: the model's structure and rows.
+      loss_fn: `loss_fn(outputs, y) -> scalar`.
+      accuracy_fn: `accuracy_fn(outputs, y) -> scalar`, or None (accuracy NaN).
+
+    Returns:
+      jit(params, rest, x, y) -> LAYER_METRICS arrays, loss and accuracy. BatchNorm uses batch
+      statistics; its running statistics are not returned (left unchanged).
+    """
 
     def fn(params, rest, x, y):
         loss, out, _, _, stats = value_grads_and_stats(graphdef, layout, loss_fn, params, rest, x,
@@ -57,8 +87,17 @@ def _update(tx, grads, opt_state, params):
 
 @functools.lru_cache(maxsize=64)
 def train_steps(graphdef, layout: Layout, loss_fn, accuracy_fn, tx):
-    """(instrumented, bare) jitted steps: (params, rest, opt_state, x, y) -> (params, rest,
-    opt_state, measurements). The bare step measures only loss and accuracy."""
+    """The compiled train steps of one model structure and optimizer, cached.
+
+    Args:
+      graphdef, layout, loss_fn, accuracy_fn: as for `probe_step`.
+      tx: the optax transformation.
+
+    Returns:
+      (instrumented, bare) jitted steps: (params, rest, opt_state, x, y) -> (params, rest,
+      opt_state, measurements). The instrumented step measures TRAIN_METRICS, loss and
+      accuracy; the bare one only loss and accuracy; both update the parameters alike.
+    """
 
     def instrumented(params, rest, opt_state, x, y):
         loss, out, grads, new_rest, stats = value_grads_and_stats(graphdef, layout, loss_fn, params,

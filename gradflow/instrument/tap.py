@@ -1,10 +1,10 @@
 """The error tap: an identity whose backward pass reports the norm of the cotangent.
 
 `error_tap(z, d)` returns `z` unchanged. In reverse mode the cotangent of `z` (dL/dz) passes
-through untouched, and the cotangent of `d` (shape (2,)) is [sum(g^2), sum((2^80 g)^2)] for g = dL/dz,
-from which `error_norm_from` takes ||dL/dz|| without float32 underflow. Differentiating the loss
-with respect to one such pair per layer yields every layer's error norm in the
-same backward pass, without materializing full-size perturbation arrays.
+through untouched, and the cotangent of `d` (shape (2,)) is [sum(g^2), sum((2^80 g)^2)] for
+g = dL/dz, from which `error_norm_from` takes ||dL/dz|| without float32 underflow.
+Differentiating the loss with respect to one such pair per layer yields every layer's error norm
+in the same backward pass, without materializing full-size perturbation arrays.
 """
 from __future__ import annotations
 
@@ -14,6 +14,21 @@ import jax.numpy as jnp
 
 @jax.custom_vjp
 def error_tap(z, d):
+    """An identity on `z` whose backward pass sends the squared norm of dL/dz to `d`.
+
+    Args:
+      z: a layer's output.
+      d: a (2,) float32 dummy (zeros); its cotangent is `square_sums(dL/dz)`.
+
+    Returns:
+      `z`, unchanged.
+
+    Example:
+      >>> z = jnp.ones(4)
+      >>> sums = jax.grad(lambda d: jnp.sum(3.0 * error_tap(z, d)))(jnp.zeros(2))
+      >>> error_norm_from(sums)  # ||dL/dz|| = ||(3, 3, 3, 3)||
+      Array(6., dtype=float32)
+    """
     del d
     return z
 
@@ -29,17 +44,38 @@ _TINY = 1e-30  # a sum of squares below this may have lost terms to underflow
 
 
 def square_sums(a, axis=None) -> jax.Array:
-    """[sum a^2, sum (2^80 a)^2] over `axis` (stacked last), in one pass over `a`."""
+    """The plain and the rescaled sum of squares of `a`, in one pass over it.
+
+    Args:
+      a: an array (computed in float32).
+      axis: the axes summed over; None: all.
+
+    Returns:
+      [sum a^2, sum (2^80 a)^2], stacked on a last axis of length 2.
+    """
     a32 = a.astype(jnp.float32)
     return jnp.stack([jnp.sum(jnp.square(a32), axis=axis),
                       jnp.sum(jnp.square(a32 * _UP), axis=axis)], axis=-1)
 
 
 def safe_norm(a, axis=None) -> jax.Array:
-    """Euclidean norm of `a` over `axis` that stays right for entries below 1e-19, where a plain
-    float32 sum of squares underflows to 0. Both sums are always taken: a `lax.cond` around the
-    rescaled one saved ~10 % of an MLP step on CPU but changed XLA's fusion of the gradients, so
-    instrumented training was no longer bit-identical to bare training."""
+    """Euclidean norm that stays right for entries below 1e-19, where a plain float32 sum of
+    squares underflows to 0.
+
+    Both sums are always taken: a `lax.cond` around the rescaled one would change XLA's fusion
+    of the gradients, and instrumented training would not be bit-identical to bare training.
+
+    Args:
+      a: an array.
+      axis: the axes reduced; None: all.
+
+    Returns:
+      The norm over `axis`, float32.
+
+    Example:
+      >>> safe_norm(jnp.full(4, 1e-25)), jnp.linalg.norm(jnp.full(4, 1e-25))
+      (Array(2.e-25, dtype=float32), Array(0., dtype=float32))
+    """
     return error_norm_from(square_sums(a, axis))
 
 
@@ -51,8 +87,15 @@ error_tap.defvjp(_fwd, _bwd)
 
 
 def error_norm_from(sums) -> jax.Array:
-    """||dL/dz|| from the tap's [sum g^2, sum (2^80 g)^2] pairs (shape (..., 2)): the first
-    unless it lost the signal to underflow, then the rescaled one."""
+    """||dL/dz|| from the tap's sums: the plain one unless it lost the signal to underflow,
+    then the rescaled one.
+
+    Args:
+      sums: [sum g^2, sum (2^80 g)^2] pairs, shape (..., 2) (`square_sums`).
+
+    Returns:
+      The norms, shape (...).
+    """
     plain, scaled = sums[..., 0], sums[..., 1]
     return jnp.where(plain > _TINY, jnp.sqrt(plain), jnp.sqrt(scaled) / _UP)
 
@@ -65,6 +108,16 @@ def activation_stats(a) -> jax.Array:
     per-unit sums, sums of squares and peaks, which XLA computes in one pass over the tensor
     (~4 % less step time than separate mean/std/all passes on the depth-50 CNN); the total
     variance is the mean within-unit variance plus the variance of the unit means.
+
+    Args:
+      a: an activation tensor, features on the last axis.
+
+    Returns:
+      A (3,) float32 array [mean, std, dead fraction].
+
+    Example:
+      >>> gf.instrument.activation_stats(jnp.array([[0.0, 1.0], [0.0, 3.0]]))  # unit 0 is dead
+      Array([1.       , 1.2247449, 0.5      ], dtype=float32)
     """
     a = a.astype(jnp.float32).reshape(-1, a.shape[-1])
     n = a.shape[0]
