@@ -144,8 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
 def parse(argv=None) -> argparse.Namespace:
     """Parses and validates the command line before anything is written.
 
-    Bad input is a one-line usage error: the process exits with code 2. Nothing is created,
-    but a multi-process run is joined (`--coordinator`) to count the devices.
+    Bad input is a one-line usage error: the process exits with code 2. Nothing is written;
+    for a run or sweep, a configured multi-process run is joined to count the devices.
 
     Args:
       argv: the options (None: this process's command line).

@@ -98,7 +98,7 @@ def main(args, argv=None) -> int:
     text summary.
 
     Args:
-      args: `args.parse`'s options (`experiment`, `out`, `quiet`, `options`).
+      args: `cli.parse`'s options (`experiment`, `out`, `quiet`, `options`).
       argv: the command line, recorded in the page (None: this process's).
 
     Returns:

@@ -181,7 +181,7 @@ def sweep_main(args, argv=None) -> int:
     """`--depth` with several depths: the depth sweep (`experiments.depth_sweep`).
 
     Args:
-      args: `args.parse`'s options, with `sweep` True.
+      args: `cli.parse`'s options, with `sweep` True.
       argv: the command line, recorded in sweep.json (None: this process's).
 
     Returns:

@@ -112,8 +112,9 @@ def blocks(s) -> list[dict]:
       s: a `gf.summary` Summary.
 
     Returns:
-      One dict per block: name (its path), kind, stage (the second path element under
-      `stages`, else its top-level name), params and output_shape.
+      One dict per block: name (its path), kind, stage ("stage i" under `stages`, "blocks i"
+      or "features i" for the seed's and the user's blocks, else the top-level name), params
+      and output_shape.
     """
     rows = []
     for r in s.rows:

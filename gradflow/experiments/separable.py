@@ -73,8 +73,9 @@ def cost_table(archs, depth, width, image_shape, num_classes, seed):
 
     Args:
       archs: the architectures.
-      depth, width, num_classes, seed: as for `gradflow.models.cnn`.
+      depth, width, num_classes: as for `gradflow.models.cnn`.
       image_shape: one image's shape.
+      seed: the seed of `nnx.Rngs` (the models are built abstractly: shapes only).
 
     Returns:
       {name: (Costs, mismatches)}: name is the arch, with the `_separable` suffix for the
