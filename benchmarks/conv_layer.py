@@ -1,6 +1,6 @@
 """One 3x3 conv layer of the peers' CNN, XLA against PyTorch, on one core: where the step goes.
 
-    /work/venv-peers/bin/python benchmarks/conv_layer.py     # needs the `peers` extra (torch)
+    .venv-peers/bin/python benchmarks/conv_layer.py     # needs the `peers` extra (torch)
 
 Batch 32 of 16x16, 16 channels in and out, 'same' padding: forward, input gradient and weight
 gradient, each jitted alone in XLA (also under a few XLA:CPU compile options) and run eagerly in
