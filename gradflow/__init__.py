@@ -14,7 +14,8 @@ imports only from its own layer or lower ones, and no modules import each other 
     0  gradflow._io          atomic files, NaN-free JSON
     1  gradflow.instrument   the traced core: error tap, recorder, probes, compiled steps; knows
                              nothing of the zoo (modules plug in through its registration API)
-    2  library               gradflow.history, losses, distributed, probe, train, checkpoint;
+    2  library               gradflow.grad (value_and_grad), history, losses, distributed, probe,
+                             train, checkpoint;
                              the zoo (gradflow.models, with freezing) and gradflow.data
     3  gradflow.analysis     diagnose, divergence, theory, summary, flops
     4  gradflow.plot         every figure (matplotlib)
@@ -33,21 +34,23 @@ from . import data, distributed, instrument, losses, models
 from .analysis import flops, theory
 from .analysis.diagnose import Finding, diagnose
 from .analysis.summary import Summary, summary
-from .history import History, Snapshot
+from .grad import update_ratio, value_and_grad
+from .history import History
+from .snapshot import Snapshot
 from .models.freeze import freeze_batchnorm, unfreeze_batchnorm
 from .probe import probe
 from .train import recorded_steps, train
 
 __version__ = "0.1.0"
-__all__ = ["probe", "train", "recorded_steps", "Snapshot", "History", "diagnose", "Finding",
+__all__ = ["value_and_grad", "update_ratio", "probe", "train", "recorded_steps", "Snapshot", "History", "diagnose", "Finding",
            "summary", "Summary", "freeze_batchnorm", "unfreeze_batchnorm", "models", "data",
            "losses", "theory", "flops", "distributed", "instrument", "plot"]
 
 _LAYERS = {
     "gradflow._io": 0,
     "gradflow.instrument": 1,
-    "gradflow.history": 2, "gradflow.losses": 2, "gradflow.distributed": 2,
-    "gradflow.probe": 2, "gradflow.train": 2, "gradflow.checkpoint": 2,
+    "gradflow.history": 2, "gradflow.snapshot": 2, "gradflow.losses": 2, "gradflow.distributed": 2,
+    "gradflow.probe": 2, "gradflow.train": 2, "gradflow.checkpoint": 2, "gradflow.grad": 2,
     "gradflow.models": 2, "gradflow.data": 2,
     "gradflow.analysis": 3,
     "gradflow.plot": 4,

@@ -1,159 +1,36 @@
-"""Snapshot (one measurement) and History (measurements over training): per-layer arrays on the
-host, layer names in network order, per-record scalars (loss, accuracy) and free-form metadata.
-
-Files are `.npz` (numpy arrays, no pickle) with the names and metadata as JSON; writes go to a
-temporary file renamed into place, so a file on disk is always complete.
+"""History: per-layer measurements over training on the host, as `gf.train` returns them or
+grown record by record with `append` in a user's loop (with periodic atomic flushes); and
+`finite_record`, the check training stops on. Its one-batch counterpart, Snapshot, is in
+`gradflow.snapshot` (and importable from here).
 """
 from __future__ import annotations
 
-import io
-import json
-import zipfile
+import time
 from pathlib import Path
 
+import jax
 import numpy as np
 
-from ._io import write_atomic
+from .snapshot import Snapshot, _Records
 
-_FORMAT = "gradflow-records-1"
 BACKWARD = ("error_norm", "grad_norm")  # dL/dz and dL/dW, computed from the output layer down
-
-
-class _Records:
-    kind = "records"
-
-    def __init__(self, layers, metrics: dict, scalars: dict | None = None, meta: dict | None = None):
-        self.layers = tuple(layers)
-        self._metrics = {k: np.asarray(v) for k, v in metrics.items()}
-        self._scalars = {k: np.asarray(v) for k, v in (scalars or {}).items()}
-        self.meta = dict(meta or {})
-
-    @property
-    def metrics(self) -> tuple[str, ...]:
-        """Names of the per-layer metrics."""
-        return tuple(self._metrics)
-
-    @property
-    def scalars(self) -> tuple[str, ...]:
-        """Names of the per-record scalars (loss, accuracy)."""
-        return tuple(self._scalars)
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        if name in self._metrics:
-            return self._metrics[name]
-        if name in self._scalars:
-            return self._scalars[name]
-        raise KeyError(f"{name!r}: available are {', '.join(self.metrics + self.scalars)}")
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._metrics or name in self._scalars
-
-    def _extra(self) -> dict:
-        return {}
-
-    def save(self, path) -> Path:
-        """Writes the records to `path` as an `.npz` file, atomically.
-
-        The file holds numpy arrays only (no pickle); the layer names and `meta` go into a JSON
-        header, so `meta` must be JSON-serializable. It is written to a temporary file that is
-        synced to disk and renamed into place.
-
-        Args:
-          path: the destination (str or Path); no suffix is added.
-
-        Returns:
-          The destination as a Path.
-
-        Example:
-          >>> hist.save("plain_history.npz")  # doctest: +SKIP
-          PosixPath('plain_history.npz')
-        """
-        path = Path(path)
-        header = {"format": _FORMAT, "kind": self.kind, "layers": list(self.layers),
-                  "meta": self.meta}
-        arrays = {f"metric:{k}": v for k, v in self._metrics.items()}
-        arrays |= {f"scalar:{k}": v for k, v in self._scalars.items()}
-        arrays |= self._extra()
-        arrays["header"] = np.array(json.dumps(header))
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        return write_atomic(path, buf.getvalue(), fsync=True)
-
-    @classmethod
-    def load(cls, path):
-        """Reads a file written by `save` of the same class.
-
-        Args:
-          path: the `.npz` file (str or Path).
-
-        Returns:
-          A Snapshot (`Snapshot.load`) or History (`History.load`).
-
-        Raises:
-          ValueError: naming the file, if it is unreadable or not a gradflow file of this kind
-            (e.g. a Snapshot file given to `History.load`).
-
-        Example:
-          >>> hist = gf.History.load("runs/<date>_<time>/plain_history.npz")  # doctest: +SKIP
-          >>> hist.meta["arch"], hist.layers[0]  # doctest: +SKIP
-          ('plain', 'stem/layer')
-        """
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                header = json.loads(str(z["header"]))
-                arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-            raise ValueError(f"{path}: not a readable gradflow file ({e})") from None
-        if header.get("format") != _FORMAT or header.get("kind") != cls.kind:
-            raise ValueError(f"{path}: not a gradflow {cls.kind} file")
-        metrics = {k.split(":", 1)[1]: v for k, v in arrays.items() if k.startswith("metric:")}
-        scalars = {k.split(":", 1)[1]: v for k, v in arrays.items() if k.startswith("scalar:")}
-        return cls._from_parts(header, metrics, scalars, arrays)
-
-    @classmethod
-    def _from_parts(cls, header, metrics, scalars, arrays):
-        return cls(header["layers"], metrics, scalars, header["meta"])
-
-    def __repr__(self):
-        return f"{type(self).__name__}({len(self.layers)} layers, metrics={list(self.metrics)})"
-
-
-class Snapshot(_Records):
-    """Per-layer measurements of one batch, as `gf.probe` returns them.
-
-    `s[metric]` has shape (n_layers,), layers in network order (input first); `s["loss"]` and
-    `s["accuracy"]` are 0-d arrays. `s.metrics` and `s.scalars` name what is there (an unknown
-    name raises KeyError listing them), `s.layers` are the layer names, `s.meta` the metadata.
-
-    Args:
-      layers: the layer names, in network order.
-      metrics: metric name -> (n_layers,) array.
-      scalars: scalar name -> 0-d array (loss, accuracy); default none.
-      meta: free-form metadata, JSON-serializable so that `save` can write it; default empty.
-
-    Example:
-      >>> snap = gf.probe(model, (x, y))  # doctest: +SKIP
-      >>> snap["error_norm"].shape, float(snap["loss"])  # doctest: +SKIP
-      ((50,), 2.31)
-      >>> snap.save("init.npz"); snap = gf.Snapshot.load("init.npz")  # doctest: +SKIP
-    """
-    kind = "snapshot"
+_clock = time.monotonic  # the flush clock (tests replace it)
 
 
 class History(_Records):
-    """Per-layer measurements over training, as `gf.train` returns them.
+    """Per-layer measurements over training, as `gf.train` returns them, or grown by `append`.
 
     `h[metric]` has shape (n_records, n_layers), layers in network order (input first);
     `h["loss"]` and `h["accuracy"]` have shape (n_records,); `h.steps` (int64, (n_records,)) is
-    the training step of each record. `h.metrics`, `h.scalars`, `h.layers` and `h.meta` are as
-    in Snapshot.
+    the training step of each record; `len(h)` is n_records. `h.metrics`, `h.scalars`,
+    `h.layers` and `h.meta` are as in Snapshot. Arrays read from a History are numpy.
 
     Args:
-      layers: the layer names, in network order.
-      metrics: metric name -> (n_records, n_layers) array.
+      layers: the layer names, in network order; default none (fixed by the first `append`).
+      metrics: metric name -> (n_records, n_layers) array; default none.
       scalars: scalar name -> (n_records,) array; default none.
       meta: free-form metadata, JSON-serializable so that `save` can write it; default empty.
-      steps: the step of each record; default none.
+      steps: the step of each record; default 0, 1, 2, ...
 
     Example:
       >>> hist = gf.train(model, batches, steps=100, optimizer=optax.sgd(0.1),
@@ -164,10 +41,27 @@ class History(_Records):
     """
     kind = "history"
 
-    def __init__(self, layers, metrics: dict, scalars: dict | None = None, meta: dict | None = None,
-                 steps=()):
-        super().__init__(layers, metrics, scalars, meta)
-        self.steps = np.asarray(steps, dtype=np.int64)
+    def __init__(self, layers=(), metrics: dict | None = None, scalars: dict | None = None,
+                 meta: dict | None = None, steps=None):
+        super().__init__(layers, metrics or {}, scalars, meta)
+        arrays = [*self._metrics.values(), *self._scalars.values()]
+        steps = np.arange(len(arrays[0]) if arrays else 0) if steps is None else steps
+        self._steps = np.asarray(steps, np.int64)
+        self._n = self._written = len(self._steps)  # records; records in the flushed file
+        if any(len(a) != self._n for a in arrays):
+            raise ValueError(f"History arrays and steps differ in length ({self._n} steps)")
+        self._path, self._every_s, self._wrote_at = None, 2.0, None
+
+    def _view(self, array):  # the arrays are buffers that `append` grows geometrically
+        return array[:self._n]
+
+    @property
+    def steps(self) -> np.ndarray:
+        """The training step of each record, int64, shape (n_records,)."""
+        return self._steps[:self._n]
+
+    def __len__(self) -> int:
+        return self._n
 
     def _extra(self):
         return {"steps": self.steps}
@@ -175,6 +69,98 @@ class History(_Records):
     @classmethod
     def _from_parts(cls, header, metrics, scalars, arrays):
         return cls(header["layers"], metrics, scalars, header["meta"], steps=arrays["steps"])
+
+    def append(self, step: int, snapshot: Snapshot) -> None:
+        """Adds `snapshot` (fetched to the host in one transfer) as the record of `step`.
+
+        The first record fixes the names (layers, metrics, scalars) and merges its meta into this
+        History's, whose own keys win. O(1) amortized: the arrays grow geometrically. With a
+        `flush_to` target, the file is written when due.
+
+        Args:
+          step: the training step, larger than the last one.
+          snapshot: a Snapshot with this History's names, e.g. as a jitted step returned it.
+
+        Raises:
+          ValueError: if the step does not increase, or the names or shapes differ.
+          TypeError: if `snapshot` is not a Snapshot.
+
+        Example:
+          >>> hist, snap = gf.History(), gf.Snapshot(("a", "b"), {"grad_norm": jnp.ones(2)})
+          >>> hist.append(0, snap); hist.append(10, snap)
+          >>> hist["grad_norm"].shape, hist.steps, len(hist)
+          ((2, 2), array([ 0, 10]), 2)
+        """
+        if not isinstance(snapshot, Snapshot):
+            raise TypeError(f"History.append takes a Snapshot, not {type(snapshot).__name__}")
+        snap, step, n = jax.device_get(snapshot), int(step), self._n
+        if n and step <= self._steps[n - 1]:
+            raise ValueError(f"step {step} after step {self._steps[n - 1]}: steps must increase")
+        for what, mine, theirs in (("layers", self.layers, snap.layers),
+                                   ("metrics", self.metrics, snap.metrics),
+                                   ("scalars", self.scalars, snap.scalars)):
+            if (n or mine and what == "layers") and mine != theirs:
+                new = [x for x in theirs if x not in mine][:3]
+                gone = [x for x in mine if x not in theirs][:3]
+                raise ValueError(f"snapshot {what} differ from the History's ({len(theirs)} vs "
+                                 f"{len(mine)}): new {new}, missing {gone}")
+        values = {k: np.asarray(snap[k]) for k in snap.metrics + snap.scalars}
+        for k, v in values.items():
+            if v.shape != (want := (len(snap.layers),) if k in snap.metrics else ()):
+                raise ValueError(f"snapshot {k!r} has shape {v.shape}, expected {want}")
+        if not n:  # the first record: names, meta and empty buffers from it
+            self.layers, self.meta = snap.layers, {**snap.meta, **self.meta}
+            self._metrics = {k: values[k][None][:0] for k in snap.metrics}
+            self._scalars = {k: values[k][None][:0] for k in snap.scalars}
+            self._steps = self._steps[:0]
+        if n == len(self._steps) or any(v.dtype != np.promote_types(self[k].dtype, v.dtype)
+                                        for k, v in values.items()):
+            self._grow(values)
+        for k, v in values.items():
+            (self._metrics if k in self._metrics else self._scalars)[k][n] = v
+        self._steps[n], self._n = step, n + 1
+        if self._path and (self._wrote_at is None or _clock() - self._wrote_at >= self._every_s):
+            self.close()
+
+    def _grow(self, values: dict) -> None:
+        cap = max(16, 2 * self._n)
+        for d in (self._metrics, self._scalars):
+            for k, old in d.items():
+                d[k] = np.empty((cap, *old.shape[1:]), np.promote_types(old.dtype, values[k].dtype))
+                d[k][:self._n] = old[:self._n]
+        self._steps = np.concatenate([self._steps[:self._n], np.zeros(cap - self._n, np.int64)])
+
+    def flush_to(self, path, every_s: float = 2.0) -> "History":
+        """Makes `append` save this History to `path` (atomically) as it grows, as `gf.train`
+        does: at the next append, then at the first append `every_s` seconds after the last
+        write. `close` writes the records not yet written.
+
+        Args:
+          path: the `.npz` file to keep up to date.
+          every_s: the least number of seconds between two writes; default 2.
+
+        Returns:
+          This History.
+
+        Example:
+          >>> hist = gf.History().flush_to("run/history.npz")  # doctest: +SKIP
+          >>> for step, batch in enumerate(batches):  # doctest: +SKIP
+          ...     hist.append(step, train_step(batch)[2])
+          >>> hist.close()  # doctest: +SKIP
+        """
+        self._path, self._every_s, self._wrote_at = Path(path), float(every_s), None
+        return self
+
+    def close(self) -> Path | None:
+        """Writes the records that `flush_to`'s file lacks, if any (appending may go on).
+
+        Returns:
+          The `flush_to` path, or None if there is none.
+        """
+        if self._path and self._n and (self._wrote_at is None or self._written != self._n):
+            self.save(self._path)
+            self._written, self._wrote_at = self._n, _clock()
+        return self._path
 
     def snapshot(self, record: int = -1) -> Snapshot:
         """The measurements of one record as a Snapshot.
@@ -191,8 +177,8 @@ class History(_Records):
           >>> init.meta["step"], init["error_norm"].shape  # doctest: +SKIP
           (0, (50,))
         """
-        return Snapshot(self.layers, {k: v[record] for k, v in self._metrics.items()},
-                        {k: v[record] for k, v in self._scalars.items()},
+        return Snapshot(self.layers, {k: self[k][record] for k in self.metrics},
+                        {k: self[k][record] for k in self.scalars},
                         {**self.meta, "step": int(self.steps[record])})
 
     @classmethod
@@ -234,8 +220,8 @@ class History(_Records):
           >>> h.truncated(3).steps  # doctest: +SKIP
           array([0, 5, 10])
         """
-        return History(self.layers, {m: v[:k] for m, v in self._metrics.items()},
-                       {s: v[:k] for s, v in self._scalars.items()}, dict(self.meta),
+        return History(self.layers, {m: self[m][:k] for m in self.metrics},
+                       {s: self[s][:k] for s in self.scalars}, dict(self.meta),
                        steps=self.steps[:k])
 
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from . import distributed, losses
-from .history import Snapshot
+from .snapshot import Snapshot
 from .instrument.steps import layout_for, probe_step
 
 

@@ -1,8 +1,9 @@
 """The traced measurement core: error tap, recorder, probes, measurements and compiled steps.
 
-It knows nothing of gradflow's model zoo. Weight layers (`WEIGHT_LAYERS`: nnx.Linear, nnx.Conv,
-nnx.ConvTranspose) are measured wherever they are; activation modules and scanned stacks plug
-in through `register_activation` and `register_scanned_stack`, as the zoo's own do::
+It knows nothing of gradflow's model zoo. Weight layers (`WEIGHT_LAYERS`: nnx.Linear,
+nnx.LinearGeneral, nnx.Einsum, nnx.Conv, nnx.ConvTranspose, nnx.Embed) are measured wherever
+they are; activation modules and scanned stacks plug in through `register_activation` and
+`register_scanned_stack`, as the zoo's own do::
 
     import jax
     from flax import nnx
@@ -15,8 +16,8 @@ in through `register_activation` and `register_scanned_stack`, as the zoo's own 
 
 The per-layer metrics are `LAYER_METRICS` (probe) and `TRAIN_METRICS` (training records);
 `error_tap` and `activation_stats` are the two traced primitives they are built from.
-Everything else lives in the submodules (`measure`, `steps`, `probes`, `recorder`, `tap`,
-`intercept`) and is internal.
+Everything else lives in the submodules (`measure`, `steps`, `registry`, `probes`, `recorder`,
+`tap`, `intercept`) and is internal.
 """
 from .measure import LAYER_METRICS, TRAIN_METRICS
 from .registry import WEIGHT_LAYERS, register_activation, register_scanned_stack

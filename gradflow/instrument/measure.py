@@ -51,11 +51,18 @@ def flat_arrays(state) -> dict[tuple, jax.Array]:
 
 
 def apply(graphdef, params, rest, x, dummies=None, *, batch_stats=False, probes=True):
-    """Runs a fresh copy of the model on `x` (inside a trace).
+    """Runs a fresh copy of the model on `x` (inside a trace): `apply_call` of `model(x)`."""
+    return apply_call(graphdef, params, rest, lambda model: model(x), dummies,
+                      batch_stats=batch_stats, probes=probes)
+
+
+def apply_call(graphdef, params, rest, call, dummies=None, *, batch_stats=False, probes=True):
+    """Runs `call` on a fresh copy of the model (inside a trace).
 
     Args:
       graphdef, params, rest: the split model (`nnx.split(model, wrt, ...)`).
-      x: the input.
+      call: `call(model) -> output`; it may call the model or its submodules any number of
+        times, with any arguments (each weight-layer call is a row).
       dummies: the (n_rows, 2) error-tap inputs, or None while discovering rows.
       batch_stats: run BatchNorm on batch statistics (`use_batch_statistics`).
       probes: install the probes; False runs the model as it is.
@@ -67,9 +74,9 @@ def apply(graphdef, params, rest, x, dummies=None, *, batch_stats=False, probes=
     if batch_stats:
         use_batch_statistics(model)
     if probes:
-        out, rec = run_probed(model, x, dummies)
+        out, rec = run_probed(model, call, dummies)
     else:
-        out, rec = model(x), None
+        out, rec = call(model), None
     _, _, new_rest = nnx.split(model, _param_filter(params), ...)
     return out, rec, new_rest
 
@@ -80,24 +87,35 @@ def _param_filter(params):
 
 
 def discover(graphdef, params, rest, x, model=None) -> Layout:
-    """Traces the model abstractly once to list its weight-layer calls in order.
+    """Traces the model abstractly once on an input `x` (array or shape) to list its
+    weight-layer calls in order: `discover_call` of `model(x)`."""
+    def call(model, x):
+        return model(x)
+
+    return discover_call(graphdef, params, rest, call, model, x)
+
+
+def discover_call(graphdef, params, rest, call, model=None, *inputs) -> Layout:
+    """Traces `call` abstractly once to list the weight-layer calls it makes, in order.
 
     Args:
       graphdef, params, rest: the split model (arrays or shapes).
-      x: an input (array or shape).
+      call: `call(model, *inputs) -> output`.
       model: the original object: its attribute order is used when calls cannot be probed.
+      *inputs: arrays or shapes passed to `call` (traced abstractly).
 
     Returns:
       The Layout; `probed` is False where calls cannot be probed (one row per kernel then).
     """
     found = {}
 
-    def fn(params, rest, x):
-        out, found["rec"], _ = apply(graphdef, params, rest, x)
+    def fn(params, rest, inputs):
+        out, found["rec"], _ = apply_call(graphdef, params, rest,
+                                          lambda m: call(m, *inputs))
         return out
 
     try:
-        jax.eval_shape(fn, params, rest, x)
+        jax.eval_shape(fn, params, rest, inputs)
         rec = found["rec"]
         if rec.rows:
             return Layout(tuple(rec.rows), tuple(rec.unique_names()), True)
@@ -108,17 +126,30 @@ def discover(graphdef, params, rest, x, model=None) -> Layout:
 
 
 def _parameter_rows(model) -> tuple[Row, ...]:
-    """Rows for models whose layer calls cannot be probed: one per kernel-like parameter, in the
-    order the modules were assigned (usually network order); a Linear/Conv kernel with extra
-    leading axes (layers stacked by nnx.vmap for nnx.scan) gives one row per slice."""
+    """Rows for models whose layer calls cannot be probed, in the order the modules were
+    assigned (usually network order).
+
+    A weight layer's weight (`registry.WEIGHT_KINDS`: a `kernel`, an Embed's `embedding`) is one
+    row named after the layer, or one row per slice `<layer>/<i>` when it has one more leading
+    axis than the layer's own rank (layers stacked by nnx.vmap for nnx.scan). Any other
+    parameter named `kernel` is a row named after its module, and any other parameter of rank
+    >= 2 outside weight layers a row named after its own path.
+
+    Args:
+      model: an NNX model.
+
+    Returns:
+      The rows; a stacked weight's rows carry their slice `index`.
+    """
+    from .registry import weight_kind
     expected, layers, order = {}, set(), _definition_order(model)
     module_rank = {}
     for path, m in nnx.iter_modules(model):
         module_rank[tuple(path)] = order.get(id(m), len(order))
         if isinstance(m, WEIGHT_LAYERS):
+            kind = weight_kind(m)
             layers.add(tuple(path))
-            expected[tuple(path) + ("kernel",)] = (2 if isinstance(m, nnx.Linear)
-                                                   else len(m.kernel_size) + 2)
+            expected[tuple(path) + (kind.param,)] = kind.ndim(m)
     rows = []
     params = flat_arrays(nnx.state(model, nnx.Param))
     for p in sorted(params, key=lambda p: module_rank.get(p[:-1], len(order))):
@@ -126,8 +157,10 @@ def _parameter_rows(model) -> tuple[Row, ...]:
         if p in expected and a.ndim == expected[p] + 1:
             base = path_name(p[:-1])
             rows += [Row(f"{base}/{i}", p, i) for i in range(a.shape[0])]
-        elif p[-1] == "kernel" or (a.ndim >= 2 and p[:-1] not in layers):
-            rows.append(Row(path_name(p[:-1] if p[-1] == "kernel" else p), p))
+        elif p in expected or p[-1] == "kernel":
+            rows.append(Row(path_name(p[:-1]), p))
+        elif a.ndim >= 2 and p[:-1] not in layers:
+            rows.append(Row(path_name(p), p))
     return tuple(rows)
 
 
@@ -174,29 +207,40 @@ def row_norms(state, layout: Layout) -> jax.Array:
 
 def value_grads_and_stats(graphdef, layout: Layout, loss_fn, params, rest, x, y, *,
                           batch_stats=False):
-    """Loss, outputs, parameter gradients, new state and the probe measurements, in one pass.
+    """Loss, outputs, parameter gradients, new state and the probe measurements of
+    `loss_fn(model(x), y)`: `measure_call` with the outputs as auxiliary value."""
+    def objective(model):
+        out = model(x)
+        return loss_fn(out, y), out
+
+    return measure_call(graphdef, layout, objective, params, rest, batch_stats=batch_stats)
+
+
+def measure_call(graphdef, layout: Layout, objective, params, rest, *, batch_stats=False):
+    """Loss, auxiliary value, parameter gradients, new state and the probe measurements of
+    `objective` on a fresh copy of the model, in one forward and one backward pass.
 
     Args:
-      graphdef, layout: the model's structure and rows.
-      loss_fn: `loss_fn(outputs, y) -> scalar`.
+      graphdef, layout: the model's structure and rows (`discover_call` of the same calls).
+      objective: `objective(model) -> (loss, aux)`, loss a scalar.
       params, rest: the trained variables and the rest of the state.
-      x, y: the batch.
       batch_stats: run BatchNorm on batch statistics (`use_batch_statistics`).
 
     Returns:
-      (loss, outputs, grads, new rest, stats): stats maps each of LAYER_METRICS to an
-      (n_rows,) array (NaN for probe metrics where the layout is not probed).
+      (loss, aux, grads, new rest, stats): stats maps each of LAYER_METRICS to an (n_rows,)
+      array (NaN for probe metrics where the layout is not probed).
     """
     n = len(layout)
 
-    def objective(params, dummies, rest):  # rest as an argument: BN may mutate it in this trace
-        out, rec, new_rest = apply(graphdef, params, rest, x, dummies, batch_stats=batch_stats,
-                                   probes=layout.probed)
+    def differentiated(params, dummies, rest):  # rest an argument: BN may mutate it here
+        (loss, aux), rec, new_rest = apply_call(graphdef, params, rest, objective, dummies,
+                                                batch_stats=batch_stats, probes=layout.probed)
         acts = rec.act_stats() if layout.probed else jnp.full((n, 3), jnp.nan)
-        return loss_fn(out, y), (out, new_rest, acts)
+        return loss, (aux, new_rest, acts)
 
     (loss, (out, new_rest, acts)), (grads, sums) = jax.value_and_grad(
-        objective, argnums=(0, 1), has_aux=True)(params, jnp.zeros((n, 2), jnp.float32), rest)
+        differentiated, argnums=(0, 1), has_aux=True)(params, jnp.zeros((n, 2), jnp.float32),
+                                                      rest)
     error = error_norm_from(sums) if layout.probed else jnp.full((n,), jnp.nan)
     stats = {"grad_norm": row_norms(grads, layout), "error_norm": error,
              "act_mean": acts[:, 0], "act_std": acts[:, 1], "dead_frac": acts[:, 2],

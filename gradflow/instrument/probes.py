@@ -4,6 +4,11 @@ to measure (`registry.kind_of`) are given a probed class that reports to the cur
 The user's model object is never modified, parameter paths are unchanged, and the user edits
 no code.
 
+Weight layers are probed on `__call__` and on the methods their `registry.WeightKind` lists
+(an Embed's `attend`); each call is a row, whatever extra arguments it takes (e.g. the
+`out_sharding=` that nnx.MultiHeadAttention passes to its LinearGeneral projections, or an
+Einsum's `einsum_str`).
+
 BatchNorm: in a probe and in instrumented or bare training, every BatchNorm runs on batch
 statistics, as in training, except a frozen one: in inference mode (`use_running_average is
 True`) and holding no trainable `nnx.Param` (scale and bias absent, or another Variable type, as
@@ -11,12 +16,14 @@ True`) and holding no trainable `nnx.Param` (scale and bias absent, or another V
 """
 from __future__ import annotations
 
+import inspect
+
 import jax
 from flax import nnx
 
 from .intercept import swap_call
 from .recorder import Recorder, Row, UnreachableLayer, current, path_name, recording
-from .registry import ACTIVATION, ScannedStack, kind_of
+from .registry import ACTIVATION, ScannedStack, kind_of, weight_kind
 
 
 def module_paths(model) -> dict[int, tuple]:
@@ -89,14 +96,46 @@ def install_probes(model) -> None:
     for _, m in nnx.iter_modules(model):
         if _probe_call_for(m) is not None:
             swap_call(m, "probed", _hook)
+            _probe_methods(m)
 
 
-def run_probed(model, x, dummies):
-    """Calls a model copy with probes installed.
+def _probe_methods(m) -> None:
+    """Gives a probed weight layer's class (the cached subclass `swap_call` made) probed
+    versions of its kind's other methods, e.g. `Embed.attend`."""
+    kind, cls = weight_kind(m), type(m)
+    if kind is None or getattr(cls, "_gradflow_tag", None) != "probed":
+        return
+    for name in kind.methods:
+        if name not in vars(cls):
+            setattr(cls, name, _method_hook(name, getattr(cls, name)))
+
+
+def _method_hook(name: str, original):
+    def method(self, *args, **kwargs):
+        rec = current()
+        out = original(self, *args, **kwargs)
+        if rec is None:
+            return out
+        return rec.weight_layer(self, _first_input(original, args, kwargs), out, method=name)
+
+    method.__name__ = name
+    return method
+
+
+def _first_input(fn, args, kwargs):
+    """The first argument after `self` of a call `fn(self, *args, **kwargs)`: the layer's input,
+    passed positionally or by name."""
+    if args:
+        return args[0]
+    return kwargs[list(inspect.signature(fn).parameters)[1]]
+
+
+def run_probed(model, call, dummies):
+    """Runs `call(model)` on a model copy with probes installed.
 
     Args:
       model: a throwaway copy of the model.
-      x: its input.
+      call: `call(model) -> output`, e.g. `lambda m: m(x)`.
       dummies: the (n_rows, 2) error-tap inputs, or None while discovering rows.
 
     Returns:
@@ -104,13 +143,13 @@ def run_probed(model, x, dummies):
 
     Example::
 
-      out, rec = run_probed(nnx.merge(graphdef, params, rest, copy=True), x, None)
+      out, rec = run_probed(nnx.merge(graphdef, params, rest, copy=True), lambda m: m(x), None)
       names = rec.unique_names()
     """
     rec = Recorder(dummies, module_paths(model))
     install_probes(model)
     with recording(rec):
-        out = model(x)
+        out = call(model)
     return out, rec
 
 
@@ -135,12 +174,13 @@ def _hook(self, original, *args, **kwargs):
     return call(self, rec, original, *args, **kwargs)
 
 
-def _weight_call(self, rec: Recorder, original, x, *args, **kwargs):
-    return rec.weight_layer(self, x, original(self, x, *args, **kwargs))
+def _weight_call(self, rec: Recorder, original, *args, **kwargs):
+    z = original(self, *args, **kwargs)
+    return rec.weight_layer(self, _first_input(original, args, kwargs), z)
 
 
-def _activation_call(self, rec: Recorder, original, x, *args, **kwargs):
-    a = original(self, x, *args, **kwargs)
+def _activation_call(self, rec: Recorder, original, *args, **kwargs):
+    a = original(self, *args, **kwargs)
     rec.activation(a)
     return a
 
@@ -155,7 +195,7 @@ def _stack_call(spec: ScannedStack, self, rec: Recorder, x):
 
     def run_block(block_state, x, dummies):
         block = nnx.merge(graphdef, block_state)
-        y, sub = run_probed(block, x, dummies)
+        y, sub = run_probed(block, lambda b: b(x), dummies)
         return y, nnx.state(block), sub
 
     found = {}

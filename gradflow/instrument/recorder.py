@@ -7,7 +7,11 @@ pass. Activation modules are those registered with `registry.register_activation
 
 Models without registered activation modules (e.g. a user's model calling `nnx.relu`): a row's
 activation statistics are those of the next weight layer's input, which is exactly what the
-layer passes on in a sequential network; the last row reports its own output.
+layer passes on in a sequential network. A row reports its own output instead where the next
+weight layer does not take what it passes on: the last row; a row whose next weight layer reads
+the very same input (parallel branches, e.g. attention's query, key and value projections); and
+a row before a call whose input has no statistics: integer indices (an `nnx.Embed` lookup, e.g.
+a position embedding after the token embedding) or a scanned stack.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from dataclasses import dataclass
 import jax.numpy as jnp
 
 
+from .registry import weight_kind
 from .tap import activation_stats, error_tap
 
 _CURRENT: contextvars.ContextVar["Recorder | None"] = contextvars.ContextVar("gradflow_recorder",
@@ -62,10 +67,11 @@ def path_name(path) -> str:
 @dataclass
 class _Chunk:
     """Consecutive rows' forward statistics: (k, 3) arrays of [mean, std, dead]."""
-    inputs: object
+    inputs: object  # None where the input has no statistics (integer indices)
     outputs: object
     acts: object  # None where no activation module followed, filled by `activation`
     resolved: bool = False  # acts already final (chunks from scanned stacks)
+    source: object = None  # the input array itself, to tell layers reading the same input
 
 
 class Recorder:
@@ -85,12 +91,15 @@ class Recorder:
         self._open: _Chunk | None = None  # the last layer's chunk until an activation claims it
 
     # -- called by probes ---------------------------------------------------------------------
-    def weight_layer(self, module, x, z):
+    def weight_layer(self, module, x, z, method: str | None = None):
         """Records one weight-layer call as a new row.
 
         Args:
-          module: the layer.
-          x, z: its input and output.
+          module: the layer (a `registry.WEIGHT_LAYERS` instance).
+          x, z: its input and output. Integer (or boolean) inputs, an Embed's indices, get no
+            input statistics (see the module docstring).
+          method: None for `__call__`; else the method called (e.g. "attend"), appended to the
+            row's name.
 
         Returns:
           `z`, through `error_tap` unless discovering.
@@ -102,8 +111,11 @@ class Recorder:
         path = self.paths.get(id(module))
         if path is None:
             raise UnreachableLayer(type(module).__name__)
-        self.rows.append(Row(path_name(path), path + ("kernel",)))
-        chunk = _Chunk(activation_stats(x)[None], activation_stats(z)[None], None)
+        name = path_name(path) if method is None else path_name(path + (method,))
+        self.rows.append(Row(name, path + (weight_kind(module).param,)))
+        numeric = jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+        chunk = _Chunk(activation_stats(x)[None] if numeric else None,
+                       activation_stats(z)[None], None, source=x)
         self.chunks.append(chunk)
         self._open = chunk
         return z if self.dummies is None else error_tap(z, self.dummies[i])
@@ -153,7 +165,8 @@ class Recorder:
         Returns:
           An (n_rows, 3) array of [act_mean, act_std, dead_frac]: of the registered activation
           after each row, else of the row's output; without any registered activation, of the
-          next row's input (the last row: its own output).
+          next row's input (the last row, a row whose next row reads the same input, and a row
+          before an integer input or a scanned stack: its own output).
         """
         if not self.chunks:
             return jnp.zeros((0, 3), jnp.float32)
@@ -161,9 +174,15 @@ class Recorder:
             parts = [c.acts if c.resolved or c.acts is not None else c.outputs for c in self.chunks]
             return jnp.concatenate(parts)
         # No activation modules: what a layer passes on is the next layer's input.
-        inputs = jnp.concatenate([c.inputs for c in self.chunks])
-        last = self.chunks[-1].outputs
-        return jnp.concatenate([inputs[1:], last[-1:]])
+        parts = []
+        for c, after in zip(self.chunks, self.chunks[1:] + [None]):
+            if c.resolved:
+                parts.append(c.acts)
+            else:  # a probed call: one row
+                fed = (after is not None and after.inputs is not None
+                       and after.source is not c.source)
+                parts.append(after.inputs if fed else c.outputs)
+        return jnp.concatenate(parts)
 
     def unique_names(self) -> list[str]:
         """The row names, made unique.

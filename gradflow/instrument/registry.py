@@ -1,9 +1,13 @@
 """Which modules gradflow measures, and how: weight layers (`WEIGHT_LAYERS`), and the module
 classes registered here as activations or scanned stacks.
 
-Any `nnx.Linear`, `nnx.Conv` or `nnx.ConvTranspose` (`WEIGHT_LAYERS`) is found by
-walking the graph and gets one row per call. Two more kinds of module plug in through a public
-registry, the same way for gradflow's model zoo and for a user's own modules:
+Any `nnx.Linear`, `nnx.LinearGeneral`, `nnx.Einsum`, `nnx.Conv`, `nnx.ConvTranspose` or
+`nnx.Embed` (`WEIGHT_LAYERS`) is found by walking the graph and gets one row per call, measured
+on its weight parameter (`WEIGHT_KINDS`: `kernel`, an Embed's `embedding`). An Embed's `attend`
+(a weight-tied output head) is a call too, a row named `<path>/attend`. So attention is four
+rows: `nnx.MultiHeadAttention`'s `query`, `key`, `value` and `out` are LinearGeneral layers.
+Two more kinds of module plug in through a public registry, the same way for gradflow's model
+zoo and for a user's own modules:
 
 - `register_activation(cls)`: a call of a `cls` module is what the unit passes on; its
   act_mean / act_std / dead_frac become those of the weight layer called just before it.
@@ -39,7 +43,50 @@ from typing import Any, Callable
 
 from flax import nnx
 
-WEIGHT_LAYERS = (nnx.Linear, nnx.Conv, nnx.ConvTranspose)
+
+
+@dataclass(frozen=True)
+class WeightKind:
+    """How the calls of one weight-layer class are measured.
+
+    Attributes:
+      param: the attribute holding its weight `nnx.Param`; a row's `kernel_path` is the layer's
+        path + (param,).
+      ndim: `ndim(module)` is the weight's rank without stacked axes (one more leading axis:
+        layers stacked by nnx.vmap, one row per slice where calls cannot be probed).
+      methods: methods other than `__call__` whose calls are rows too, named `<path>/<method>`.
+    """
+    param: str
+    ndim: Callable[[Any], int]
+    methods: tuple[str, ...] = ()
+
+
+def _matrix(m) -> int:
+    return 2
+
+
+def _conv(m) -> int:
+    return len(m.kernel_size) + 2
+
+
+def _linear_general(m) -> int:  # kernel: (*batch_axis sizes, *in_features, *out_features)
+    return len(m.batch_axis) + len(m.in_features) + len(m.out_features)
+
+
+def _einsum(m) -> int:
+    return len(m.kernel_shape)
+
+
+WEIGHT_KINDS: dict[type, WeightKind] = {
+    nnx.Linear: WeightKind("kernel", _matrix),
+    nnx.LinearGeneral: WeightKind("kernel", _linear_general),
+    nnx.Einsum: WeightKind("kernel", _einsum),
+    nnx.Conv: WeightKind("kernel", _conv),
+    nnx.ConvTranspose: WeightKind("kernel", _conv),
+    # (num_embeddings, features); called on integer indices, `attend` is the tied output head
+    nnx.Embed: WeightKind("embedding", _matrix, methods=("attend",)),
+}
+WEIGHT_LAYERS = tuple(WEIGHT_KINDS)
 
 ACTIVATION = "activation"
 # class -> ACTIVATION or a ScannedStack, found along type(module).__mro__
@@ -154,6 +201,31 @@ def _register(cls, kind) -> type:
     return cls
 
 
+def weight_kind(module) -> WeightKind | None:
+    """How a weight layer is measured, found along its class hierarchy.
+
+    Args:
+      module: any module.
+
+    Returns:
+      The `WeightKind` of the first class of `type(module).__mro__` in `WEIGHT_KINDS`, or None
+      (not a weight layer).
+
+    Example:
+      >>> embed = nnx.eval_shape(lambda: nnx.Embed(10, 4, rngs=nnx.Rngs(0)))
+      >>> kind = weight_kind(embed)
+      >>> kind.param, kind.ndim(embed), kind.methods
+      ('embedding', 2, ('attend',))
+      >>> weight_kind(nnx.LayerNorm(4, rngs=nnx.Rngs(0))) is None
+      True
+    """
+    for cls in type(module).__mro__:
+        kind = WEIGHT_KINDS.get(cls)
+        if kind is not None:
+            return kind
+    return None
+
+
 def kind_of(module):
     """How `module` is measured.
 
@@ -161,15 +233,15 @@ def kind_of(module):
       module: any module.
 
     Returns:
-      "weight" (`WEIGHT_LAYERS`), ACTIVATION, a ScannedStack (a registered stack that scans),
-      or None (its calls are not probed; its submodules may be).
+      "weight" (`WEIGHT_LAYERS`, see `weight_kind`), ACTIVATION, a ScannedStack (a registered
+      stack that scans), or None (its calls are not probed; its submodules may be).
 
     Example:
       >>> linear = nnx.eval_shape(lambda: nnx.Linear(2, 2, rngs=nnx.Rngs(0)))
       >>> kind_of(linear), kind_of(gf.models.Activation("relu"))
       ('weight', 'activation')
     """
-    if isinstance(module, WEIGHT_LAYERS):
+    if weight_kind(module) is not None:
         return "weight"
     for cls in type(module).__mro__:
         kind = _KINDS.get(cls)

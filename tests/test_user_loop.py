@@ -1,0 +1,178 @@
+"""gf.value_and_grad inside a user's own loop: gradients bit for bit those of nnx.value_and_grad,
+state updates (BatchNorm, RNG counts) as nnx.value_and_grad makes them, every metric against an
+independent functional re-implementation, nnx.jit / jax.jit with nnx.Optimizer, update_ratio,
+History.append, and one-line errors for bad input."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import gradflow as gf
+
+
+class Net(nnx.Module):
+    """Linear -> BN -> relu -> dropout -> Linear, the encoder called twice (two inputs)."""
+
+    def __init__(self, rngs):
+        self.enc = nnx.Linear(4, 8, rngs=rngs)
+        self.bn = nnx.BatchNorm(8, rngs=rngs)
+        self.drop = nnx.Dropout(0.5, rngs=rngs)
+        self.head = nnx.Linear(8, 3, rngs=rngs)
+
+    def __call__(self, a, b, *, train: bool = True):
+        h = self.bn(self.enc(a) + self.enc(b), use_running_average=not train)
+        h = self.drop(nnx.relu(h), deterministic=not train)
+        return self.head(h)
+
+
+def loss_fn(model, a, b, y, train=True):
+    out = model(a, b, train=train)
+    return optax.softmax_cross_entropy_with_integer_labels(out, y).mean(), out
+
+
+KEY = jax.random.key(0)
+A = jax.random.normal(jax.random.key(1), (16, 4))
+B = jax.random.normal(jax.random.key(2), (16, 4))
+Y = jnp.arange(16) % 3
+
+
+def _same(t1, t2):
+    leaves1, leaves2 = jax.tree.leaves(t1), jax.tree.leaves(t2)
+    return len(leaves1) == len(leaves2) and all(
+        bool(jnp.array_equal(u, v)) for u, v in zip(leaves1, leaves2))
+
+
+def test_grads_values_and_state_updates_are_those_of_nnx_value_and_grad():
+    ref, got = Net(nnx.Rngs(0, dropout=1)), Net(nnx.Rngs(0, dropout=1))
+    (l1, out1), g1 = nnx.value_and_grad(loss_fn, has_aux=True)(ref, A, B, Y, train=True)
+    (l2, out2), g2, snap = gf.value_and_grad(loss_fn, has_aux=True)(got, A, B, Y, train=True)
+    assert bool(l1 == l2) and bool(jnp.array_equal(out1, out2))
+    assert type(g1) is type(g2) and _same(g1, g2)
+    assert _same(nnx.state(ref), nnx.state(got))  # BN statistics and the dropout RNG count
+    assert type(got.enc) is nnx.Linear  # the user's model is never modified
+    assert snap.layers == ("enc", "enc#2", "head")  # one row per call
+    assert float(snap["loss"]) == float(l1)
+
+
+def _reference(model, a, b, y):
+    """(‖∂L/∂W‖, ‖∂L/∂z‖, ‖W‖, activation stats) per call, by a functional re-implementation
+    (eval mode: BN on its running statistics, no dropout) with zero perturbations on each output."""
+    W1, b1 = model.enc.kernel[...], model.enc.bias[...]
+    W2, b2 = model.head.kernel[...], model.head.bias[...]
+    bn = model.bn
+    scale, bias, mean, var = bn.scale[...], bn.bias[...], bn.mean[...], bn.var[...]
+
+    def forward(W1, W2, d1, d2, d3):
+        z1, z2 = a @ W1 + b1 + d1, b @ W1 + b1 + d2
+        h = (z1 + z2 - mean) / jnp.sqrt(var + bn.epsilon) * scale + bias
+        x3 = nnx.relu(h)
+        z3 = x3 @ W2 + b2 + d3
+        loss = optax.softmax_cross_entropy_with_integer_labels(z3, y).mean()
+        return loss, (a, b, x3, z3)
+
+    zeros = (jnp.zeros((16, 8)), jnp.zeros((16, 8)), jnp.zeros((16, 3)))
+    grads, inputs = jax.grad(forward, argnums=(0, 1, 2, 3, 4), has_aux=True)(W1, W2, *zeros)
+    gW1, gW2, d1, d2, d3 = (np.asarray(g, np.float64) for g in grads)
+    norm = lambda v: float(np.sqrt(np.sum(v ** 2)))
+    grad = [norm(gW1), norm(gW1), norm(gW2)]  # both calls share the kernel and its gradient
+    error = [norm(d1), norm(d2), norm(d3)]
+    weight = [norm(np.asarray(W1)), norm(np.asarray(W1)), norm(np.asarray(W2))]
+    # without activation modules, a row passes on the next row's input; the last its output
+    passed = [np.asarray(inputs[1]), np.asarray(inputs[2]), np.asarray(inputs[3])]
+    acts = [(p.mean(), p.std(), float(np.mean(np.all(p == 0, axis=0)))) for p in passed]
+    return grad, error, weight, np.asarray(acts)
+
+
+def test_every_metric_equals_an_independent_reference():
+    model = Net(nnx.Rngs(0, dropout=1))
+    grad, error, weight, acts = _reference(model, A, B, Y)
+    _, _, snap = gf.value_and_grad(loss_fn, has_aux=True)(model, A, B, Y, train=False)
+    np.testing.assert_allclose(snap["error_norm"], error, rtol=2e-5)
+    np.testing.assert_allclose(snap["weight_norm"], weight, rtol=1e-6)
+    np.testing.assert_allclose(snap["act_mean"], acts[:, 0], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(snap["act_std"], acts[:, 1], rtol=1e-4)
+    np.testing.assert_allclose(snap["dead_frac"], acts[:, 2])
+    # a kernel called twice: each row reports the kernel's whole gradient
+    np.testing.assert_allclose(snap["grad_norm"], grad, rtol=2e-5)
+
+
+def test_training_in_nnx_jit_with_an_optimizer_equals_nnx_value_and_grad():
+    def make():
+        model = Net(nnx.Rngs(0, dropout=1))
+        return model, nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+
+    grad_fn = gf.value_and_grad(loss_fn, has_aux=True)
+
+    @nnx.jit
+    def reference_step(model, optimizer, a, b, y):
+        (loss, _), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model, a, b, y)
+        optimizer.update(model, grads)
+        return loss
+
+    @nnx.jit
+    def step(model, optimizer, a, b, y):
+        (loss, _), grads, snap = grad_fn(model, a, b, y)
+        updates = optimizer.update(model, grads)
+        return loss, gf.update_ratio(snap, updates), updates
+
+    (m1, o1), (m2, o2) = make(), make()
+    history = gf.History()
+    for i in range(3):
+        w_before = np.asarray(m2.head.kernel[...], np.float64)
+        l1 = reference_step(m1, o1, A, B, Y)
+        l2, snap, updates = step(m2, o2, A, B, Y)
+        assert float(l1) == float(l2)
+        u = np.asarray(updates["head"]["kernel"], np.float64)
+        assert float(snap["update_ratio"][-1]) == pytest.approx(
+            np.linalg.norm(u) / np.linalg.norm(w_before), rel=1e-5)
+        history.append(i, snap)
+    assert _same(nnx.state(m1), nnx.state(m2))
+    assert history["update_ratio"].shape == (3, 3) and list(history.steps) == [0, 1, 2]
+    assert np.isfinite(history["error_norm"]).all()
+
+
+def test_jax_jit_with_split_and_merge():
+    model = Net(nnx.Rngs(0, dropout=1))
+    graphdef, state = nnx.split(model)
+    grad_fn = gf.value_and_grad(loss_fn, has_aux=True)
+
+    @jax.jit
+    def step(state, a, b, y):
+        m = nnx.merge(graphdef, state)
+        (loss, _), grads, snap = grad_fn(m, a, b, y)
+        return loss, grads, snap, nnx.state(m)
+
+    loss, grads, snap, new_state = step(state, A, B, Y)
+    ref = Net(nnx.Rngs(0, dropout=1))
+    (l_ref, _), g_ref = nnx.value_and_grad(loss_fn, has_aux=True)(ref, A, B, Y)
+    assert float(loss) == pytest.approx(float(l_ref), rel=1e-6)
+    assert isinstance(snap, gf.Snapshot) and snap.layers == ("enc", "enc#2", "head")
+    assert jax.tree.leaves(g_ref)[0].shape == jax.tree.leaves(grads)[0].shape
+
+
+def test_rngs_passed_as_an_argument_are_advanced_as_nnx_does():
+    class Noisy(nnx.Module):
+        def __init__(self, rngs):
+            self.lin = nnx.Linear(4, 3, rngs=rngs)
+
+        def __call__(self, x, rngs):
+            return self.lin(x + 0.1 * jax.random.normal(rngs.noise(), x.shape))
+
+    def noisy_loss(model, x, rngs):
+        return jnp.mean(model(x, rngs) ** 2)
+
+    r1, r2 = nnx.Rngs(noise=3), nnx.Rngs(noise=3)
+    l1, g1 = nnx.value_and_grad(noisy_loss)(Noisy(nnx.Rngs(0)), A, r1)
+    l2, g2, _ = gf.value_and_grad(noisy_loss)(Noisy(nnx.Rngs(0)), A, r2)
+    assert bool(l1 == l2) and _same(g1, g2) and _same(nnx.state(r1), nnx.state(r2))
+
+
+def test_bad_input_is_one_clear_error():
+    with pytest.raises(TypeError, match="nnx.Module"):
+        gf.value_and_grad(lambda m, x: jnp.sum(x))(lambda x: x, A)
+    with pytest.raises(ValueError, match="scalar loss"):
+        gf.value_and_grad(lambda m, x: m.enc(x))(Net(nnx.Rngs(0)), A)
+    with pytest.raises(ValueError, match="gf.value_and_grad"):
+        gf.update_ratio(gf.Snapshot(["a"], {"weight_norm": np.ones(1)}), {})
