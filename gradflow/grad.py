@@ -19,13 +19,16 @@ those of `nnx.value_and_grad`, and the measurements cost one extra reduction per
 """
 from __future__ import annotations
 
+import warnings
+
 import jax
 from flax import nnx
 
 from .snapshot import Snapshot
-from .instrument.measure import Layout, discover_call, measure_call, row_norms
-from .instrument.recorder import Row
+from .instrument.measure import Layout, discover_call, flat_arrays, measure_call, row_norms
+from .instrument.recorder import Row, path_name
 from .instrument.steps import abstract
+from .instrument.tap import safe_norm
 
 
 def value_and_grad(fn, *, has_aux: bool = False):
@@ -43,8 +46,11 @@ def value_and_grad(fn, *, has_aux: bool = False):
       `grad_fn(model, *args, **kwargs) -> (value, grads, snapshot)`: `value` is the loss (or
       `(loss, aux)`), `grads` the gradients with respect to the model's `nnx.Param`s as an
       `nnx.State` (as `nnx.value_and_grad` returns them), and `snapshot` a `gf.Snapshot` with
-      grad_norm, error_norm, act_mean, act_std, dead_frac and weight_norm per row and the loss.
-      Works eagerly and inside `nnx.jit` / `jax.jit`.
+      grad_norm, error_norm, act_mean, act_std, dead_frac and weight_norm per row (one row per
+      call of a weight layer), the loss, and `grad_norm:<path>` for each parameter of a
+      normalization layer (LayerNorm, RMSNorm, GroupNorm, BatchNorm: not rows). Works eagerly
+      and inside `nnx.jit` / `jax.jit`. A model whose layers cannot be probed (run inside a
+      transform) gets a warning once and the metrics computable from parameters and gradients.
 
     Raises:
       TypeError: if `model` is not an NNX module.
@@ -91,10 +97,28 @@ def value_and_grad(fn, *, has_aux: bool = False):
         nnx.update(model, new_rest)
         if nodes:
             nnx.update(tuple(nodes), new_nodes)
-        snapshot = Snapshot(layout.names, stats, {"loss": loss}, _meta(layout))
+        if not layout.probed:
+            warnings.warn(UNPROBED, stacklevel=2)
+        scalars = {"loss": loss} | _norm_layer_grads(model, grads)
+        snapshot = Snapshot(layout.names, stats, scalars, _meta(layout))
         return ((loss, aux) if has_aux else loss), grads, snapshot
 
     return grad_fn
+
+
+NORM_LAYERS = (nnx.LayerNorm, nnx.RMSNorm, nnx.GroupNorm, nnx.BatchNorm)
+UNPROBED = ("gradflow: some weight layers of this model run inside a JAX/NNX transform "
+            "(nnx.scan, nnx.vmap, ...) where calls cannot be probed: rows are its kernels (one "
+            "per stacked slice) with grad_norm, weight_norm and update_ratio; error_norm and the "
+            "activation statistics are NaN. Register the stack module with "
+            "gf.instrument.register_scanned_stack to measure every layer of every iteration.")
+
+
+def _norm_layer_grads(model, grads) -> dict:
+    """`grad_norm:<path>` of every parameter of a normalization layer (they are not rows)."""
+    norms = {tuple(path) for path, m in nnx.iter_modules(model) if isinstance(m, NORM_LAYERS)}
+    return {f"grad_norm:{path_name(p)}": safe_norm(a)
+            for p, a in flat_arrays(grads).items() if p[:-1] in norms}
 
 
 def update_ratio(snapshot: Snapshot, updates) -> Snapshot:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Callable
 
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 _EPS = 1e-7  # Keras' clipping of probabilities in binary cross-entropy
@@ -108,3 +109,41 @@ def resolve(loss) -> tuple[Callable, Callable | None]:
         raise ValueError(f"loss={loss!r} is not one of {', '.join(map(repr, LOSSES))} "
                          "or a callable (outputs, y) -> scalar")
     return LOSSES[loss]
+
+
+def check_labels(loss, labels, output) -> None:
+    """Refuses labels a built-in classification loss would silently turn into a NaN or a wrong
+    number: cross-entropy needs class indices in [0, number of outputs), binary cross-entropy 0
+    or 1. Other losses are not checked.
+
+    Args:
+      loss: the `loss` argument of `gf.probe` / `gf.train` (a name, a callable or None).
+      labels: the batch's labels (numpy or a concrete jax array).
+      output: the model's output shape (`jax.ShapeDtypeStruct` or anything with `.shape`).
+
+    Raises:
+      ValueError: naming the loss, the accepted range and the labels found.
+
+    Example:
+      >>> gf.losses.check_labels(None, np.array([0, 10]), jax.ShapeDtypeStruct((2, 10), jnp.float32))
+      Traceback (most recent call last):
+      ...
+      ValueError: cross_entropy needs class indices in [0, 10) for a model with 10 outputs; the labels range over 0..10
+    """
+    if loss not in (None, "cross_entropy", "binary_cross_entropy") or output is None:
+        return
+    y = np.asarray(labels)
+    if not y.size:
+        return
+    if loss == "binary_cross_entropy":
+        if not np.isin(y, (0, 1)).all():
+            raise ValueError(f"binary_cross_entropy needs labels 0 or 1; the labels range over "
+                             f"{y.min():g}..{y.max():g}")
+        return
+    n = output.shape[-1]
+    if not np.issubdtype(y.dtype, np.integer) and not np.all(y == np.round(y)):
+        raise ValueError("cross_entropy needs integer class indices as labels, got "
+                         f"{y.dtype} values such as {y.ravel()[0]:g}")
+    if y.min() < 0 or y.max() >= n:
+        raise ValueError(f"cross_entropy needs class indices in [0, {n}) for a model with {n} "
+                         f"outputs; the labels range over {y.min():g}..{y.max():g}")

@@ -87,6 +87,7 @@ def probe(model, batch, loss=None, *, devices=None, mesh=None) -> Snapshot:
     x, y = as_batch(batch, mesh)
     graphdef, params, rest = split_model(model)
     layout = layout_for(graphdef, params, rest, x, model)
+    losses.check_labels(loss, batch[1], layout.output)
     step = probe_step(graphdef, layout, loss_fn, acc_fn)
     if mesh is not None:
         step = distributed.sharded(step, mesh, 2)

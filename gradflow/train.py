@@ -7,6 +7,7 @@ import itertools
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 from flax import nnx
 
 from . import distributed, losses
@@ -122,6 +123,7 @@ def train(model, batches, *, steps: int, optimizer, log_every: int = 1, loss=Non
         raise ValueError("batches is empty")
     x, y = as_batch(first, mesh)
     layout = layout_for(graphdef, params, rest, x, model)
+    losses.check_labels(loss, first[1], layout.output)
     instrumented, bare = train_steps(graphdef, layout, loss_fn, acc_fn, optimizer)
     opt_state = optimizer.init(params)
     begin, records, at = 0, [], []
@@ -139,6 +141,8 @@ def train(model, batches, *, steps: int, optimizer, log_every: int = 1, loss=Non
             break
         if step < begin:  # resuming: these batches were consumed before the checkpoint
             continue
+        if step and isinstance(batch[1], np.ndarray):  # host labels: checking costs no transfer
+            losses.check_labels(loss, batch[1], layout.output)
         x, y = as_batch(batch, mesh)
         step_fn = instrumented if step in record_at else bare
         new_params, new_rest, new_opt, out = step_fn(params, rest, opt_state, x, y)

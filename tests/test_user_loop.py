@@ -176,3 +176,50 @@ def test_bad_input_is_one_clear_error():
         gf.value_and_grad(lambda m, x: m.enc(x))(Net(nnx.Rngs(0)), A)
     with pytest.raises(ValueError, match="gf.value_and_grad"):
         gf.update_ratio(gf.Snapshot(["a"], {"weight_norm": np.ones(1)}), {})
+
+
+def test_normalization_parameters_are_reported_as_scalars():
+    model = Net(nnx.Rngs(0, dropout=1))
+    _, grads, snap = gf.value_and_grad(loss_fn, has_aux=True)(model, A, B, Y, train=False)
+    for name in ("scale", "bias"):
+        want = np.linalg.norm(np.asarray(grads["bn"][name][...], np.float64))
+        assert float(snap[f"grad_norm:bn/{name}"]) == pytest.approx(want, rel=1e-5)
+    assert "grad_norm:enc/kernel" not in snap  # weight layers are rows, not scalars
+
+
+def test_a_model_that_cannot_be_probed_is_said_once_and_keeps_parameter_metrics():
+    class Scanned(nnx.Module):
+        def __init__(self, rngs):
+            @nnx.split_rngs(splits=3)
+            @nnx.vmap(in_axes=(0,), out_axes=0)
+            def make(rngs):
+                return nnx.Linear(4, 4, rngs=rngs)
+
+            self.layers = make(rngs)
+
+        def __call__(self, x):
+            @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+            def body(x, layer):
+                return jnp.tanh(layer(x))
+
+            return body(x, self.layers)
+
+    model = Scanned(nnx.Rngs(0))
+    with pytest.warns(UserWarning, match="register_scanned_stack"):
+        _, grads, snap = gf.value_and_grad(lambda m, x: jnp.mean(m(x) ** 2))(model, A)
+    assert snap.layers == ("layers/0", "layers/1", "layers/2")
+    assert np.isnan(snap["error_norm"]).all() and snap.meta["probed"] is False
+    kernels = np.asarray(grads["layers"]["kernel"][...], np.float64)
+    np.testing.assert_allclose(snap["grad_norm"], np.linalg.norm(kernels, axis=(1, 2)), rtol=1e-5)
+
+
+def test_labels_outside_the_classes_are_refused_and_a_nan_loss_is_not_healthy():
+    model = gf.models.mlp("plain", 3, width=8, in_features=4, num_classes=3, rngs=nnx.Rngs(0))
+    bad = np.array([0, 1, 2, 3] * 4)
+    with pytest.raises(ValueError, match=r"class indices in \[0, 3\)"):
+        gf.probe(model, (np.asarray(A), bad))
+    with pytest.raises(ValueError, match=r"class indices in \[0, 3\)"):
+        gf.train(model, [(np.asarray(A), bad)], steps=1, optimizer=optax.sgd(0.1))
+    snap = gf.Snapshot(["a", "b"], {"grad_norm": np.ones(2), "error_norm": np.ones(2)},
+                       {"loss": np.float32("nan")})
+    assert [f.kind for f in gf.diagnose(snap)] == ["divergence"]

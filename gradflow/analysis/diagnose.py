@@ -113,7 +113,9 @@ def _last_finite(records, findings) -> dict | None:
     """The per-layer arrays of the last usable record; records divergence as a finding."""
     metrics = {k: np.asarray(records[k]) for k in records.metrics}
     if not hasattr(records, "steps"):
-        return metrics if _finite(metrics) else _diverged(records, metrics, None, findings)
+        loss_ok = "loss" not in records or bool(np.isfinite(np.asarray(records["loss"])).all())
+        return (metrics if _finite(metrics) and loss_ok
+                else _diverged(records, metrics, None, findings))
     steps = np.asarray(records.steps)
     loss = np.asarray(records["loss"]) if "loss" in records else np.zeros(len(steps))
     for i in range(len(steps)):

@@ -2,7 +2,8 @@
 turn gradients, parameters and updates into (n_rows,) arrays. Everything here runs under jit."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -26,10 +27,12 @@ class Layout:
       rows: one Row per weight-layer call (or kernel, where calls cannot be probed).
       names: the rows' display names, unique (`Recorder.unique_names`).
       probed: False where only weight-gradient-based metrics are available.
+      output: the shapes and dtypes of what the traced call returned (not compared).
     """
     rows: tuple[Row, ...]
     names: tuple[str, ...]
     probed: bool  # False: only weight-gradient-based metrics are available
+    output: Any = field(default=None, compare=False)
 
     def __len__(self):
         return len(self.rows)
@@ -115,14 +118,15 @@ def discover_call(graphdef, params, rest, call, model=None, *inputs) -> Layout:
         return out
 
     try:
-        jax.eval_shape(fn, params, rest, inputs)
+        output = jax.eval_shape(fn, params, rest, inputs)
         rec = found["rec"]
         if rec.rows:
-            return Layout(tuple(rec.rows), tuple(rec.unique_names()), True)
+            return Layout(tuple(rec.rows), tuple(rec.unique_names()), True, output)
     except UnreachableLayer:
-        pass
+        output = jax.eval_shape(lambda p, r, i: apply_call(graphdef, p, r, lambda m: call(m, *i),
+                                                           probes=False)[0], params, rest, inputs)
     rows = _parameter_rows(model if model is not None else nnx.merge(graphdef, params, rest))
-    return Layout(rows, tuple(r.name for r in rows), False)
+    return Layout(rows, tuple(r.name for r in rows), False, output)
 
 
 def _parameter_rows(model) -> tuple[Row, ...]:
