@@ -223,3 +223,53 @@ def test_labels_outside_the_classes_are_refused_and_a_nan_loss_is_not_healthy():
     snap = gf.Snapshot(["a", "b"], {"grad_norm": np.ones(2), "error_norm": np.ones(2)},
                        {"loss": np.float32("nan")})
     assert [f.kind for f in gf.diagnose(snap)] == ["divergence"]
+
+
+class _Block(nnx.Module):
+    def __init__(self, rngs):
+        self.lin = nnx.Linear(4, 4, rngs=rngs)
+
+    def __call__(self, x, scale=1.0):
+        return jnp.tanh(self.lin(x) * scale)
+
+
+@gf.instrument.register_scanned_stack(block=lambda m: m.blocks, length=lambda m: 3,
+                                      names=lambda i: (i,))
+class _Blocks(nnx.Module):
+    """The scan-over-layers pattern: blocks made by nnx.vmap, run by nnx.scan."""
+
+    def __init__(self, rngs):
+        @nnx.split_rngs(splits=3)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def make(rngs):
+            return _Block(rngs)
+
+        self.blocks = make(rngs)
+
+    def __call__(self, x, scale=1.0):
+        @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+        def body(x, block):
+            return block(x, scale=scale)
+
+        return body(x, self.blocks)
+
+
+def test_a_registered_nnx_scan_stack_is_measured_per_iteration_with_its_arguments():
+    class Model(nnx.Module):
+        def __init__(self, rngs):
+            self.stack, self.head = _Blocks(rngs), nnx.Linear(4, 2, rngs=rngs)
+
+        def __call__(self, x, scale):
+            return self.head(self.stack(x, scale=scale))
+
+    def f(model, x):
+        return jnp.mean(model(x, 0.5) ** 2)
+
+    l1, g1 = nnx.value_and_grad(f)(Model(nnx.Rngs(0)), A)
+    l2, g2, snap = gf.value_and_grad(f)(Model(nnx.Rngs(0)), A)
+    assert bool(l1 == l2) and _same(g1, g2)
+    assert snap.layers == ("stack/0/lin", "stack/1/lin", "stack/2/lin", "head")
+    assert np.isfinite(snap["error_norm"]).all() and (snap["error_norm"] > 0).all()
+    kernels = np.asarray(g1["stack"]["blocks"]["lin"]["kernel"][...], np.float64)
+    np.testing.assert_allclose(snap["grad_norm"][:3], np.linalg.norm(kernels, axis=(1, 2)),
+                               rtol=1e-5)

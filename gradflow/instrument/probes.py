@@ -160,7 +160,8 @@ def _probe_call_for(m):
     if kind == ACTIVATION:
         return _activation_call
     if isinstance(kind, ScannedStack):
-        return lambda self, rec, original, x: _stack_call(kind, self, rec, x)
+        return lambda self, rec, original, x, *args, **kwargs: _stack_call(
+            kind, self, rec, x, args, kwargs)
     return None
 
 
@@ -185,8 +186,10 @@ def _activation_call(self, rec: Recorder, original, *args, **kwargs):
     return a
 
 
-def _stack_call(spec: ScannedStack, self, rec: Recorder, x):
-    """Scans the stacked block with a fresh Recorder per iteration; rows come out block by block."""
+def _stack_call(spec: ScannedStack, self, rec: Recorder, x, args=(), kwargs=None):
+    """Scans the stacked block with a fresh Recorder per iteration; rows come out block by block.
+    Arguments after the carried `x` (a mask, `deterministic=`) go to every block unchanged."""
+    kwargs = kwargs or {}
     block_module, n = spec.block(self), spec.length(self)
     stack_path, block_path = rec.paths.get(id(self)), rec.paths.get(id(block_module))
     if stack_path is None or block_path is None:
@@ -195,7 +198,7 @@ def _stack_call(spec: ScannedStack, self, rec: Recorder, x):
 
     def run_block(block_state, x, dummies):
         block = nnx.merge(graphdef, block_state)
-        y, sub = run_probed(block, lambda b: b(x), dummies)
+        y, sub = run_probed(block, lambda b: b(x, *args, **kwargs), dummies)
         return y, nnx.state(block), sub
 
     found = {}

@@ -135,13 +135,15 @@ def register_scanned_stack(cls: type | None = None, *, block: Callable[[Any], nn
                            length: Callable[[Any], int],
                            scanned: Callable[[Any], bool] | None = None,
                            names: Callable[[int], tuple] | None = None):
-    """Registers a module class that applies one stacked block n times with `jax.lax.scan`.
+    """Registers a module class that applies one stacked block n times with `jax.lax.scan`
+    or `nnx.scan` (e.g. blocks made by `nnx.vmap` under `nnx.split_rngs`).
 
-    The block module's arrays carry a leading axis of length n; calling the stack on `x` must
+    The block module's arrays carry a leading axis of length n; calling the stack on `x` (plus
+    any further arguments, given to every block unchanged: a mask, `deterministic=`) must
     equal `block_{n-1}(... block_0(x))`, where block_i holds slice i (and its state updates,
-    e.g. BatchNorm statistics, are written back). The probe runs that scan itself with probes
-    inside the block, so each weight layer gets one row per iteration, with its error norm and
-    activation statistics. Instances whose `scanned(module)` is False are called as they are
+    e.g. BatchNorm statistics, are written back). In a measured step the probe runs that scan
+    itself, instead of the stack's own `__call__`, with probes inside the block, so each weight
+    layer gets one row per iteration, with its error norm and activation statistics. Instances whose `scanned(module)` is False are called as they are
     (their weight layers are found directly, e.g. an unrolled variant of the same class).
 
     Args:
