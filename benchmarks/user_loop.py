@@ -3,7 +3,8 @@
 
     python benchmarks/user_loop.py                 # all five cases, a few minutes on 2 cores
     python benchmarks/user_loop.py --quick         # tiny models, checks that it runs (< 1 minute)
-    python benchmarks/user_loop.py --cases mlp,transformer --breakdown   # where the time goes
+    python benchmarks/user_loop.py --breakdown --rounds 3 --steps 10     # where the time goes
+    python benchmarks/user_loop.py --cases mlp,transformer                # some cases only
 
 Each case builds two identical models, each with its own `nnx.Optimizer`, and two `nnx.jit`
 steps, written as a user writes them:
@@ -33,7 +34,8 @@ nnx.vmap and run by nnx.scan, registered with gf.instrument.register_scanned_sta
 heads, context 64, batch 32 of its generated text, AdamW).
 
 `--breakdown` adds local variants of the measured step, built in this script from gradflow's
-internal pieces (gradflow itself unchanged), timed interleaved with A and B:
+internal pieces and timed interleaved with A and B (gradflow's files are not changed; one_sum
+swaps `gradflow.instrument.tap.square_sums` in this process while its step is traced):
 
     split:   the model split and merged as gf.value_and_grad does it, nothing measured
     norms:   + grad_norm, weight_norm and update_ratio (no probes)
