@@ -21,10 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .history import History
+from .history import FLUSH_S, History
 from .train import TrainState
 
-FLUSH_S = 2.0  # seconds between two flushes of the History in training (at the next record)
 CHECKPOINT_S = 30.0  # seconds between two periodic checkpoints (at the next record)
 CHECKPOINTS = "checkpoints"
 _FORMAT = "gradflow-checkpoint-1"

@@ -15,7 +15,8 @@
 
 The function is differentiated once, with the probes of `gradflow.instrument` on a copy of the
 model, so the gradients and the model's state updates (BatchNorm statistics, RNG counts) are
-those of `nnx.value_and_grad`, and the measurements cost one extra reduction per layer.
+those of `nnx.value_and_grad`. What measuring costs per step is in benchmarks/RESULTS.md
+("User loop").
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import jax
 from flax import nnx
 
 from .snapshot import Snapshot
-from .instrument.measure import Layout, discover_call, flat_arrays, measure_call, row_norms
+from .instrument.measure import Layout, discover_call, flat_arrays, measure_call, update_ratios
 from .instrument.recorder import Row, path_name
 from .instrument.steps import abstract
 from .instrument.tap import safe_norm
@@ -139,7 +140,7 @@ def update_ratio(snapshot: Snapshot, updates) -> Snapshot:
       snap = gf.update_ratio(snap, optimizer.update(model, grads))
     """
     layout = _layout(snapshot)
-    ratio = row_norms(updates, layout) / snapshot["weight_norm"]
+    ratio = update_ratios(updates, layout, snapshot["weight_norm"])
     metrics = {k: snapshot[k] for k in snapshot.metrics} | {"update_ratio": ratio}
     return Snapshot(snapshot.layers, metrics, {k: snapshot[k] for k in snapshot.scalars},
                     snapshot.meta)

@@ -14,6 +14,7 @@ import numpy as np
 from .snapshot import Snapshot, _Records
 
 BACKWARD = ("error_norm", "grad_norm")  # dL/dz and dL/dW, computed from the output layer down
+FLUSH_S = 2.0  # least seconds between two writes of a growing History (gf.train, flush_to)
 _clock = time.monotonic  # the flush clock (tests replace it)
 
 
@@ -50,7 +51,7 @@ class History(_Records):
         self._n = self._written = len(self._steps)  # records; records in the flushed file
         if any(len(a) != self._n for a in arrays):
             raise ValueError(f"History arrays and steps differ in length ({self._n} steps)")
-        self._path, self._every_s, self._wrote_at = None, 2.0, None
+        self._path, self._every_s, self._wrote_at = None, FLUSH_S, None
 
     def _view(self, array):  # the arrays are buffers that `append` grows geometrically
         return array[:self._n]
@@ -130,7 +131,7 @@ class History(_Records):
                 d[k][:self._n] = old[:self._n]
         self._steps = np.concatenate([self._steps[:self._n], np.zeros(cap - self._n, np.int64)])
 
-    def flush_to(self, path, every_s: float = 2.0) -> "History":
+    def flush_to(self, path, every_s: float = FLUSH_S) -> "History":
         """Makes `append` save this History to `path` (atomically) as it grows, as `gf.train`
         does: at the next append, then at the first append `every_s` seconds after the last
         write. `close` writes the records not yet written.

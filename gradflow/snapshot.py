@@ -151,14 +151,29 @@ class Snapshot(_Records):
       >>> snap.save("init.npz"); snap = gf.Snapshot.load("init.npz")  # doctest: +SKIP
     """
     kind = "snapshot"
+    _meta_json = None  # meta as JSON, the static data it travels as; parsed on first use
 
     @staticmethod
     def _convert(value):
         return value if isinstance(value, jax.Array) else np.asarray(value)
 
+    @property
+    def meta(self) -> dict:
+        if self._meta is None:
+            self._meta = json.loads(self._meta_json)
+        return self._meta
+
+    @meta.setter
+    def meta(self, value: dict):
+        self._meta, self._meta_json = value, None
+
     def tree_flatten_with_keys(self):
+        # Every jitted call returning a Snapshot unflattens it, and every device_get flattens it:
+        # the JSON form of meta is kept as long as meta is not read, so a training loop that
+        # only appends snapshots never encodes or parses it again.
         leaves = [(jax.tree_util.DictKey(k), self[k]) for k in self.metrics + self.scalars]
-        meta = json.dumps(self.meta, sort_keys=True)  # hashable static data; TypeError if not JSON
+        meta = (self._meta_json if self._meta is None  # hashable static data; TypeError if
+                else json.dumps(self._meta, sort_keys=True))  # meta is not JSON
         return leaves, (self.layers, self.metrics, self.scalars, meta)
 
     @classmethod
@@ -168,5 +183,5 @@ class Snapshot(_Records):
         leaves = list(leaves)
         snap._metrics = dict(zip(metrics, leaves[:len(metrics)]))
         snap._scalars = dict(zip(scalars, leaves[len(metrics):]))
-        snap.meta = json.loads(meta)
+        snap._meta, snap._meta_json = None, meta
         return snap

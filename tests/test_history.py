@@ -253,3 +253,13 @@ def test_flush_with_the_real_clock(tmp_path):
     assert len(gf.History.load(tmp_path / "h.npz")) == 1
     hist.close()
     assert len(gf.History.load(tmp_path / "h.npz")) == 3
+
+
+def test_a_returned_snapshot_keeps_its_meta_without_reencoding_it():
+    """jit returns and device_get pass meta along as it came; reading it parses it once, and a
+    changed meta travels changed."""
+    snap = gf.Snapshot(("a",), {"grad_norm": np.ones(1)}, {}, {"probed": True, "n": [1, 2]})
+    back = jax.jit(lambda s: s)(snap)
+    assert back._meta is None and back.meta == {"probed": True, "n": [1, 2]}
+    back.meta["n"] = [3]
+    assert jax.device_get(back).meta == {"probed": True, "n": [3]}

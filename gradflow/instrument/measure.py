@@ -209,6 +209,20 @@ def row_norms(state, layout: Layout) -> jax.Array:
     return jnp.concatenate(pieces)[np.asarray(index)]
 
 
+def update_ratios(updates, layout: Layout, weight_norm) -> jax.Array:
+    """‖update‖ / ‖W‖ per row: how much an optimizer step changed each layer's weights.
+
+    Args:
+      updates: the parameter updates (an `nnx.State` or the pytree an optimizer returns).
+      layout: the model's rows.
+      weight_norm: the (n_rows,) norms of the weights before the update.
+
+    Returns:
+      An (n_rows,) array.
+    """
+    return row_norms(updates, layout) / weight_norm
+
+
 def value_grads_and_stats(graphdef, layout: Layout, loss_fn, params, rest, x, y, *,
                           batch_stats=False):
     """Loss, outputs, parameter gradients, new state and the probe measurements of

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from . import registry
-from .measure import Layout, apply, discover, row_norms, value_grads_and_stats
+from .measure import Layout, apply, discover, update_ratios, value_grads_and_stats
 
 
 _LAYOUTS: dict = {}
@@ -103,7 +103,7 @@ def train_steps(graphdef, layout: Layout, loss_fn, accuracy_fn, tx):
         loss, out, grads, new_rest, stats = value_grads_and_stats(graphdef, layout, loss_fn, params,
                                                                   rest, x, y)
         updates, new_params, opt_state = _update(tx, grads, opt_state, params)
-        stats["update_ratio"] = row_norms(updates, layout) / stats["weight_norm"]
+        stats["update_ratio"] = update_ratios(updates, layout, stats["weight_norm"])
         return new_params, new_rest, opt_state, stats | _metrics(loss, out, y, accuracy_fn)
 
     def bare(params, rest, opt_state, x, y):
