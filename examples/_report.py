@@ -8,18 +8,19 @@ from __future__ import annotations
 import argparse
 import datetime
 import html
-import json
-import math
+import itertools
 import sys
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # the examples run headless; gradflow itself never picks a backend
+import jax
 import matplotlib.pyplot as plt
 import numpy as np
 
 import gradflow as gf
+from gradflow._io import write_json
 from gradflow.report.page import document, figure_html, table_html, write_text
 
 
@@ -38,15 +39,24 @@ def parse_args(doc: str, name: str) -> argparse.Namespace:
     return args
 
 
-def _json(obj):
-    """NaN and infinities as null: JSON has neither."""
-    if isinstance(obj, dict):
-        return {k: _json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
+def train_loop(model, optimizer, batches, steps: int, every: int, measured_step, step,
+               meta: dict):
+    """The user's loop both examples run: `measured_step` (it returns a gf.Snapshot) at every
+    `every`-th step and the last, the plain `step` (it returns the loss) otherwise.
+
+    Returns:
+      (the gf.History of the measured steps, the loss of every step as float64 numpy).
+    """
+    history, losses = gf.History(meta=meta), []
+    record = set(gf.recorded_steps(steps, every))  # every k-th and the last
+    for i, (x, y) in enumerate(itertools.islice(batches, steps)):
+        if i in record:
+            snap = measured_step(model, optimizer, x, y)
+            history.append(i, snap)
+            losses.append(snap["loss"])
+        else:
+            losses.append(step(model, optimizer, x, y))
+    return history, np.asarray(jax.device_get(losses), np.float64)
 
 
 def _loss_figure(losses, history, held_out_loss):
@@ -103,7 +113,7 @@ def write_report(out: Path, title: str, intro: str, history, losses, summary: di
         (out / name).write_bytes(png)
         parts.append(figure_html(fig_title, caption, png))
         plt.close(fig)
-    (out / "summary.json").write_text(json.dumps(_json(summary), indent=2))
+    write_json(out / "summary.json", summary)
     numbers = [(k, v) for k, v in summary.items() if isinstance(v, (int, float, str))]
     e = html.escape
     body = (f"<h1>{e(title)}</h1><p>{e(intro)}</p>"

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
 import gradflow as gf
-from _report import parse_args, write_report  # examples/_report.py: options, report
+from _report import parse_args, train_loop, write_report  # examples/_report.py
 
 WORDS = {  # a tiny grammar: "<subject> <verb> <object><ending>"
     "subject": ["the cat", "a dog", "my friend", "the old man", "a small bird", "the teacher",
@@ -158,18 +157,11 @@ def main():
                    rngs=nnx.Rngs(0))
     optimizer = nnx.Optimizer(model, optax.adamw(3e-3, weight_decay=0.01), wrt=nnx.Param)
     rng = np.random.default_rng(0)
-    history = gf.History(meta={"arch": f"char transformer, {cfg['n_blocks']} scanned blocks"})
-    losses, t0 = [], time.perf_counter()
-    record = set(gf.recorded_steps(cfg["steps"], cfg["every"]))  # every k-th and the last
-    for i in range(cfg["steps"]):
-        x, y = windows(data, cfg["context"], cfg["batch"], rng)
-        if i in record:
-            snap = measured_step(model, optimizer, x, y)
-            history.append(i, snap)
-            losses.append(snap["loss"])
-        else:
-            losses.append(step(model, optimizer, x, y))
-    losses = np.asarray(jax.device_get(losses), np.float64)
+    t0 = time.perf_counter()
+    batches = iter(lambda: windows(data, cfg["context"], cfg["batch"], rng), None)
+    history, losses = train_loop(model, optimizer, batches, cfg["steps"], cfg["every"],
+                                 measured_step, step,
+                                 {"arch": f"char transformer, {cfg['n_blocks']} scanned blocks"})
     xh, yh = windows(held, cfg["context"], 64, np.random.default_rng(1))
     held_loss = float(eval_loss(model, xh, yh))
     seconds = time.perf_counter() - t0

@@ -17,17 +17,14 @@ It writes history.npz, figures, summary.json and report.html into --out (default
 """
 from __future__ import annotations
 
-import itertools
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 
 import gradflow as gf
-from _report import parse_args, write_report  # examples/_report.py: options, report
+from gradflow.experiments.evaluation import evaluate
+from _report import parse_args, train_loop, write_report  # examples/_report.py
 
 
 def loss_fn(model, x, y):
@@ -50,20 +47,6 @@ def step(model, optimizer, x, y):  # the usual step
     return loss
 
 
-@nnx.jit
-def predict(model, x):
-    return jnp.argmax(model(x), axis=-1)
-
-
-def held_out_accuracy(model, x, y, chunk: int) -> float:
-    """Accuracy in inference mode: BatchNorm on its running statistics, model unchanged."""
-    frozen = nnx.view(model, use_running_average=True)
-    n = len(x) - len(x) % chunk  # whole chunks only: one compilation
-    hits = sum(int(jnp.sum(predict(frozen, x[i:i + chunk]) == y[i:i + chunk]))
-               for i in range(0, n, chunk))
-    return hits / n
-
-
 def main():
     args = parse_args(__doc__, "resnet_loop")
     cfg = (dict(depth=6, width=8, stages=1, batch=16, steps=6, every=2, n_train=256, n_test=128)
@@ -77,19 +60,13 @@ def main():
     schedule = optax.cosine_decay_schedule(3e-3, cfg["steps"])
     optimizer = nnx.Optimizer(model, optax.adam(schedule), wrt=nnx.Param)
 
-    history = gf.History(meta={"arch": f"residual_bn, depth {cfg['depth']}"})
-    losses, t0 = [], time.perf_counter()
-    record = set(gf.recorded_steps(cfg["steps"], cfg["every"]))  # every k-th and the last
+    t0 = time.perf_counter()
     batches = gf.data.batches(ds.x_train, ds.y_train, batch_size=cfg["batch"], seed=0)
-    for i, (x, y) in enumerate(itertools.islice(batches, cfg["steps"])):
-        if i in record:
-            snap = measured_step(model, optimizer, x, y)
-            history.append(i, snap)
-            losses.append(snap["loss"])
-        else:
-            losses.append(step(model, optimizer, x, y))
-    losses = np.asarray(jax.device_get(losses), np.float64)
-    accuracy = held_out_accuracy(model, ds.x_test, ds.y_test, chunk=min(512, cfg["n_test"]))
+    history, losses = train_loop(model, optimizer, batches, cfg["steps"], cfg["every"],
+                                 measured_step, step,
+                                 {"arch": f"residual_bn, depth {cfg['depth']}"})
+    # inference mode, BatchNorm on its running statistics, the model unchanged
+    _, accuracy = evaluate(model, ds.x_test, ds.y_test)
     seconds = time.perf_counter() - t0
 
     write_report(
