@@ -13,7 +13,7 @@ from flax import nnx
 from .probes import run_probed, use_batch_statistics
 from .registry import WEIGHT_LAYERS
 from .recorder import Row, UnreachableLayer, path_name
-from .tap import error_norm_from, safe_norm
+from .tap import error_norm_from, square_sums
 
 LAYER_METRICS = ("grad_norm", "error_norm", "act_mean", "act_std", "dead_frac", "weight_norm")
 TRAIN_METRICS = LAYER_METRICS + ("update_ratio",)
@@ -188,6 +188,10 @@ def row_norms(state, layout: Layout) -> jax.Array:
     """Frobenius norm of each row's kernel, exact for entries down to float32's smallest
     normal (see `safe_norm`).
 
+    Kernels of up to `BATCHED_SIZE` entries whose rows have equal size are concatenated and
+    reduced together, so a model with many small layers pays for a few reductions rather than
+    two per kernel; larger kernels are reduced in place (a copy would cost more than it saves).
+
     Args:
       state: gradients, parameters or updates, as an `nnx.State`.
       layout: the model's Layout.
@@ -196,17 +200,28 @@ def row_norms(state, layout: Layout) -> jax.Array:
       An (n_rows,) array; a scanned kernel's rows are its slices.
     """
     arrays = flat_arrays(state)
-    offsets, pieces, index = {}, [], []
+    groups: dict = {}  # slice size (or kernel path when large) -> [(kernel path, (k, size))]
     for r in layout.rows:
-        if r.kernel_path not in offsets:
-            a = arrays[r.kernel_path]
-            axes = tuple(range(1 if r.index is not None else 0, a.ndim))
-            offsets[r.kernel_path] = sum(p.size for p in pieces)
-            pieces.append(safe_norm(a, axes).reshape(-1))
-        index.append(offsets[r.kernel_path] + (r.index or 0))
-    if not pieces:
+        a = arrays[r.kernel_path]
+        flat = a.reshape(a.shape[0] if r.index is not None else 1, -1)
+        key = flat.shape[1] if a.size <= BATCHED_SIZE else r.kernel_path
+        members = groups.setdefault(key, [])
+        if all(path != r.kernel_path for path, _ in members):
+            members.append((r.kernel_path, flat))
+    if not groups:
         return jnp.zeros((0,), jnp.float32)
-    return jnp.concatenate(pieces)[np.asarray(index)]
+    start, offsets, pieces = 0, {}, []
+    for members in groups.values():
+        for path, flat in members:
+            offsets[path] = start
+            start += flat.shape[0]
+        pieces.append(jnp.concatenate([f for _, f in members]) if len(members) > 1
+                      else members[0][1])
+    norms = jnp.concatenate([error_norm_from(square_sums(p, 1)) for p in pieces])
+    return norms[np.asarray([offsets[r.kernel_path] + (r.index or 0) for r in layout.rows])]
+
+
+BATCHED_SIZE = 1 << 16  # kernels up to this many entries are reduced together (`row_norms`)
 
 
 def update_ratios(updates, layout: Layout, weight_norm) -> jax.Array:
