@@ -108,11 +108,13 @@ def value_and_grad(fn, *, has_aux: bool = False):
 
 
 NORM_LAYERS = (nnx.LayerNorm, nnx.RMSNorm, nnx.GroupNorm, nnx.BatchNorm)
-UNPROBED = ("gradflow: some weight layers of this model run inside a JAX/NNX transform "
-            "(nnx.scan, nnx.vmap, ...) where calls cannot be probed: rows are its kernels (one "
-            "per stacked slice) with grad_norm, weight_norm and update_ratio; error_norm and the "
-            "activation statistics are NaN. Register the stack module with "
-            "gf.instrument.register_scanned_stack to measure every layer of every iteration.")
+UNPROBED = ("gradflow: some weight layers of this model run where calls cannot be probed (an "
+            "nnx.vmap / jax.vmap call, a while_loop or fori_loop with dynamic bounds, weights "
+            "sliced by a loop counter, ...), so rows are its kernels (one per stacked slice) with "
+            "grad_norm, weight_norm and update_ratio only; error_norm and the activation "
+            "statistics are NaN. Layers run by nnx.scan, jax.lax.scan, nnx.fori_loop and "
+            "nnx.remat are measured per iteration; to measure such a stack, run it with nnx.scan "
+            "or register its module with gf.instrument.register_scanned_stack.")
 
 
 def _norm_layer_grads(model, grads) -> dict:

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import inspect
 
-import jax
 from flax import nnx
 
 from .intercept import swap_call
 from .recorder import Recorder, Row, UnreachableLayer, current, path_name, recording
 from .registry import ACTIVATION, ScannedStack, kind_of, weight_kind
+from .transforms import Scope, intercepted, scan_recorded
 
 
 def module_paths(model) -> dict[int, tuple]:
@@ -131,7 +131,8 @@ def _first_input(fn, args, kwargs):
 
 
 def run_probed(model, call, dummies):
-    """Runs `call(model)` on a model copy with probes installed.
+    """Runs `call(model)` on a model copy with probes installed, and with JAX's loops and remat
+    intercepted (`transforms.intercepted`) so that layers they run are rows too.
 
     Args:
       model: a throwaway copy of the model.
@@ -146,9 +147,9 @@ def run_probed(model, call, dummies):
       out, rec = run_probed(nnx.merge(graphdef, params, rest, copy=True), lambda m: m(x), None)
       names = rec.unique_names()
     """
-    rec = Recorder(dummies, module_paths(model))
+    rec = Recorder(dummies, module_paths(model), Scope(model=model))
     install_probes(model)
-    with recording(rec):
+    with intercepted(), recording(rec):
         out = call(model)
     return out, rec
 
@@ -196,34 +197,18 @@ def _stack_call(spec: ScannedStack, self, rec: Recorder, x, args=(), kwargs=None
         raise UnreachableLayer(type(self).__name__)
     graphdef, state = nnx.split(block_module)
 
-    def run_block(block_state, x, dummies):
+    def step(x, block_state, dummies):
         block = nnx.merge(graphdef, block_state)
         y, sub = run_probed(block, lambda b: b(x, *args, **kwargs), dummies)
         return y, nnx.state(block), sub
 
-    found = {}
-
-    def discover(block_state, x):
-        y, _, found["sub"] = run_block(block_state, x, None)
-        return y
-
-    jax.eval_shape(discover, jax.tree.map(lambda a: a[0], state), x)
-    inner, per_block = found["sub"], len(found["sub"].rows)
-    dummies = rec.take_dummies(n * per_block)
-    if dummies is not None:
-        dummies = dummies.reshape(n, per_block, *dummies.shape[1:])
-
-    def body(x, slices):
-        block_state, d = slices
-        y, new_state, sub = run_block(block_state, x, d)
-        return y, (new_state, sub.act_stats())
-
-    y, (new_state, acts) = jax.lax.scan(body, x, (state, dummies))
+    y, new_state, inner, acts = scan_recorded(rec, step, x, state, n)
+    per_block = len(inner.rows)
     nnx.update(block_module, new_state)
     if spec.names is None:
-        prefix = lambda i: block_path + (i,)  # noqa: E731
+        prefix = lambda i: block_path + (i,)
     else:
-        prefix = lambda i: stack_path + tuple(spec.names(i))  # noqa: E731
+        prefix = lambda i: stack_path + tuple(spec.names(i))
     names = inner.unique_names()
     rows = [Row(path_name(prefix(i)) + "/" + name, block_path + r.kernel_path, i)
             for i in range(n) for name, r in zip(names, inner.rows)]

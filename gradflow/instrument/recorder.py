@@ -21,11 +21,10 @@ from dataclasses import dataclass
 
 import jax.numpy as jnp
 
-
 from .registry import weight_kind
 from .tap import activation_stats, error_tap
 
-_CURRENT: contextvars.ContextVar["Recorder | None"] = contextvars.ContextVar("gradflow_recorder",
+_CURRENT: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar("gradflow_recorder",
                                                                              default=None)
 
 
@@ -80,11 +79,15 @@ class Recorder:
     Args:
       dummies: the (n_rows, 2) array of error-tap inputs, or None while discovering rows.
       paths: id(module) -> its path in the traced model (`probes.module_paths`).
+      scope: finds a layer that has no path by its weight array (`bodies.Scope`), e.g. a
+        module re-created inside a loop body; None: such layers are unreachable.
     """
 
-    def __init__(self, dummies, paths: dict[int, tuple]):
+    def __init__(self, dummies, paths: dict[int, tuple], scope=None):
         self.dummies = dummies
         self.paths = paths
+        self.scope = scope
+        self.iter_rows: dict[int, tuple] = {}  # row -> (stack root, loop) of a stacked slice
         self.rows: list[Row] = []
         self.chunks: list[_Chunk] = []
         self.saw_activation = False
@@ -105,14 +108,21 @@ class Recorder:
           `z`, through `error_tap` unless discovering.
 
         Raises:
-          UnreachableLayer: if `module` has no path in the traced model.
+          UnreachableLayer: if `module` has no path in the traced model and its weight is not
+            one its scope knows.
         """
         i = len(self.rows)
+        param = weight_kind(module).param
         path = self.paths.get(id(module))
-        if path is None:
+        kernel_path, root = None if path is None else path + (param,), None
+        if path is None and self.scope is not None:
+            kernel_path, root = self.scope.find(getattr(module, param, None)) or (None, None)
+        if kernel_path is None:
             raise UnreachableLayer(type(module).__name__)
-        name = path_name(path) if method is None else path_name(path + (method,))
-        self.rows.append(Row(name, path + (weight_kind(module).param,)))
+        path = kernel_path[:-1] + (() if method is None else (method,))
+        if root is not None:  # a slice of a stacked weight: (root, loop) names it per iteration
+            self.iter_rows[i] = root
+        self.rows.append(Row(path_name(path), kernel_path))
         numeric = jnp.issubdtype(jnp.result_type(x), jnp.inexact)
         chunk = _Chunk(activation_stats(x)[None] if numeric else None,
                        activation_stats(z)[None], None, source=x)

@@ -14,9 +14,10 @@ zoo and for a user's own modules:
   Without any registered activation module in a model, a row reports the next weight layer's
   input instead (exact for sequential networks; see recorder.py).
 - `register_scanned_stack(cls, block=, length=, ...)`: a `cls` module applies one block, whose
-  arrays carry a leading axis of length n, n times with `jax.lax.scan`. Probes cannot reach
-  into a plain scan body, so the probe runs the scan itself and reports one row per layer and
-  iteration, as if the stack were unrolled.
+  arrays carry a leading axis of length n, n times with `jax.lax.scan`. The probe runs that
+  scan itself and reports one row per layer and iteration. (Unregistered `nnx.scan`,
+  `jax.lax.scan`, `nnx.fori_loop` and `nnx.remat` are measured per iteration too: see
+  transforms.py; registering names the rows and replaces the stack's own call.)
 
 A user's activation module::
 
@@ -38,11 +39,11 @@ the class definition (registering clears gradflow's cached layouts and compiled 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from flax import nnx
-
 
 
 @dataclass(frozen=True)
