@@ -31,7 +31,8 @@ class SummaryRow:
         is never called (e.g. an `nnx.List`).
       params: the number of array elements in this module and everything below it, trainable
         or not (random-number state not counted).
-      note: extra text, e.g. "×8 (scanned)" for a scanned Stack.
+      note: extra text, e.g. "×8 scanned (counts: all 8 blocks)" for a scanned Stack, whose
+        rows below count the arrays of all its stacked blocks together.
     """
     path: tuple
     kind: str  # the module's class name
@@ -72,8 +73,8 @@ class Summary:
         line = "-" * (sum(w) + 4)
         out = [line, f"{head[0]:<{w[0]}}  {head[1]:<{w[1]}}  {head[2]:>{w[2]}}", line]
         out += [f"{a:<{w[0]}}  {b:<{w[1]}}  {c:>{w[2]}}" for a, b, c in cells]
-        out += [line, f"total parameters: {self.total:,} (trainable: {self.trainable:,}, "
-                      f"non-trainable: {self.non_trainable:,})", line]
+        out += [line, (f"total parameters: {self.total:,} (trainable: {self.trainable:,}, "
+                       f"non-trainable: {self.non_trainable:,})"), line]
         return "\n".join(out)
 
     def __repr__(self):
@@ -96,7 +97,7 @@ def summary(model: nnx.Module, input_shape, *, dtype=jnp.float32, max_depth: int
       A Summary; print it for the table.
 
     Raises:
-      ValueError: if `model` is not a `flax.nnx.Module`.
+      TypeError: if `model` is not a `flax.nnx.Module`.
 
     Example:
       >>> model = gf.models.mlp("plain", 4, width=16, in_features=8, num_classes=3,
@@ -107,17 +108,20 @@ def summary(model: nnx.Module, input_shape, *, dtype=jnp.float32, max_depth: int
       >>> print(s)  # doctest: +SKIP
     """
     if not isinstance(model, nnx.Module):
-        raise ValueError(f"model must be a flax.nnx.Module, got {type(model).__name__}")
-    shapes: dict[int, tuple] = {}
-    order: dict[int, int] = {}
+        raise TypeError(f"model must be a flax.nnx.Module, got {type(model).__name__}")
+    shapes: dict[tuple, tuple] = {}  # module path -> output shape of its first call
+    order: dict[tuple, float] = {}  # module path -> rank of its first call
     graphdef, state = nnx.split(model)
     modules: list = []
 
     def run(state, x):  # the copy lives in this trace, so BatchNorm may update its statistics
         copy = nnx.merge(graphdef, state, copy=True)
         modules.extend((tuple(p), m) for p, m in nnx.iter_modules(copy))
-        for _, m in modules:
+        for path, m in modules:
             swap_call(m, "summarized", _hook)
+            # keyed by path, not object: a scanned Stack calls fresh copies of its block made
+            # from a graphdef, which carries this static attribute along
+            m._gradflow_summary_path = path
         return copy(x)
 
     token = _SHAPES.set((shapes, order))
@@ -133,10 +137,11 @@ def summary(model: nnx.Module, input_shape, *, dtype=jnp.float32, max_depth: int
         if max_depth is not None and len(path) > max_depth:
             continue
         count = sum(n for p, n in params.items() if p[:len(path)] == path)
-        note = f"×{m.n} (scanned)" if getattr(m, "scan", False) and hasattr(m, "n") else ""
+        note = (f"×{m.n} scanned (counts: all {m.n} blocks)"
+                if getattr(m, "scan", False) and hasattr(m, "n") else "")
         rows.append(SummaryRow(path, type(model if not path else m).__name__.removeprefix(
-            "Summarized"), shapes.get(id(m)), count, note))
-    rows.sort(key=lambda r: _network_order(r.path, modules, order))
+            "Summarized"), shapes.get(path), count, note))
+    rows.sort(key=lambda r: _network_order(r.path, order))
     return Summary(rows, sum(params.values()), trainable)
 
 
@@ -150,26 +155,28 @@ def _hook(self, original, *args, **kwargs):
     """Records each module's first call: its rank in call order and its output shape."""
     log = _SHAPES.get()
     out = original(self, *args, **kwargs)
-    if log is not None:
+    path = getattr(self, "_gradflow_summary_path", None)
+    if log is not None and path is not None:
         shapes, order = log
-        order.setdefault(id(self), len(order))
-        if id(self) not in shapes:
+        order.setdefault(path, len(order))
+        if path not in shapes:
             leaves = jax.tree.leaves(out)
-            shapes[id(self)] = (None,) + tuple(leaves[0].shape[1:]) if leaves else None
+            shapes[path] = (None,) + tuple(leaves[0].shape[1:]) if leaves else None
     return out
 
 
 def _rank_uncalled(modules, order):
-    """Containers that are never called (nnx.List) rank with their first-called descendant."""
-    for path, m in sorted(modules, key=lambda pm: -len(pm[0])):
-        if id(m) not in order:
-            ranks = [order[id(c)] for p, c in modules
-                     if p[:len(path)] == path and p != path and id(c) in order]
+    """Modules never called (nnx.List) rank just before their first-called descendant; a
+    module called only inside an uncalled parent's call gets that rank too."""
+    for path, _ in sorted(modules, key=lambda pm: -len(pm[0])):
+        if path not in order:
+            ranks = [order[p] for p, _ in modules
+                     if p[:len(path)] == path and p != path and p in order]
             if ranks:
-                order[id(m)] = min(ranks)
+                order[path] = min(ranks) - 0.5
 
 
-def _network_order(path, modules, order):
-    """Sort key: each ancestor's first-call rank, so children follow parents in call order."""
-    by_path = {tuple(p): m for p, m in modules}
-    return tuple(order.get(id(by_path[path[:i]]), 10**9) for i in range(len(path) + 1))
+def _network_order(path, order):
+    """Sort key: each ancestor's first-call rank, so children follow parents in call order
+    (a module never called at all, e.g. an empty List, after its called siblings)."""
+    return tuple(order.get(path[:i], math.inf) for i in range(len(path) + 1))

@@ -271,8 +271,9 @@ def run(out, *, log, meta, depth, width, steps, batch_size, optimizer, lr, init,
               f"accuracy {pre['held_out_accuracy']:.1%}), then a new 5-way head fine-tuned on "
               f"{n_ft} images of classes 5-9 for {steps} steps ({optimizer}, lr {lr:g}, batch "
               f"{min(batch_size, n_ft)}). Held-out accuracy on the {ft_runs[0]['n_test']} "
-              f"test images of classes 5-9, measured {EVALS} times during fine-tuning in "
-              f"inference mode (running statistics). Frozen BN's running statistics, scale and "
+              f"test images of classes 5-9, measured {len(ft_runs[0]['eval_steps'])} times "
+              f"(before fine-tuning, then during it) in inference mode (running statistics). "
+              f"Frozen BN's running statistics, scale and "
               f"offset bit-identical after fine-tuning: {'yes' if frozen_ok else 'NO'}.")
     page.table(head_b, rows_b, "Means over seeds. Wobble: standard deviation of the held-out "
                "accuracy over the second half of the evaluations; largest drop: the largest "

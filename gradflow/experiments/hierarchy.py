@@ -138,8 +138,8 @@ def pyramid_figure(entries):
       entries: (title, `blocks` rows) per model.
 
     Returns:
-      A matplotlib Figure: per block its parameters (log scale, coloured by stage), and its
-      channels and spatial size along the network.
+      A matplotlib Figure: per block its parameters (log scale, coloured by stage; the legend
+      right of the bars), and its channels and, for images, spatial size along the network.
     """
     fig, axes = plt.subplots(len(entries), 2, figsize=(12, 2.8 * len(entries)), squeeze=False,
                              layout="constrained")
@@ -154,19 +154,25 @@ def pyramid_figure(entries):
         ax_p.set_xticks(x, [r["name"].replace("stages/", "s").replace("/rest/blocks/", "/b")
                             for r in rows],
                         rotation=60, ha="right", fontsize=6.5)
+        # outside the bars, to their right
         ax_p.legend(handles=[Patch(color=f"C{s % 10}", label=st) for s, st in enumerate(stages)],
-                    fontsize=6.5, ncol=min(len(stages), 6), loc="upper left")
+                    fontsize=6.5, ncol=1 + len(stages) // 8, loc="upper left",
+                    bbox_to_anchor=(1.01, 1.0), title="stage", title_fontsize=6.5)
         shapes = [r["output_shape"] for r in rows]
         chans = [sh[-1] if sh else np.nan for sh in shapes]
         side = [sh[1] if sh and len(sh) == 4 else np.nan for sh in shapes]
         ax_s.plot(x, chans, "o-", color="C0", label="channels / features")
-        ax_s.set_ylabel("channels", color="C0")
         ax_s.set_yscale("log", base=2)
-        ax2 = ax_s.twinx()
-        ax2.plot(x, side, "s--", color="C3", label="spatial size")
-        ax2.set_ylabel("height = width", color="C3")
         ax_s.set_xticks(x, [""] * len(x))
-        ax_s.set_title("the pyramid: channels grow as the spatial size shrinks", fontsize=9)
+        if np.isfinite(side).any():  # images: the spatial size on a second axis
+            ax_s.set_ylabel("channels", color="C0")
+            ax2 = ax_s.twinx()
+            ax2.plot(x, side, "s--", color="C3", label="spatial size")
+            ax2.set_ylabel("height = width", color="C3")
+            ax_s.set_title("the pyramid: channels grow as the spatial size shrinks", fontsize=9)
+        else:  # vectors (an MLP): no spatial size to show
+            ax_s.set_ylabel("features", color="C0")
+            ax_s.set_title("features per block (vectors: no spatial size)", fontsize=9)
     return fig
 
 
@@ -210,6 +216,7 @@ def run(out, *, log, meta, depth: int, width: int, archs, seed: int) -> str:
     page.figure("pyramid.png", pyramid_figure(entries), "Parameters per block and the pyramid",
                 "Left: parameters of each block in network order (log scale), coloured by "
                 "stage; repeated blocks of one stage have equal bars. Right: output channels "
-                "(circles, left axis) and spatial size (squares, right axis) per block.")
+                "(circles, left axis) and spatial size (squares, right axis) per block; the "
+                "MLP's blocks output vectors, so only its features are shown.")
     page.write("hierarchy.json", {"models": numbers})
     return "\n\n".join(texts + [text_table(head, totals)])

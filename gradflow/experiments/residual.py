@@ -137,7 +137,8 @@ def run(out, *, log, meta, steps: int, batch_size: int, optimizer: str, lr: floa
                 "Error signal in every layer, both networks, one colour scale",
                 "Layers (input at the bottom; with shortcuts, each block's projection is a row "
                 "before its two convs) × training steps. The network without shortcuts has 7 "
-                "rows (no projections): the grey band above them is not a layer.")
+                "rows (no projections): the hatched band above them is no layer. Grey: "
+                "non-finite, or after a divergence.")
     page.figure("comparison_grad_norm.png", comparison_grid(runs, "grad_norm", diverged, steps),
                 "Weight-gradient norm in every layer, one colour scale")
     for r in results:
@@ -146,10 +147,13 @@ def run(out, *, log, meta, steps: int, batch_size: int, optimizer: str, lr: floa
                     f"{r.arch}: error-signal heatmap (own colour scale)")
     page.figure("profiles.png", profiles(runs, diverged=diverged),
                 "Per-layer profiles at init and at the end")
-    page.figure("curves.png", curves(runs, 2, {r.arch: r.held_out_accuracy
-                                               for r in results}, steps),
+    shares = [float(np.mean(yt == k)) for k in (0, 1)]  # of the held-out labels
+    page.figure("curves.png", curves(runs, 2, {r.arch: r.held_out_accuracy for r in results},
+                                     steps, class_shares=shares, diverged=diverged),
                 "Loss and accuracy", "Binary cross-entropy and accuracy of the recorded "
-                "batches; the star is the held-out accuracy.")
+                "batches; the star is the held-out accuracy. Dotted: the majority class's "
+                f"share of the held-out labels ({max(shares):.1%}), the accuracy of always "
+                "predicting it; dashed: the loss of predicting the class shares.")
     for r in results:
         r.history.save(out / f"{'shortcuts' if 'with' in r.arch else 'no_shortcuts'}"
                           f"_history.npz")

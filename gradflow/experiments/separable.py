@@ -14,6 +14,7 @@ import jax
 import matplotlib.pyplot as plt
 import numpy as np
 from flax import nnx
+from matplotlib.ticker import NullLocator
 
 from .. import data, models
 from ..analysis.flops import costs
@@ -26,7 +27,7 @@ from .conv_timing import time_convs
 from .side_by_side import Config, train_arch
 
 WIDTH_FACTORS = (1, 4, 16)  # timed widths: W, 4W, 16W (16, 64, 256 at the default width)
-TIMING = dict(batch=16, size=16, repeats=7, warmup=2)
+TIMING = {"batch": 16, "size": 16, "repeats": 7, "warmup": 2}
 
 
 def closed_form_macs(layer) -> int:
@@ -85,7 +86,7 @@ def cost_table(archs, depth, width, image_shape, num_classes, seed):
     out = {}
     for arch in archs:
         for conv in ("standard", "separable"):
-            model = nnx.eval_shape(lambda: models.cnn(  # shapes only: nothing to initialize
+            model = nnx.eval_shape(lambda arch=arch, conv=conv: models.cnn(  # shapes only
                 arch, depth, width=width, conv=conv, num_classes=num_classes,
                 in_channels=image_shape[-1], rngs=nnx.Rngs(seed)))
             c = costs(model, image_shape)
@@ -129,7 +130,8 @@ def timing(width: int, log) -> list[dict]:
 
 
 def timing_figure(rows):
-    """Forward+backward time against width, both kinds, log-log.
+    """Forward+backward time against width, both kinds, log-log; x ticks at the timed widths
+    only, the legend under the axes.
 
     Args:
       rows: `timing`'s rows.
@@ -144,8 +146,9 @@ def timing_figure(rows):
     ax.set(xscale="log", yscale="log", xlabel="channels in = out", ylabel="ms per forward+backward",
            title=f"one layer, batch {TIMING['batch']}, {TIMING['size']}x{TIMING['size']}, "
                  f"{jax.default_backend()}")
+    ax.xaxis.set_minor_locator(NullLocator())  # log-axis minor labels would overlap the widths
     ax.set_xticks(w, [str(v) for v in w])
-    ax.legend(fontsize=8)
+    fig.legend(loc="outside lower center", ncol=2, fontsize=8, frameon=False)  # off the data
     return fig
 
 
@@ -232,8 +235,11 @@ def run(out, *, log, meta, depth, width, archs, steps, batch_size, optimizer, lr
     diverged = {r.arch: r.diverged_at for r in results if r.diverged_at is not None}
     page.figure("comparison_error_norm.png", comparison_grid(runs, "error_norm", diverged, steps),
                 "Error signal in every layer, standard and separable, one colour scale")
+    shares = np.bincount(ds.y_test, minlength=ds.num_classes) / len(ds.y_test)
     page.figure("curves.png", curves(runs, ds.num_classes, {
-        r.arch: r.held_out_accuracy for r in results}, steps), "Learning curves")
+        r.arch: r.held_out_accuracy for r in results}, steps, class_shares=shares,
+        diverged=diverged), "Learning curves", "Dotted: the majority class's share of the "
+        f"held-out labels ({shares.max():.1%}); dashed: the loss of predicting the class shares.")
     page.write("separable.json", {
         "cost": {name: {**c.to_dict(), "closed_form_mismatches": bad}
                  for name, (c, bad) in table.items()},

@@ -173,8 +173,8 @@ DEFINITIONS = {
                    "the input, > 1: it explodes",
     "theory": "mean-field prediction at init (gradflow.theory, infinite width): "
               "sqrt(error_sq[0] / error_sq[-1]); for CNNs times 1/sqrt(H*W), the global average "
-              "pooling before the head spreading the error over H*W positions; plain and bn "
-              "(ReLU) archs only",
+              "pooling before the head spreading the error over H*W positions; null where it "
+              "does not apply (gradflow.theory.predicted_profile)",
     "final_train_loss": "mean training loss over the recorded batches in the last 10% of the "
                         "steps",
     "seeds": "seed of the initialization (and, with training, of the batch order); the data are "

@@ -15,5 +15,5 @@ from .heatmap import heatmap
 from .profile import profile
 from .sweep import depth_sweep
 
-__all__ = ["heatmap", "profile", "comparison_grid", "profiles", "curves", "depth_sweep",
-           "png_bytes"]
+__all__ = ["comparison_grid", "curves", "depth_sweep", "heatmap", "png_bytes", "profile",
+           "profiles"]

@@ -16,6 +16,8 @@ LABELS = {
     "update_ratio": "‖ΔW‖ / ‖W‖ (update ratio)",
 }
 LOG_METRICS = {"grad_norm", "error_norm", "weight_norm", "update_ratio", "act_std"}
+NONFINITE = "0.82"  # light grey: a non-finite value, or a step never reached (diverged)
+NO_LAYER = {"facecolor": "white", "edgecolor": "0.6", "hatch": "///"}  # a row a network lacks
 
 
 def label(metric: str) -> str:

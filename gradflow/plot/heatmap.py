@@ -4,16 +4,19 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import LogNorm, Normalize
+from matplotlib.patches import Patch
 
-from ._style import LOG_METRICS, label, layer_ticks, positive_finite
+from ._style import LOG_METRICS, NONFINITE, label, layer_ticks, positive_finite
 
 
 def heatmap(history, metric: str = "grad_norm", *, ax=None, log: bool | None = None, vmin=None,
             vmax=None, title: str | None = None):
     """Draws one per-layer metric of a History as a layers x steps image, with a colorbar.
 
-    Layers run up from the input at the bottom; each cell spans its recorded step. Non-finite
-    values are drawn light grey and, on a log scale, exact zeros black (below the scale).
+    Layers run up from the input at the bottom; each cell spans its recorded step (one record:
+    one column, its tick labelled with the step). Non-finite values are drawn light grey (with a
+    legend entry) and, on a log scale, exact zeros black (below the scale). The colorbar says
+    whether its range is this figure's own or fixed by `vmin` / `vmax`.
 
     Args:
       history: a History.
@@ -55,24 +58,35 @@ def heatmap(history, metric: str = "grad_norm", *, ax=None, log: bool | None = N
     x_edges = _edges(steps)
     y_edges = np.arange(n_layers + 1) - 0.5
     # Non-finite cells are light grey; exact zeros (no signal at all) black, below the scale.
-    cmap = plt.get_cmap("viridis").with_extremes(bad="0.85", under="black")
+    cmap = plt.get_cmap("viridis").with_extremes(bad=NONFINITE, under="black")
     if zeros:
         values = np.where(data == 0, lo / 10, values)
     mesh = ax.pcolormesh(x_edges, y_edges, values.T, norm=norm, cmap=cmap, shading="flat")
     pos, names = layer_ticks(history.layers)
     ax.set_yticks(pos, names, fontsize=7 if n_layers > 12 else 8)
     ax.set_xlabel("training step")
+    if steps.size == 1:  # one record: one column, labelled with its step
+        ax.set_xticks([steps[0]], [str(int(steps[0]))])
+        ax.set_xlabel("training step (one record)")
     ax.set_ylabel("layer (input at the bottom)")
     arch = history.meta.get("arch")
     ax.set_title(title or f"{label(metric)}" + (f" — {arch}" if arch else ""))
-    fig.colorbar(mesh, ax=ax, label=label(metric) + (" (log scale)" if log else ""),
-                 extend="min" if zeros else "neither")
+    own = vmin is None and vmax is None
+    scale = "log scale" if log else "linear scale"
+    fig.colorbar(mesh, ax=ax, extend="min" if zeros else "neither",
+                 label=f"{label(metric)}, {scale}\n" + (
+                     "this figure's own range (not shared)" if own else "fixed range"))
+    if not np.isfinite(data).all():
+        ax.legend(handles=[Patch(facecolor=NONFINITE, edgecolor="0.5",
+                                 label="non-finite (diverged)")],
+                  loc="upper left", bbox_to_anchor=(0.0, -0.1), fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
 
 
-def _edges(steps: np.ndarray) -> np.ndarray:
+def _edges(steps) -> np.ndarray:
     """Cell edges around each recorded step (records may be unevenly spaced)."""
+    steps = np.asarray(steps, dtype=np.float64)
     if steps.size == 1:
         return np.array([steps[0] - 0.5, steps[0] + 0.5])
     mids = (steps[1:] + steps[:-1]) / 2

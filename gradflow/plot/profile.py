@@ -51,7 +51,7 @@ def profile(records, metric: str = "error_norm", *, at=None, ax=None, log: bool 
         _overlay_theory(ax, records, metric, lines[0][0], layers)
     if log:
         ax.set_yscale("log")
-    pos, names = layer_ticks(records.layers, max_ticks=12)
+    pos, _ = layer_ticks(records.layers, max_ticks=12)
     ax.set_xticks(pos, [str(p + 1) for p in pos])
     ax.set_xlabel("layer (1 = input side)")
     ax.set_ylabel(label(metric))

@@ -66,7 +66,28 @@ def table(res) -> str:
     return text_table(head, rows, footer=(
         f"attenuation: error signal ‖∂L/∂z‖ at layer 1 / at the output layer, at init, median "
         f"over {len(res.seeds)} seeds (≪ 1: vanishing, ≫ 1: exploding); theory: mean-field "
-        "prediction (plain and bn ReLU archs)"))
+        f"prediction, {theory_coverage(res)}"))
+
+
+def theory_coverage(res) -> str:
+    """Which archs of a sweep the theory column (and the figure's dashed lines) covers.
+
+    Args:
+      res: a Sweep.
+
+    Returns:
+      E.g. "given for plain, residual (— where it does not apply)", from the values present.
+
+    Example:
+      >>> from gradflow.experiments.sweep_records import Sweep
+      >>> res = Sweep(config={}, archs=("plain", "bn_separable"), depths=(8,), seeds=(0,),
+      ...             steps=0, probe_batch=8, theory={"plain": [0.1], "bn_separable": [None]})
+      >>> theory_coverage(res)
+      'given for plain (— where it does not apply)'
+    """
+    covered = [a for a in res.archs if any(v is not None for v in res.theory.get(a, []))]
+    return (f"given for {', '.join(covered)} (— where it does not apply)" if covered
+            else "none applies to these archs (—)")
 
 
 def html_report(res, png: bytes, data_description: str = "") -> str:
@@ -98,7 +119,7 @@ Started {e(str(run.get("started", "")))} on {e(str(run.get("device", "")))}; too
 {res.elapsed_s:.0f} s.</p>
 <h2>Summary</h2>{table_html(head, rows)}
 <p class=note><b>Attenuation</b>: {e(d["attenuation"])}. <b>Theory</b>:
-{e(d["theory"])}. <b>Seeds</b>: {e(d["seeds"])}.</p>
+{e(d["theory"])}; in this sweep {e(theory_coverage(res))}. <b>Seeds</b>: {e(d["seeds"])}.</p>
 <h2>Figure</h2>{figure_html("Attenuation against depth", "", png)}""")
 
 
