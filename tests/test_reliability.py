@@ -16,13 +16,13 @@ import pytest
 from flax import nnx
 
 import gradflow as gf
-from gradflow import History, data, models, cli
+from gradflow import History, cli, data, models
 from gradflow.analysis import divergence
-from gradflow.experiments import side_by_side as experiment, verdict
-from gradflow.report import run_report as report
-from gradflow.data import loaders
 from gradflow.cli.resume import RunRecord
-
+from gradflow.data import loaders
+from gradflow.experiments import side_by_side as experiment
+from gradflow.experiments import verdict
+from gradflow.report import run_report as report
 
 # -- bad command-line input: exit 2, one line naming the option, nothing written -------------------
 
@@ -309,7 +309,7 @@ def test_a_diverged_arch_reports_where_in_summary_diagnosis_and_report(diverged)
     a = summary["archs"][0]
     assert a["nonfinite_layer"] == layer
     assert f"first non-finite at layer '{layer}' (backward order)" in a["verdict"]
-    assert a["diagnosis_end"][0].startswith(f"divergence [{layer}]")
+    assert a["diagnosis_end"][0].startswith(f"divergence at step {res.diverged_at} [{layer}]")
     json.dumps(summary, allow_nan=False)
     page = report.html_report(summary, [])
     assert page.count(f"first non-finite at layer &#x27;{layer}&#x27;") == 2  # table, diagnosis

@@ -1,5 +1,5 @@
-"""Findings from a Snapshot or History: what is wrong with the gradient flow, the evidence, and
-what to do about it.
+"""Findings from a Snapshot or History: what is wrong with the gradient flow, at which moment
+(init, step N, end), the evidence, and what to do about it (`advice`, fitted to the network).
 
 Thresholds (each a plain rule of thumb, stated so a reader can disagree):
 - RATIO = 100: with one learning rate for all layers, a layer whose error signal is 100x weaker
@@ -11,119 +11,195 @@ Thresholds (each a plain rule of thumb, stated so a reader can disagree):
   tails, where the derivative is near zero.
 - UPDATE = 0.1: an optimizer step that changes a layer's weights by more than 10% of their norm
   is unstable (~1e-3 is the usual healthy order).
+- CHANCE_MARGIN = 0.05: accuracy less than 5 points above chance (1 / classes) is "did not
+  learn"; without the number of classes, a loss that fell by less than LOSS_FALL = 2% from the
+  first record to the last WINDOW = 10% of the records is.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from . import divergence
+from . import advice, divergence
+from .inputs import degenerate_input
 
 RATIO = 100.0
 DEAD = 0.25
 SATURATED = {"tanh": 0.85, "sigmoid": 0.4}
 UPDATE = 0.1
+CHANCE_MARGIN = 0.05
+LOSS_FALL = 0.02
+WINDOW = 0.1
 KINDS = ("vanishing", "exploding", "dead_units", "saturation", "unstable_updates", "divergence",
-         "healthy")
+         "not_learning", "degenerate_input", "healthy")
+INPUT_FIX = "check the data pipeline (loading, scaling, augmentation) before the network"
 
 
 @dataclass(frozen=True)
 class Finding:
-    """One thing `gf.diagnose` found: what, where, the evidence and what to do about it.
+    """One thing `gf.diagnose` found: what, when, where, the evidence and what to do about it.
 
-    `str(finding)` reads "kind [layers]: evidence -> suggestion".
+    `str(finding)` reads "kind at moment [layers]: evidence -> suggestion".
 
     Attributes:
       kind: one of `KINDS`: "vanishing", "exploding", "dead_units", "saturation",
-        "unstable_updates", "divergence" or "healthy".
-      layers: the names of the layers concerned, in network order (empty for "healthy").
+        "unstable_updates", "divergence", "not_learning", "degenerate_input" or "healthy".
+      layers: the names of the layers concerned, in network order (may be empty).
       evidence: the measurement behind the finding, in words.
       suggestion: what to try.
       value: the number judged: the error ratio layer 1 / output layer (vanishing, exploding;
         the activation-std ratio when only the forward signal explodes), the worst dead
-        fraction, the largest activation std (saturation), the worst update ratio, or the step
-        of divergence (NaN in a Snapshot, and for "healthy").
+        fraction, the largest activation std (saturation), the worst update ratio, the step
+        of divergence, the accuracy (not_learning; without classes the final loss); else NaN.
+      moment: the record judged (`moment`): "init", "step N", "end (step N)", or "" when
+        unknown (a Snapshot without a step, the input).
 
     Example:
-      >>> f = gf.Finding("dead_units", ("stem/layer",), "40% of units silent", "use He init", 0.4)
+      >>> f = gf.Finding("dead_units", ("stem/layer",), "40% of units silent", "use He init", 0.4,
+      ...                "init")
       >>> print(f)
-      dead_units [stem/layer]: 40% of units silent -> use He init
+      dead_units at init [stem/layer]: 40% of units silent -> use He init
     """
     kind: str
     layers: tuple[str, ...]
     evidence: str
     suggestion: str
     value: float = float("nan")
+    moment: str = ""
 
     def __str__(self):
+        when = f" at {self.moment}" if self.moment else ""
         where = f" [{_span(self.layers)}]" if self.layers else ""
-        return f"{self.kind}{where}: {self.evidence} -> {self.suggestion}"
+        return f"{self.kind}{when}{where}: {self.evidence} -> {self.suggestion}"
 
 
 def _span(layers) -> str:
     return layers[0] if len(layers) == 1 else f"{layers[0]} … {layers[-1]} ({len(layers)} layers)"
 
 
-def diagnose(records, *, activation: str | None = None) -> list[Finding]:
+def moment(step: int | None, *, last: bool = False) -> str:
+    """The name of the moment a record describes.
+
+    Args:
+      step: the record's training step (None: unknown).
+      last: it is the last record of a finished training.
+
+    Returns:
+      "init" for step 0, "end (step N)" for the last record, "step N" otherwise, "" for None.
+
+    Example:
+      >>> moment(0), moment(40), moment(149, last=True)
+      ('init', 'step 40', 'end (step 149)')
+    """
+    if step is None:
+        return ""
+    if step == 0:
+        return "init"
+    return f"end (step {step})" if last else f"step {step}"
+
+
+def diagnose(records, *, activation: str | None = None, init: str | None = None,
+             norm: bool | None = None, skip: bool | None = None, num_classes: int | None = None,
+             held_out_accuracy: float | None = None, inputs=None) -> list[Finding]:
     """Judges the gradient flow of a Snapshot or History by the thresholds in this module.
 
-    A History is judged at its last finite record and checked for divergence.
+    A History is judged at its last finite record (checked for divergence, and for learning).
+    Advice fits the network: what it has (an init, normalization, skip connections) is never
+    proposed, what is unknown is proposed conditionally ("... (if the network has none)").
+    Unknown arguments come from `records` (`advice.infer`: meta, row names, scalars).
 
     Args:
       records: a Snapshot (`gf.probe`) or History (`gf.train`).
       activation: the hidden activation ("tanh" and "sigmoid" are checked for saturation);
         default `records.meta["activation"]`.
+      init: the kernel initializer's name; default `records.meta["init"]`.
+      norm: the network has normalization layers; default inferred.
+      skip: the network has skip (residual) connections; default inferred.
+      num_classes: the number of classes, for the chance level; default
+        `records.meta["num_classes"]`.
+      held_out_accuracy: judge learning by this accuracy instead of the History's training
+        accuracy.
+      inputs: examples the network is fed (an array, e.g. a batch); degenerate input
+        (`inputs.degenerate_input`) is then the only finding, as it explains all others.
 
     Returns:
-      A list of Findings: one per problem found ("divergence" alone when no record is finite),
-      or a single "healthy" one.
+      A list of Findings, each with its moment: one per problem found ("divergence" alone when
+      no record is finite), or a single "healthy" one (never when the run did not learn).
 
     Example:
       >>> snap = gf.probe(gf.models.cnn("plain", 50, rngs=nnx.Rngs(0)), (x, y))  # doctest: +SKIP
       >>> [(f.kind, len(f.layers)) for f in gf.diagnose(snap)]  # doctest: +SKIP
       [('vanishing', 42)]
-      >>> for finding in gf.diagnose(hist):  # doctest: +SKIP
+      >>> for finding in gf.diagnose(hist, init="he", norm=False):  # doctest: +SKIP
       ...     print(finding)
     """
-    activation = activation or records.meta.get("activation")
-    findings = []
-    record = _last_finite(records, findings)
-    if record is None:
+    setup = advice.infer(records, init=init, activation=activation, norm=norm, skip=skip)
+    num_classes = num_classes or records.meta.get("num_classes")
+    if inputs is not None:
+        why = degenerate_input(inputs, num_classes)
+        if why is not None:
+            return [Finding("degenerate_input", (), why, INPUT_FIX)]
+    findings: list[Finding] = []
+    index = _last_finite(records, findings, setup)
+    if index is None:
         return findings
+    record = _row(records, index)
     layers = list(records.layers)
-    findings += _gradient_flow(layers, record)
-    findings += _dead_and_saturated(layers, record, activation)
+    found = _gradient_flow(layers, record, setup) + _dead_and_saturated(layers, record, setup)
     if "update_ratio" in record:
         bad = [n for n, r in zip(layers, record["update_ratio"]) if r > UPDATE]
         if bad:
             worst = float(np.nanmax(record["update_ratio"]))
-            findings.append(Finding(
+            found.append(Finding(
                 "unstable_updates", tuple(bad),
                 f"a step changes weights by up to {worst:.0%} of their norm (> {UPDATE:.0%})",
                 "lower the learning rate, or add warm-up / gradient clipping", worst))
-    if not findings:
-        findings.append(Finding("healthy", (), "error signal within 100x across layers, no dead "
-                                "or saturated layers, moderate updates", "nothing to fix"))
-    return findings
+    meta = records.meta
+    if not findings and meta.get("diverged_at_step") is None and meta.get("stopped_at_step") \
+            is None:  # a diverged or stopped History's learning is not judged
+        found += _learning(records, num_classes, held_out_accuracy, bool(found))
+    if not found and not findings:
+        found.append(Finding("healthy", (), "error signal within 100x across layers, no dead "
+                             "or saturated layers, moderate updates",
+                             "nothing to fix in the gradient flow"))
+    when = _moment_of(records, index)
+    return findings + [dataclasses.replace(f, moment=when) for f in found]
 
 
-def _last_finite(records, findings) -> dict | None:
-    """The per-layer arrays of the last usable record; records divergence as a finding."""
+def _row(records, index: int) -> dict:
+    metrics = {k: np.asarray(records[k]) for k in records.metrics}
+    one = not hasattr(records, "steps")  # a Snapshot is one record
+    return metrics if one else {k: v[index] for k, v in metrics.items()}
+
+
+def _moment_of(records, index: int) -> str:
+    meta = records.meta
+    if not hasattr(records, "steps"):
+        return moment(meta.get("step"))
+    ended = meta.get("diverged_at_step") is None and meta.get("stopped_at_step") is None
+    return moment(int(records.steps[index]), last=ended and index == len(records.steps) - 1)
+
+
+def _last_finite(records, findings, setup) -> int | None:
+    """The index of the last usable record (-1 for a Snapshot); records divergence."""
     metrics = {k: np.asarray(records[k]) for k in records.metrics}
     if not hasattr(records, "steps"):
         loss_ok = "loss" not in records or bool(np.isfinite(np.asarray(records["loss"])).all())
-        return (metrics if _finite(metrics) and loss_ok
-                else _diverged(records, metrics, None, findings))
+        if _finite(metrics) and loss_ok:
+            return -1
+        _diverged(records, metrics, records.meta.get("step"), findings, setup)
+        return None
     steps = np.asarray(records.steps)
     loss = np.asarray(records["loss"]) if "loss" in records else np.zeros(len(steps))
     for i in range(len(steps)):
         row = {k: v[i] for k, v in metrics.items()}
         if not (_finite(row) and np.isfinite(loss[i])):
-            _diverged(records, row, int(steps[i]), findings)
-            return {k: v[i - 1] for k, v in metrics.items()} if i else None
-    return {k: v[-1] for k, v in metrics.items()} if len(steps) else None
+            _diverged(records, row, int(steps[i]), findings, setup)
+            return i - 1 if i else None
+    return len(steps) - 1 if len(steps) else None
 
 
 def _finite(row) -> bool:
@@ -131,22 +207,25 @@ def _finite(row) -> bool:
                and not np.all(np.isnan(row[k])))
 
 
-def _diverged(records, row, step, findings):
+def _diverged(records, row, step, findings, setup):
     first_backward = divergence.first_backward(row, records.layers)  # backprop runs output -> input
     bad = first_backward is not None
     at = f"at step {step}" if step is not None else "in this batch"
     where = f"; first non-finite gradient (backward order) in {first_backward}" if bad else ""
     findings.append(Finding("divergence", (first_backward,) if bad else (),
                             f"loss or gradients became non-finite {at}{where}",
-                            "lower the learning rate; add normalization or gradient clipping",
-                            float(step) if step is not None else float("nan")))
-    return None
+                            advice.divergence(setup),
+                            float(step) if step is not None else float("nan"), moment(step)))
 
 
-def _gradient_flow(layers, record) -> list[Finding]:
+def _gradient_flow(layers, record, setup) -> list[Finding]:
     out = []
     err = np.asarray(record.get("error_norm", []), dtype=np.float64)
-    if err.size >= 2 and np.all(np.isfinite(err)) and err[-1] > 0 and err[0] > 0:
+    if err.size >= 2 and np.all(np.isfinite(err)) and err[-1] > 0 and err[0] == 0:
+        weak = [n for n, e in zip(layers, err) if e <= err[-1] / RATIO]
+        out.append(Finding("vanishing", tuple(weak), f"error signal is exactly 0 at layer 1 "
+                           f"(layer {len(err)}: {err[-1]:.1e})", advice.vanishing(setup), 0.0))
+    elif err.size >= 2 and np.all(np.isfinite(err)) and err[-1] > 0 and err[0] > 0:
         ratio = err[0] / err[-1]
         decades = math.log10(ratio)
         per_layer = decades / (len(err) - 1)
@@ -154,24 +233,21 @@ def _gradient_flow(layers, record) -> list[Finding]:
                 f"layer {len(err)} to layer 1, about {abs(per_layer):.2f} decades per layer")
         if ratio <= 1 / RATIO:
             weak = [n for n, e in zip(layers, err) if e <= err[-1] / RATIO]
-            out.append(Finding("vanishing", tuple(weak), text,
-                               "use He init for ReLU, residual connections, or batch norm", ratio))
+            out.append(Finding("vanishing", tuple(weak), text, advice.vanishing(setup), ratio))
         elif ratio >= RATIO:
             strong = [n for n, e in zip(layers, err) if e >= err[-1] * RATIO]
-            out.append(Finding("exploding", tuple(strong), text,
-                               "lower the init scale or learning rate; for residual nets scale the "
-                               "branches (Fixup / SkipInit) or normalize", ratio))
+            out.append(Finding("exploding", tuple(strong), text, advice.exploding(setup), ratio))
     std = np.asarray(record.get("act_std", []), dtype=np.float64)
     if std.size >= 3 and np.all(np.isfinite(std)) and std[0] > 0 and std[-2] > 0:
         fwd = std[-2] / std[0]
         if fwd >= RATIO and not any(f.kind == "exploding" for f in out):
-            out.append(Finding("exploding", tuple(layers[1:-1]),
-                               f"activations grow {fwd:.1e}x from the first to the last hidden layer",
-                               "normalize (BN) or scale residual branches", fwd))
+            out.append(Finding("exploding", tuple(layers[1:-1]), f"activations grow {fwd:.1e}x "
+                               "from the first to the last hidden layer",
+                               advice.exploding(setup), fwd))
     return out
 
 
-def _dead_and_saturated(layers, record, activation) -> list[Finding]:
+def _dead_and_saturated(layers, record, setup) -> list[Finding]:
     out = []
     dead = np.asarray(record.get("dead_frac", []), dtype=np.float64)
     bad = [n for n, d in zip(layers[:-1], dead[:-1]) if d > DEAD]  # the output layer has no act
@@ -179,15 +255,45 @@ def _dead_and_saturated(layers, record, activation) -> list[Finding]:
         worst = float(np.nanmax(dead))
         out.append(Finding("dead_units", tuple(bad),
                            f"{len(bad)} layers have > {DEAD:.0%} units silent on the whole batch "
-                           f"(worst {worst:.0%})",
-                           "use He init, a smaller learning rate, or leaky ReLU / GELU", worst))
-    limit = SATURATED.get(activation or "")
+                           f"(worst {worst:.0%})", advice.dead_units(setup), worst))
+    limit = SATURATED.get(setup.activation or "")
     std = np.asarray(record.get("act_std", []), dtype=np.float64)
     if limit is not None:
         sat = [n for n, s in zip(layers[:-1], std[:-1]) if s > limit]
         if sat:
             out.append(Finding("saturation", tuple(sat),
-                               f"{len(sat)} {activation} layers have activation std > {limit}: "
-                               "units sit in the flat tails", "lower the init scale, use BN, or "
-                               "switch to ReLU-family activations", float(np.nanmax(std))))
+                               f"{len(sat)} {setup.activation} layers have activation std > "
+                               f"{limit}: units sit in the flat tails", advice.saturation(setup),
+                               float(np.nanmax(std))))
     return out
+
+
+def _learning(records, num_classes, held_out, others: bool) -> list[Finding]:
+    """"not_learning" when the accuracy stayed within CHANCE_MARGIN of chance, or (classes
+    unknown) the loss did not fall; nothing for a single record, which cannot show learning."""
+    history = hasattr(records, "steps") and len(records.steps) >= 2
+    if num_classes and held_out is not None:
+        acc, what = float(held_out), "held-out accuracy"
+    elif history and num_classes and "accuracy" in records:
+        acc, what = _final(records, "accuracy"), "training accuracy (last 10% of records)"
+    elif history and "loss" in records:  # classes unknown: did the loss fall?
+        first, last = float(np.asarray(records["loss"])[0]), _final(records, "loss")
+        if not (math.isfinite(first) and math.isfinite(last)) or last < first * (1 - LOSS_FALL):
+            return []
+        return [Finding("not_learning", (), f"the loss did not fall: {first:.3g} at the first "
+                        f"record, {last:.3g} over the last 10% of records",
+                        advice.not_learning(others), last)]
+    else:
+        return []
+    chance = 1 / num_classes
+    if not math.isfinite(acc) or acc >= chance + CHANCE_MARGIN:
+        return []
+    return [Finding("not_learning", (), f"{what} {acc:.1%} is not {100 * CHANCE_MARGIN:.0f} "
+                    f"points above chance ({chance:.1%})", advice.not_learning(others), acc)]
+
+
+def _final(records, name) -> float:
+    """The mean of a scalar over the records in the last WINDOW of the steps."""
+    steps, values = np.asarray(records.steps), np.asarray(records[name], dtype=np.float64)
+    sel = steps >= steps[-1] - WINDOW * (steps[-1] + 1)
+    return float(np.mean(values[sel]))

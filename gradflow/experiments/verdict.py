@@ -11,10 +11,12 @@ import math
 
 import numpy as np
 
-from ..analysis import divergence, theory
-from ..analysis.diagnose import Finding, diagnose
+from ..analysis import advice, divergence, theory
+from ..analysis.diagnose import CHANCE_MARGIN, INPUT_FIX, Finding, diagnose, moment
+from ..analysis.inputs import degenerate_input
 from ..history import History
 from ..models.options import base_arch
+from ..report.text import flow
 from .side_by_side import BN_CALIBRATION, FINAL_WINDOW, ArchResult, Config
 
 
@@ -56,7 +58,8 @@ def final_train(hist: History):
 
 
 def verdict(a: dict, best_acc: float, num_classes: int) -> str:
-    """One line: how the error signal flows (from the error ratio) and whether the arch learned.
+    """One line: the gradient flow at each moment diagnosed (init, end) and whether the arch
+    learned; the same findings as its diagnosis (`arch_summary`'s "flow" and "learned").
 
     Args:
       a: one architecture's `arch_summary`.
@@ -67,16 +70,25 @@ def verdict(a: dict, best_acc: float, num_classes: int) -> str:
       The verdict; for a failed, interrupted or diverged arch, what happened.
 
     Example:
-      >>> a = dict(status="ok", error_ratio_init=1e-6, error_ratio_end=1e-5,
-      ...          held_out_accuracy=0.11)
+      >>> a = dict(status="ok", flow={"init": "vanishing error signal (1e-06 at layer 1)",
+      ...          "end (step 99)": "vanishing error signal (1e-05 at layer 1)"},
+      ...          learned=False, held_out_accuracy=0.11)
       >>> verdict(a, best_acc=0.8, num_classes=10)
-      'vanishing error signal (1e-06 at layer 1); did not learn'
+      'at init: vanishing error signal (1e-06 at layer 1); at end (step 99): vanishing error signal
+      (1e-05 at layer 1); did not learn'
     """
     chance, chance_loss = 1 / num_classes, math.log(num_classes)
     if a["status"] == "failed":
         return f"failed: {a['error']}"
+    moments = list((a.get("flow") or {}).items())
+    if len(moments) == 2 and moments[0][1] == moments[1][1]:
+        moments = [(f"{moments[0][0]} and {moments[1][0]}", moments[0][1])]
+    lead = "; ".join(f"at {m}: {p}" for m, p in moments)
+    if a.get("input_problem"):
+        lead = f"degenerate input: {a['input_problem']}"
+    lead = f"{lead}; " if lead else ""
     if a["status"] == "interrupted":
-        return f"interrupted after {a['interrupted_at']} steps (resume with --resume)"
+        return f"{lead}interrupted after {a['interrupted_at']} steps (resume with --resume)"
     if a["status"] == "diverged":
         why = "loss became non-finite"
         if a["initial_loss"] is not None and a["initial_loss"] > 2 * chance_loss:
@@ -84,39 +96,34 @@ def verdict(a: dict, best_acc: float, num_classes: int) -> str:
                    "the forward signal explodes")
         where = a.get("nonfinite_layer")
         at = f", first non-finite at layer '{where}' (backward order)" if where else ""
-        return f"diverged by step {a['diverged_at']}{at} ({why})"
-    r0, r1, acc = a["error_ratio_init"], a["error_ratio_end"], a["held_out_accuracy"]
-    if r0 is None:
-        flow = "error signal not measured"
-    elif r0 < 1e-2:
-        flow = f"vanishing error signal ({r0:.0e} at layer 1)"
-    elif r0 > 1e2:
-        flow = f"error signal explodes toward the input ({r0:.0e}×)"
-    else:
-        flow = "error signal reaches every layer"
-    if r1 == 0:
-        flow += ", none at all by the end (dead units)"
+        return f"{lead}diverged by step {a['diverged_at']}{at} ({why})"
+    acc, learned = a["held_out_accuracy"], a.get("learned")
     if acc is None:
         learn = "not evaluated"
-    elif acc < chance + 0.05:
+    elif learned is False or (learned is None and acc < chance + CHANCE_MARGIN):
         learn = "did not learn"
     elif acc >= best_acc - 0.02:
         learn = "learns best"
     else:
         learn = "learns"
-    return f"{flow}; {learn}"
+    return f"{lead}{learn}"
 
 
-def arch_summary(res: ArchResult) -> dict:
+def arch_summary(res: ArchResult, num_classes: int | None = None,
+                 input_problem: str | None = None) -> dict:
     """One architecture's entry in summary.json, without its verdict (`summarize` adds it).
 
     Args:
       res: its ArchResult.
+      num_classes: the number of classes: learning is judged by the held-out accuracy.
+      input_problem: why the input cannot be learned from (`degenerate_input`), or None; it
+        is then the diagnosis at every moment.
 
     Returns:
       A JSON-ready dict: status, parameters, final training and held-out numbers, error ratios,
-      divergence, slopes (`slopes`) and `gf.diagnose` findings at init and at the end. A failed
-      one (no History) has status "failed", its error and None numbers.
+      divergence, slopes (`slopes`), `gf.diagnose` findings at init and at the end (each
+      naming its moment), the flow at each (`flow`) and whether it learned. A failed one (no
+      History) has status "failed", its error and None numbers.
     """
     if res.history is None:
         return {"arch": res.arch, "status": "failed", "error": res.error or "unknown",
@@ -125,11 +132,19 @@ def arch_summary(res: ArchResult) -> dict:
     ended = res.status == "ok"
     loss, acc = final_train(h) if ended else (None, None)
     first_loss = float(h["loss"][0])
+    init, end = diagnose(h.snapshot(0)), _end_findings(res, num_classes)
+    learned = not any(f.kind == "not_learning" for f in end) if ended else None
+    if input_problem:  # it explains every other finding
+        init = end = [Finding("degenerate_input", (), input_problem, INPUT_FIX)]
+    moments = {} if input_problem else {init[0].moment: flow(init)}
+    if ended and not input_problem and end[0].moment != init[0].moment:
+        moments[end[0].moment] = flow(end)
+    held = res.held_out_accuracy
     return {
         "arch": res.arch, "status": res.status,
         "params": res.params, "layers": len(h.layers),
         "final_train_loss": loss, "final_train_accuracy": acc,
-        "held_out_loss": res.held_out_loss, "held_out_accuracy": res.held_out_accuracy,
+        "held_out_loss": res.held_out_loss, "held_out_accuracy": held,
         "error_ratio_init": error_ratio(h, 0),
         "error_ratio_end": error_ratio(h, -1) if ended else None,
         "init_step": int(h.steps[0]), "end_step": int(h.steps[-1]),
@@ -139,25 +154,28 @@ def arch_summary(res: ArchResult) -> dict:
         "interrupted_at": res.interrupted_at, "records": len(h.steps),
         "train_s": round(res.train_s, 2), "time_s": round(res.time_s, 2),
         "history": f"{res.arch}_history.npz", "heatmap": f"{res.arch}_heatmap.png",
-        **slopes(h), "diagnosis_init": [str(f) for f in diagnose(h.snapshot(0))],
-        "diagnosis_end": _end_findings(res),
+        **slopes(h), "diagnosis_init": [str(f) for f in init],
+        "diagnosis_end": [str(f) for f in end], "flow": moments, "learned": learned,
+        "input_problem": input_problem,
     }
 
 
-def _end_findings(res: ArchResult) -> list[str]:
-    """gf.diagnose at the last record; a diverged arch's History stops before the non-finite
-    record, so its divergence (and where it appeared) is stated first."""
-    found = [str(f) for f in diagnose(res.history)]
+def _end_findings(res: ArchResult, num_classes: int | None) -> list[Finding]:
+    """gf.diagnose at the last record, learning judged by the held-out accuracy; a diverged
+    arch's History stops before the non-finite record, so its divergence (and where it
+    appeared) is stated first."""
+    found = diagnose(res.history, num_classes=num_classes,
+                     held_out_accuracy=res.held_out_accuracy)
     if res.diverged_at is None:
         return found
     where = divergence.describe(res.nonfinite_layer, res.nonfinite_forward_layer)
     layer = res.nonfinite_layer
-    diverged_at = res.diverged_at
     div = Finding("divergence", (layer,) if layer else (),
-                  f"loss or gradients became non-finite by step {diverged_at}"
+                  f"loss or gradients became non-finite by step {res.diverged_at}"
                   + (f"; {where}" if where else ""),
-                  "lower the learning rate; add normalization or gradient clipping")
-    return [str(div)] + [f for f in found if not f.startswith(("healthy", "divergence"))]
+                  advice.divergence(advice.infer(res.history)), float(res.diverged_at),
+                  moment(res.diverged_at))
+    return [div] + [f for f in found if f.kind not in ("healthy", "divergence")]
 
 
 def slopes(h: History) -> dict:
@@ -171,10 +189,11 @@ def slopes(h: History) -> dict:
       toward the input over the hidden layers; None where not finite or no theory applies.
     """
     m = h.meta
-    measured = theory.slope_toward_input(h["error_norm"][0][1:-1])
-    pred = theory.predicted_profile("error_norm", len(h.layers), arch=base_arch(m["arch"]),
-                                    init=m["init"], activation=m["activation"])
-    predicted = theory.slope_toward_input(pred[1:-1]) if pred is not None else math.nan
+    with np.errstate(divide="ignore", invalid="ignore"):  # zero norms: no slope, no warning
+        measured = theory.slope_toward_input(h["error_norm"][0][1:-1])
+        pred = theory.predicted_profile("error_norm", len(h.layers), arch=base_arch(m["arch"]),
+                                        init=m["init"], activation=m["activation"])
+        predicted = theory.slope_toward_input(pred[1:-1]) if pred is not None else math.nan
     return {"error_slope_init": measured if math.isfinite(measured) else None,
             "error_slope_theory": predicted if math.isfinite(predicted) else None}
 
@@ -205,7 +224,8 @@ def summarize(results: list[ArchResult], cfg: Config, ds) -> dict:
       >>> sorted(summary), summary["archs"][0]["verdict"]
       (['archs', 'config', 'data', 'definitions'], 'failed: MemoryError')
     """
-    archs = [arch_summary(r) for r in results]
+    problem = degenerate_input(ds.x_train, ds.num_classes)
+    archs = [arch_summary(r, ds.num_classes, problem) for r in results]
     accs = [a["held_out_accuracy"] for a in archs if a["held_out_accuracy"] is not None]
     for a in archs:
         a["verdict"] = verdict(a, max(accs, default=1.0), ds.num_classes)
@@ -213,9 +233,9 @@ def summarize(results: list[ArchResult], cfg: Config, ds) -> dict:
     config["archs"] = ",".join(cfg.archs)
     return {
         "config": config,
-        "data": {"name": ds.name, "n_train": int(len(ds.x_train)), "n_test": int(len(ds.x_test)),
+        "data": {"name": ds.name, "n_train": len(ds.x_train), "n_test": len(ds.x_test),
                  "image_shape": list(ds.image_shape), "num_classes": ds.num_classes,
-                 "description": describe(ds)},
+                 "description": describe(ds), "problem": problem},
         "definitions": {
             "error_ratio": "error_norm (‖∂L/∂z‖) of layer 1 divided by that of the last layer, "
                            "on one training batch; init = first record, end = last record",
@@ -226,7 +246,12 @@ def summarize(results: list[ArchResult], cfg: Config, ds) -> dict:
             "error_slope": "least-squares change of log10 ‖∂L/∂z‖ per layer toward the input over "
                            "the hidden layers at init (negative: vanishing); theory: the "
                            "mean-field prediction (gradflow.theory; plain and BN-ReLU only)",
-            "diagnosis": "gradflow.diagnose findings at init and at the end of training",
+            "diagnosis": "gradflow.diagnose findings at init and at the end of training, each "
+                         "naming its moment (init, end (step N), step N); learning is judged "
+                         "by the held-out accuracy",
+            "verdict": "the diagnosis in short: the gradient flow at init and at the end, and "
+                       "whether the arch learned (held-out accuracy at least "
+                       f"{CHANCE_MARGIN:.0%} above chance)",
         },
         "archs": archs,
     }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 
 from .._io import write_atomic, write_json
+from ..analysis.diagnose import INPUT_FIX, Finding
 from ..plot import comparison_grid, curves, heatmap, png_bytes, profiles
 from ..plot._style import label
 from .page import document, figure_html, table_html, write_text
@@ -160,6 +161,23 @@ millionth of the error signal the top layer gets (vanishing); far above 1 it gro
 <h2>Figures</h2>{figs}""")
 
 
+def _diagnosis(summary: dict) -> list[tuple[str, list[str]]]:
+    """(heading, findings) per architecture that did not fail; one line alone, naming the
+    input, when the input cannot be learned from (it explains every other finding)."""
+    problem = summary.get("data", {}).get("problem")
+    if problem:
+        return [(str(Finding("degenerate_input", (), problem, INPUT_FIX)), [])]
+    out = []
+    for a in summary["archs"]:
+        if a["status"] == "failed":
+            continue
+        theory = fmt(a.get("error_slope_theory"), "+.3f")
+        head = (f"{a['arch']}: error signal {fmt(a.get('error_slope_init'), '+.3f')} decades "
+                f"per layer toward the input at init (mean-field theory: {theory})")
+        out.append((head, a.get("diagnosis_init", []) + a.get("diagnosis_end", [])))
+    return out
+
+
 def diagnosis_lines(summary: dict) -> list[str]:
     """The diagnosis printed at the end of a run.
 
@@ -168,17 +186,11 @@ def diagnosis_lines(summary: dict) -> list[str]:
 
     Returns:
       Per architecture that did not fail: a line with the measured and the mean-field error
-      slope at init, then one indented line per finding at the end.
+      slope at init, then one indented line per finding at init and at the end, each naming
+      its moment. Degenerate input is one line alone.
     """
-    out = []
-    for a in summary["archs"]:
-        if a["status"] == "failed":
-            continue
-        theory = fmt(a.get("error_slope_theory"), "+.3f")
-        out.append(f"{a['arch']}: error signal {fmt(a.get('error_slope_init'), '+.3f')} decades "
-                   f"per layer toward the input at init (mean-field theory: {theory})")
-        out += [f"  - {f}" for f in a.get("diagnosis_end", [])]
-    return out
+    return [line for head, finds in _diagnosis(summary)
+            for line in [head] + [f"  - {f}" for f in finds]]
 
 
 def diagnosis_html(summary: dict) -> str:
@@ -188,18 +200,16 @@ def diagnosis_html(summary: dict) -> str:
       summary: summary.json's content.
 
     Returns:
-      An HTML list, one item per architecture that did not fail, and the definitions' note.
+      An HTML list, one item per architecture that did not fail (with its findings at init
+      and at the end), and the definitions' note.
     """
     e = html.escape
-    items = []
-    for a in summary["archs"]:
-        if a["status"] == "failed":
-            continue
-        finds = "".join(f"<li>{e(f)}</li>" for f in a.get("diagnosis_end", []))
-        items.append(
-            f"<li><b>{e(a['arch'])}</b>: error signal {fmt(a.get('error_slope_init'), '+.3f')} "
-            f"decades per layer toward the input at init (mean-field theory: "
-            f"{fmt(a.get('error_slope_theory'), '+.3f')})<ul>{finds}</ul></li>")
+    items, archs = "", {a["arch"] for a in summary["archs"]}
+    for head, finds in _diagnosis(summary):
+        name, rest = head.split(": ", 1)
+        head = f"<b>{e(name)}</b>: {e(rest)}" if name in archs else e(head)
+        items += f"<li>{head}" + (
+            f"<ul>{''.join(f'<li>{e(f)}</li>' for f in finds)}</ul>" if finds else "") + "</li>"
     d = summary["definitions"]
-    return (f"<ul>{''.join(items)}</ul><p class=note>{e(d.get('error_slope', ''))}. "
-            f"{e(d.get('diagnosis', ''))}.</p>")
+    return (f"<ul>{items}</ul><p class=note>{e(d.get('error_slope', ''))}. "
+            f"{e(d.get('diagnosis', ''))}. <b>Verdict</b>: {e(d.get('verdict', ''))}.</p>")
