@@ -131,7 +131,7 @@ class History(_Records):
                 d[k][:self._n] = old[:self._n]
         self._steps = np.concatenate([self._steps[:self._n], np.zeros(cap - self._n, np.int64)])
 
-    def flush_to(self, path, every_s: float = FLUSH_S) -> "History":
+    def flush_to(self, path, every_s: float = FLUSH_S) -> History:
         """Makes `append` save this History to `path` (atomically) as it grows, as `gf.train`
         does: at the next append, then at the first append `every_s` seconds after the last
         write. `close` writes the records not yet written.
@@ -183,7 +183,7 @@ class History(_Records):
                         {**self.meta, "step": int(self.steps[record])})
 
     @classmethod
-    def from_records(cls, layers, steps, records: list[dict], meta=None) -> "History":
+    def from_records(cls, layers, steps, records: list[dict], meta=None) -> History:
         """Builds a History from one dict of host arrays per record.
 
         Args:
@@ -208,7 +208,7 @@ class History(_Records):
         scalars = {k: v for k, v in stacked.items() if v.ndim == 1}
         return cls(layers, metrics, scalars, meta, steps=steps)
 
-    def truncated(self, k: int) -> "History":
+    def truncated(self, k: int) -> History:
         """The first `k` records as a new History (meta copied).
 
         Args:

@@ -16,7 +16,6 @@ import optax
 from . import registry
 from .measure import Layout, apply, discover, update_ratios, value_grads_and_stats
 
-
 _LAYOUTS: dict = {}
 
 
