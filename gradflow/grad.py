@@ -20,16 +20,21 @@ those of `nnx.value_and_grad`. What measuring costs per step is in benchmarks/RE
 """
 from __future__ import annotations
 
+import inspect
+import reprlib
+import traceback
 import warnings
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from .snapshot import Snapshot
-from .instrument.measure import Layout, discover_call, flat_arrays, measure_call, update_ratios
-from .instrument.recorder import Row, path_name
+from .instrument import LAYER_METRICS, registry
+from .instrument.measure import Layout, discover_call, measure_call, update_ratios
+from .instrument.recorder import Row
 from .instrument.steps import abstract
-from .instrument.tap import safe_norm
+from .snapshot import Snapshot
 
 
 def value_and_grad(fn, *, has_aux: bool = False):
@@ -50,11 +55,20 @@ def value_and_grad(fn, *, has_aux: bool = False):
       grad_norm, error_norm, act_mean, act_std, dead_frac and weight_norm per row (one row per
       call of a weight layer), the loss, and `grad_norm:<path>` for each parameter of a
       normalization layer (LayerNorm, RMSNorm, GroupNorm, BatchNorm: not rows). Works eagerly
-      and inside `nnx.jit` / `jax.jit`. A model whose layers cannot be probed (run inside a
-      transform) gets a warning once and the metrics computable from parameters and gradients.
+      and inside `nnx.jit` / `jax.jit`; eagerly, the rows are found by one abstract trace per
+      call signature (model structure, arrays' shapes and dtypes, other arguments' values),
+      kept until the probe registry changes. A model whose layers cannot be probed (run inside
+      a transform) gets a warning once and the metrics computable from parameters and
+      gradients.
 
     Raises:
-      TypeError: if `model` is not an NNX module.
+      TypeError: if `model` is not an NNX module, or an argument (named by position, 1 the first
+        after the model, or keyword) is unfit: each leaf of `args` and `kwargs` (pytrees; NNX
+        objects whole) must be a JAX or numeric numpy array, a Python number or bool, None or
+        an NNX object (`nnx.Rngs`), and Python numbers must not sit in a list (array data:
+        pass `jnp.asarray`; a tuple like `(3, 3)` is fine) — so a string is refused (bind it:
+        `functools.partial(fn, mode=...)`); or a tuple, list or dict argument reaches flax,
+        jax, optax or numpy code whole where an array is needed (found on the first call).
       ValueError: if the model has no parameters or `fn` returns no scalar loss.
 
     Example:
@@ -67,14 +81,17 @@ def value_and_grad(fn, *, has_aux: bool = False):
       >>> snap["error_norm"].shape, snap.layers[0]
       ((4,), 'stem/layer')
     """
+    token = object()  # this grad_fn's share of the layout cache
+
     def grad_fn(model, *args, **kwargs):
         if not isinstance(model, nnx.Module):
             raise TypeError(f"gf.value_and_grad: the first argument must be an nnx.Module, got "
                             f"{type(model).__name__}")
+        _check_arguments(fn, args, kwargs)
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         if not jax.tree.leaves(params):
             raise ValueError("gf.value_and_grad: the model has no nnx.Param to differentiate")
-        nodes, rebuild = _graph_nodes((args, kwargs))
+        nodes, rebuild, inputs = _graph_nodes((args, kwargs))
         node_def, node_state = nnx.split(tuple(nodes))
 
         def objective(m, node_state=node_state):
@@ -91,8 +108,19 @@ def value_and_grad(fn, *, has_aux: bool = False):
         def call(m, node_state):
             return objective(m, node_state)[0]
 
-        layout = discover_call(graphdef, abstract(params), abstract(rest), call, model,
-                               abstract(node_state))
+        key = (token, graphdef, node_def, _signature((params, rest, node_state)), inputs)
+        if key not in _LAYOUTS:  # eagerly: one abstract trace per signature
+            try:
+                layout = discover_call(graphdef, abstract(params), abstract(rest), call, model,
+                                       abstract(node_state))
+            except Exception as e:
+                if (misfed := _misfed(e, fn, args, kwargs)) is None:
+                    raise
+                raise TypeError(misfed) from None
+            if len(_LAYOUTS) >= _MAX_LAYOUTS:
+                _LAYOUTS.clear()
+            _LAYOUTS[key] = layout
+        layout = _LAYOUTS[key]
         loss, (aux, new_nodes), grads, new_rest, stats = measure_call(
             graphdef, layout, objective, params, rest)
         nnx.update(model, new_rest)
@@ -100,14 +128,14 @@ def value_and_grad(fn, *, has_aux: bool = False):
             nnx.update(tuple(nodes), new_nodes)
         if not layout.probed:
             warnings.warn(UNPROBED, stacklevel=2)
-        scalars = {"loss": loss} | _norm_layer_grads(model, grads)
-        snapshot = Snapshot(layout.names, stats, scalars, _meta(layout))
+        scalars = {"loss": loss} | {k: v for k, v in stats.items() if k not in LAYER_METRICS}
+        snapshot = Snapshot(layout.names, {k: stats[k] for k in LAYER_METRICS}, scalars,
+                            _meta(layout))
         return ((loss, aux) if has_aux else loss), grads, snapshot
 
     return grad_fn
 
 
-NORM_LAYERS = (nnx.LayerNorm, nnx.RMSNorm, nnx.GroupNorm, nnx.BatchNorm)
 UNPROBED = ("gradflow: some weight layers of this model run where calls cannot be probed (an "
             "nnx.vmap / jax.vmap call, a while_loop or fori_loop with dynamic bounds, weights "
             "sliced by a loop counter, ...), so rows are its kernels (one per stacked slice) with "
@@ -115,13 +143,6 @@ UNPROBED = ("gradflow: some weight layers of this model run where calls cannot b
             "statistics are NaN. Layers run by nnx.scan, jax.lax.scan, nnx.fori_loop and "
             "nnx.remat are measured per iteration; to measure such a stack, run it with nnx.scan "
             "or register its module with gf.instrument.register_scanned_stack.")
-
-
-def _norm_layer_grads(model, grads) -> dict:
-    """`grad_norm:<path>` of every parameter of a normalization layer (they are not rows)."""
-    norms = {tuple(path) for path, m in nnx.iter_modules(model) if isinstance(m, NORM_LAYERS)}
-    return {f"grad_norm:{path_name(p)}": safe_norm(a)
-            for p, a in flat_arrays(grads).items() if p[:-1] in norms}
 
 
 def update_ratio(snapshot: Snapshot, updates) -> Snapshot:
@@ -149,8 +170,9 @@ def update_ratio(snapshot: Snapshot, updates) -> Snapshot:
 
 
 def _graph_nodes(tree):
-    """The NNX graph nodes in `tree` (args and kwargs), and a function that puts replacements
-    for them back in their places."""
+    """The NNX graph nodes in `tree` (args and kwargs), a function that puts replacements for
+    them back in their places, and the rest's signature (structure, arrays' shapes and dtypes,
+    other leaves' values) for the layout cache."""
     leaves, treedef = jax.tree.flatten(tree, is_leaf=nnx.graph.is_graph_node)
     where = [i for i, leaf in enumerate(leaves) if nnx.graph.is_graph_node(leaf)]
 
@@ -160,7 +182,95 @@ def _graph_nodes(tree):
             new[i] = c
         return jax.tree.unflatten(treedef, new)
 
-    return [leaves[i] for i in where], rebuild
+    signature = tuple(None if nnx.graph.is_graph_node(leaf)  # its state: in the key's node_state
+                      else (type(leaf), leaf) if isinstance(leaf, _NUMBERS)
+                      else (jnp.shape(leaf), jnp.result_type(leaf)) for leaf in leaves)
+    return [leaves[i] for i in where], rebuild, (treedef, signature)
+
+
+def _signature(tree) -> tuple:
+    return tuple((jnp.shape(a), jnp.result_type(a)) for a in jax.tree.leaves(tree))
+
+
+_LAYOUTS: dict = {}  # (grad_fn, call signature) -> Layout, as steps.layout_for caches them
+_MAX_LAYOUTS = 256  # past it the cache starts over
+registry.ON_REGISTER.append(_LAYOUTS.clear)  # layouts traced under an older probe registry
+
+
+_NUMBERS = (bool, int, float, complex)
+_LIST = "is a list of Python numbers, not an array: pass jnp.asarray(...) where the model needs one"
+_LIBRARIES = ("flax", "jax", "jaxlib", "optax", "numpy", "gradflow.instrument", "gradflow.models")
+
+
+def _check_arguments(fn, args, kwargs) -> None:
+    """A one-line TypeError for the first argument no model input can be (rule: Raises of
+    `value_and_grad`)."""
+    for where, value in (*enumerate(args, 1), *kwargs.items()):
+        if (found := _unfit(value, "", False)) is not None:
+            raise TypeError(f"gf.value_and_grad: {_argument(fn, where)}{found[0]} {found[1]}")
+
+
+def _unfit(value, at: str, in_list: bool):
+    """(where, what) of the first unfit leaf of `value`, or None."""
+    if value is None or nnx.graph.is_graph_node(value):
+        return None
+    if isinstance(value, (jax.Array, np.ndarray, np.generic)):
+        ok = isinstance(value, jax.Array) or value.dtype.kind in "biufc"
+        return None if ok else (at, f"is a numpy array of dtype {value.dtype}, not numbers")
+    if isinstance(value, _NUMBERS):
+        return (at, _LIST) if in_list else None
+    if isinstance(value, list) and not in_list:  # the outermost list is named
+        found = next(filter(None, (_unfit(v, f"[{i}]", True) for i, v in enumerate(value))), None)
+        return found and (at if found[1] is _LIST else at + found[0], found[1])
+    if isinstance(value, (list, tuple, dict)):
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        return next(filter(None, (_unfit(v, f"{at}[{k!r}]", in_list) for k, v in items)), None)
+    leaves = jax.tree.leaves(value, is_leaf=lambda x: x is not value and nnx.graph.is_graph_node(x))
+    if len(leaves) == 1 and leaves[0] is value:  # not a pytree: an object of its own
+        return at, (f"is a {type(value).__name__} ({reprlib.repr(value)}), not an array, "
+                    f"Python number, None or NNX object")
+    return next(filter(None, (_unfit(v, at, in_list) for v in leaves)), None)
+
+
+def _misfed(error, fn, args, kwargs) -> str | None:
+    """The one-line message for an `error` raised in library code (flax, jax, optax, numpy,
+    gradflow's probes) that got a whole tuple, list or dict argument of `fn` where it needed an
+    array, or None for any other error."""
+    containers = [(w, v) for w, v in (*enumerate(args, 1), *kwargs.items())
+                  if isinstance(v, (list, tuple, dict)) and v]
+    found = None
+    for frame, _ in reversed(list(traceback.walk_tb(error.__traceback__))):  # raised -> fn
+        name = frame.f_globals.get("__name__", "")
+        if not any(name == lib or name.startswith(lib + ".") for lib in _LIBRARIES):
+            break
+        found = next(((w, value, f"{name}.{frame.f_code.co_qualname}") for w, value in containers
+                      for v in frame.f_locals.values() if _same_tree(v, value)), found)
+    if found is None:
+        return None
+    message = (str(error).splitlines() or [""])[0][:120]
+    return (f"gf.value_and_grad: {_argument(fn, found[0])} is a {type(found[1]).__name__}, not "
+            f"an array, where {found[2]} needs one ({type(error).__name__}: {message})")
+
+
+def _same_tree(a, b) -> bool:
+    """`a` is `b`, or a container of the same structure rebuilt around the same leaves."""
+    if a is b or type(a) is not type(b):
+        return a is b
+    (la, ta), (lb, tb) = (jax.tree.flatten(t, is_leaf=nnx.graph.is_graph_node) for t in (a, b))
+    return ta == tb and all(x is y for x, y in zip(la, lb))
+
+
+def _argument(fn, where) -> str:
+    """'argument 1 (x)' (1: the first after the model) or "keyword argument 'train'"."""
+    if isinstance(where, str):
+        return f"keyword argument {where!r}"
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    named = where < len(params) and params[where].kind in (
+        inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return f"argument {where}" + (f" ({params[where].name})" if named else "")
 
 
 def _meta(layout: Layout) -> dict:
@@ -182,4 +292,4 @@ def _layout(snapshot: Snapshot) -> Layout:
     return Layout(rows, tuple(snapshot.layers), bool(snapshot.meta.get("probed", True)))
 
 
-__all__ = ["value_and_grad", "update_ratio"]
+__all__ = ["update_ratio", "value_and_grad"]

@@ -6,8 +6,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from . import distributed, losses
-from .snapshot import Snapshot
+from .instrument import LAYER_METRICS
 from .instrument.steps import layout_for, probe_step
+from .snapshot import Snapshot
 
 
 def as_batch(batch, mesh=None):
@@ -67,9 +68,11 @@ def probe(model, batch, loss=None, *, devices=None, mesh=None) -> Snapshot:
 
     Returns:
       A Snapshot with (n_layers,) arrays `grad_norm`, `error_norm`, `act_mean`, `act_std`,
-      `dead_frac` and `weight_norm`, and scalars `loss` and `accuracy` (NaN for "mse" and
-      callables). `meta["probed"]` is False where the model's layer calls cannot be probed;
-      `error_norm` and the activation statistics are then NaN.
+      `dead_frac` and `weight_norm`, and scalars `loss`, `accuracy` (NaN for "mse" and
+      callables) and `grad_norm:<path>` for each parameter of a normalization layer (LayerNorm,
+      RMSNorm, GroupNorm, BatchNorm: not rows), as `gf.value_and_grad` gives them.
+      `meta["probed"]` is False where the model's layer calls cannot be probed; `error_norm`
+      and the activation statistics are then NaN.
 
     Raises:
       ValueError: if `model` is not an NNX module, `batch` is not a pair, its rows do not divide
@@ -93,5 +96,6 @@ def probe(model, batch, loss=None, *, devices=None, mesh=None) -> Snapshot:
         step = distributed.sharded(step, mesh, 2)
         params, rest = distributed.replicate((params, rest), mesh)
     out = jax.device_get(step(params, rest, x, y))
-    scalars = {k: out.pop(k) for k in ("loss", "accuracy")}
-    return Snapshot(layout.names, out, scalars, {"probed": layout.probed})
+    metrics = {k: out.pop(k) for k in LAYER_METRICS}
+    scalars = {k: out.pop(k) for k in ("loss", "accuracy")} | out  # out: norm layers' grad norms
+    return Snapshot(layout.names, metrics, scalars, {"probed": layout.probed})

@@ -13,9 +13,9 @@ from flax import nnx
 from . import distributed, losses
 from .history import History, finite_record
 from .instrument import TRAIN_METRICS
+from .instrument.steps import layout_for, train_steps
 from .models.options import check_positive_int
 from .probe import as_batch, split_model
-from .instrument.steps import layout_for, train_steps
 
 
 def recorded_steps(steps: int, log_every: int) -> list[int]:
@@ -94,7 +94,8 @@ def train(model, batches, *, steps: int, optimizer, log_every: int = 1, loss=Non
 
     Returns:
       A History: (n_records, n_layers) arrays of `gf.instrument.TRAIN_METRICS` (the probe's
-      metrics and `update_ratio`), `loss` and `accuracy` per record, and `steps`.
+      metrics and `update_ratio`), `loss`, `accuracy` and the normalization layers'
+      `grad_norm:<path>` (as in `gf.probe`) per record, and `steps`.
 
     Raises:
       ValueError: for a non-positive `steps` or `log_every`, an `optimizer` without

@@ -281,3 +281,79 @@ def test_a_registered_nnx_scan_stack_is_measured_per_iteration_with_its_argument
     kernels = np.asarray(g1["stack"]["blocks"]["lin"]["kernel"][...], np.float64)
     np.testing.assert_allclose(snap["grad_norm"][:3], np.linalg.norm(kernels, axis=(1, 2)),
                                rtol=1e-5)
+
+
+def _one_line_type_error(grad_fn, *args, match, **kwargs):
+    with pytest.raises(TypeError, match=match) as err:
+        grad_fn(*args, **kwargs)
+    assert "\n" not in str(err.value) and err.value.__cause__ is None
+    assert err.value.__suppress_context__ or err.value.__context__ is None  # no chained trace
+
+
+def test_arguments_no_model_input_can_be_are_one_line_type_errors():
+    """The rule: every leaf of args/kwargs is a JAX or numeric numpy array, a Python number,
+    bool or None, or an NNX object; Python numbers not inside a list; and a tuple, list or dict
+    argument that reaches library code whole where an array is needed is named."""
+    grad_fn, model = gf.value_and_grad(loss_fn, has_aux=True), Net(nnx.Rngs(0, dropout=1))
+    nested = np.asarray(A).tolist()
+    _one_line_type_error(grad_fn, model, nested, B, Y, match=r"^gf\.value_and_grad: argument 1 "
+                         r"\(a\) is a list of Python numbers, not an array: pass jnp\.asarray")
+    _one_line_type_error(grad_fn, model, A, "abc", Y,
+                         match=r"argument 2 \(b\) is a str \('abc'\), not an array")
+    _one_line_type_error(grad_fn, model, A, B, Y, train="yes",
+                         match=r"keyword argument 'train' is a str")
+    _one_line_type_error(grad_fn, model, A, np.array(["x", "y"]), Y,
+                         match=r"argument 2 \(b\) is a numpy array of dtype <U1")
+    _one_line_type_error(grad_fn, model, {"x": nested}, B, Y,
+                         match=r"argument 1 \(a\)\['x'\] is a list of Python numbers")
+    _one_line_type_error(grad_fn, model, A, B, Y, object(),
+                         match=r"argument 4 \(train\) is a object")
+    # a dict (or list) of arrays is a pytree fn may take; here the model needs an array
+    _one_line_type_error(grad_fn, model, {"x": A}, B, Y, match=r"argument 1 \(a\) is a dict, "
+                         r"not an array, where flax\..*Linear\.__call__ needs one \(ValueError")
+    _one_line_type_error(grad_fn, model, A, B, [Y],
+                         match=r"argument 3 \(y\) is a list, not an array, where optax\.")
+    assert _same(nnx.state(model), nnx.state(Net(nnx.Rngs(0, dropout=1))))  # left unchanged
+
+
+def test_legitimate_arguments_still_work():
+    """numpy arrays, Python bools / numbers / None, tuples of numbers, NNX objects and pytrees
+    of arrays pass the argument check and give nnx.value_and_grad's numbers."""
+    def pytree_loss(model, batch, rngs=None, scale=1.0, window=(1, 1), extra=None):
+        out = model(batch["a"], batch["pair"][0], train=batch["train"])
+        if rngs is not None:
+            out = out + 0.0 * jax.random.normal(rngs.noise(), out.shape)
+        ce = optax.softmax_cross_entropy_with_integer_labels(out, batch["pair"][1]).mean()
+        return scale * ce * window[0]
+
+    batch = {"a": np.asarray(A), "pair": (B, np.asarray(Y)), "train": False}
+    kwargs = {"rngs": nnx.Rngs(noise=1), "scale": 2, "window": (1, 3), "extra": None}
+    ref = nnx.value_and_grad(pytree_loss)(Net(nnx.Rngs(0, dropout=1)), batch, **kwargs)
+    kwargs["rngs"] = nnx.Rngs(noise=1)
+    got = gf.value_and_grad(pytree_loss)(Net(nnx.Rngs(0, dropout=1)), batch, **kwargs)
+    assert bool(ref[0] == got[0]) and _same(ref[1], got[1])
+    assert got[2].layers == ("enc", "enc#2", "head")
+    (_, out), _, _ = gf.value_and_grad(loss_fn, has_aux=True)(  # a Python bool, positionally
+        Net(nnx.Rngs(0, dropout=1)), A, B, Y, False)
+    assert out.shape == (16, 3)
+
+
+def test_the_existing_checks_keep_their_messages():
+    class Empty(nnx.Module):
+        def __call__(self, x):
+            return jnp.sum(x)
+
+    with pytest.raises(TypeError, match="the first argument must be an nnx.Module, got function"):
+        gf.value_and_grad(lambda m, x: jnp.sum(x))(lambda x: x, A)
+    with pytest.raises(ValueError, match="the model has no nnx.Param to differentiate"):
+        gf.value_and_grad(lambda m, x: m(x))(Empty(), A)
+    with pytest.raises(ValueError, match=r"fn must return a scalar loss, got shape \(16, 8\)"):
+        gf.value_and_grad(lambda m, x: m.enc(x))(Net(nnx.Rngs(0)), A)
+    with pytest.raises(ValueError, match=r"fn must return a scalar loss first, got shape \(16, "):
+        gf.value_and_grad(lambda m, x: (m.enc(x), 0), has_aux=True)(Net(nnx.Rngs(0)), A)
+    # an error of fn's own, with a dict argument present, is not blamed on the argument
+    def own_error(model, batch):
+        return jnp.dot(model.enc(batch["a"]), jnp.ones((3,)))
+
+    with pytest.raises(TypeError, match="dot_general requires contracting dimensions"):
+        gf.value_and_grad(own_error)(Net(nnx.Rngs(0)), {"a": A})

@@ -261,12 +261,19 @@ def measure_call(graphdef, layout: Layout, objective, params, rest, *, batch_sta
 
     Returns:
       (loss, aux, grads, new rest, stats): stats maps each of LAYER_METRICS to an (n_rows,)
-      array (NaN for probe metrics where the layout is not probed).
+      array (NaN for probe metrics where the layout is not probed), and `grad_norm:<path>` to
+      the 0-d gradient norm of each parameter of a normalization layer (LayerNorm, RMSNorm,
+      GroupNorm, BatchNorm), which is no row.
     """
-    n = len(layout)
+    n, norm_layers = len(layout), set()
+
+    def observed(model):  # the normalization layers' paths, read off the traced copy
+        kinds = (nnx.LayerNorm, nnx.RMSNorm, nnx.GroupNorm, nnx.BatchNorm)
+        norm_layers.update(tuple(p) for p, m in nnx.iter_modules(model) if isinstance(m, kinds))
+        return objective(model)
 
     def differentiated(params, dummies, rest):  # rest an argument: BN may mutate it here
-        (loss, aux), rec, new_rest = apply_call(graphdef, params, rest, objective, dummies,
+        (loss, aux), rec, new_rest = apply_call(graphdef, params, rest, observed, dummies,
                                                 batch_stats=batch_stats, probes=layout.probed)
         acts = rec.act_stats() if layout.probed else jnp.full((n, 3), jnp.nan)
         return loss, (aux, new_rest, acts)
@@ -278,4 +285,7 @@ def measure_call(graphdef, layout: Layout, objective, params, rest, *, batch_sta
     stats = {"grad_norm": row_norms(grads, layout), "error_norm": error,
              "act_mean": acts[:, 0], "act_std": acts[:, 1], "dead_frac": acts[:, 2],
              "weight_norm": row_norms(params, layout)}
+    from .tap import safe_norm
+    stats |= {f"grad_norm:{path_name(p)}": safe_norm(g) for p, g in flat_arrays(grads).items()
+              if p[:-1] in norm_layers}
     return loss, out, grads, new_rest, stats
