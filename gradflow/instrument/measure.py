@@ -190,7 +190,8 @@ def row_norms(state, layout: Layout) -> jax.Array:
 
     Kernels of up to `BATCHED_SIZE` entries whose rows have equal size are concatenated and
     reduced together, so a model with many small layers pays for a few reductions rather than
-    two per kernel; larger kernels are reduced in place (a copy would cost more than it saves).
+    two per kernel; larger kernels (a copy would cost more than it saves) and kernels sharded
+    over a mesh axis are reduced in place.
 
     Args:
       state: gradients, parameters or updates, as an `nnx.State`.
@@ -200,25 +201,38 @@ def row_norms(state, layout: Layout) -> jax.Array:
       An (n_rows,) array; a scanned kernel's rows are its slices.
     """
     arrays = flat_arrays(state)
-    groups: dict = {}  # slice size (or kernel path when large) -> [(kernel path, (k, size))]
+    groups: dict = {}  # slice size, or kernel path -> [(kernel path, kernel, leading axis)]
     for r in layout.rows:
-        a = arrays[r.kernel_path]
-        flat = a.reshape(a.shape[0] if r.index is not None else 1, -1)
-        key = flat.shape[1] if a.size <= BATCHED_SIZE else r.kernel_path
+        a, lead = arrays[r.kernel_path], r.index is not None
+        size = a[0].size if lead else a.size
+        key = size if a.size <= BATCHED_SIZE and _unsharded(a) else r.kernel_path
         members = groups.setdefault(key, [])
-        if all(path != r.kernel_path for path, _ in members):
-            members.append((r.kernel_path, flat))
+        if all(path != r.kernel_path for path, _, _ in members):
+            members.append((r.kernel_path, a, lead))
     if not groups:
         return jnp.zeros((0,), jnp.float32)
-    start, offsets, pieces = 0, {}, []
-    for members in groups.values():
-        for path, flat in members:
+    start, offsets, norms = 0, {}, []
+    for key, members in groups.items():
+        for path, a, lead in members:
             offsets[path] = start
-            start += flat.shape[0]
-        pieces.append(jnp.concatenate([f for _, f in members]) if len(members) > 1
-                      else members[0][1])
-    norms = jnp.concatenate([error_norm_from(square_sums(p, 1)) for p in pieces])
-    return norms[np.asarray([offsets[r.kernel_path] + (r.index or 0) for r in layout.rows])]
+            start += a.shape[0] if lead else 1
+        if isinstance(key, int):  # small kernels: one (k, size) matrix, one pair of sums
+            flat = jnp.concatenate([a.reshape(a.shape[0] if lead else 1, -1)
+                                    for _, a, lead in members])
+            norms.append(error_norm_from(square_sums(flat, 1)))
+        else:  # in place, whatever its sharding
+            (_, a, lead), = members
+            norms.append(error_norm_from(square_sums(a, tuple(range(int(lead), a.ndim))))
+                         .reshape(-1))
+    return jnp.concatenate(norms)[np.asarray([offsets[r.kernel_path] + (r.index or 0)
+                                              for r in layout.rows])]
+
+
+def _unsharded(a) -> bool:
+    """False for an array laid out over a mesh axis in JAX's explicit sharding mode, which
+    cannot be reshaped without saying how (its norm is taken in place)."""
+    spec = getattr(getattr(jax.typeof(a), "sharding", None), "spec", None)
+    return not spec or all(s is None for s in spec)
 
 
 BATCHED_SIZE = 1 << 16  # kernels up to this many entries are reduced together (`row_norms`)
