@@ -30,6 +30,12 @@ not the second moment; for ReLU 1 / ((1 - 1/pi) * 2 * Var(h)), where Yang et al.
 reappears). Without BN this is the exploding forward signal of unnormalized residual networks; with
 BN the stream's variance grows by about one per block, so block b's branch weighs ~1/b and the
 error grows polynomially, not exponentially, toward the input (De & Smith 2020).
+
+A branch scale alpha (arch "residual_scaled": alpha = 1/sqrt(blocks) at init) multiplies the
+branch's variance by alpha^2 forward and its error share by alpha^2 backward. Without the ReLU
+after the add the stream would follow q_{b+1} = q_b (1 + alpha^2 g) with g = sigma_w^4 / 2 the
+ReLU branch's gain; with alpha^2 = 1/n over n blocks that is at most e^g: bounded at any depth,
+forward and backward alike.
 """
 from __future__ import annotations
 
@@ -38,6 +44,7 @@ import math
 
 import numpy as np
 
+from ..models.blocks import initial_branch_scale
 from ..models.options import check_choice
 
 # sigma_w^2 for square layers (fan_in = fan_out); glorot's 2/(fan_in+fan_out) gives 1 there.
@@ -89,7 +96,7 @@ def sigma_w2(init: str) -> float:
     return SIGMA_W2[init]
 
 
-RESIDUAL_ARCHS = ("residual", "residual_bn")
+RESIDUAL_ARCHS = ("residual", "residual_scaled", "residual_bn")
 PARTICLES = 20_000  # population size for residual_profile: ~1% sampling error on each factor
 
 
@@ -125,8 +132,9 @@ def mlp_profile(depth: int, *, init: str = "lecun", activation: str = "relu",
     if arch in RESIDUAL_ARCHS:
         if bias_var:
             raise ValueError("the residual profile assumes zero biases at init (bias_var=0)")
+        scale = initial_branch_scale((depth - 2) // 2) if arch == "residual_scaled" else 1.0
         return residual_profile(depth, init=init, activation=activation, input_var=input_var,
-                                bn=arch == "residual_bn")
+                                bn=arch == "residual_bn", branch_scale=scale)
     check_choice("activation", activation, tuple(_PHI))
     if arch == "bn" and activation != "relu":
         raise ValueError("the BN profile is the closed form for ReLU (Yang et al. 2019)")
@@ -151,8 +159,8 @@ def mlp_profile(depth: int, *, init: str = "lecun", activation: str = "relu",
 
 
 def residual_profile(depth: int, *, init: str = "lecun", activation: str = "relu",
-                     input_var: float = 1.0, bn: bool = False, particles: int = PARTICLES,
-                     seed: int = 0) -> dict:
+                     input_var: float = 1.0, bn: bool = False, branch_scale: float = 1.0,
+                     particles: int = PARTICLES, seed: int = 0) -> dict:
     """Predicted per-layer profiles for the zoo's `depth`-layer residual MLP at init.
 
     The net is a stem, (depth-2)/2 v1 blocks and the output layer; the profile is solved by
@@ -165,6 +173,8 @@ def residual_profile(depth: int, *, init: str = "lecun", activation: str = "relu
       activation: "relu", "tanh", "linear" or "sigmoid".
       input_var: the second moment of the input's entries.
       bn: True for residual_bn (BatchNorm after each weight layer in the blocks).
+      branch_scale: alpha, the factor on every block's branch (1: residual and residual_bn;
+        `gf.models.initial_branch_scale` for residual_scaled).
       particles: the population size (sampling error ~1/sqrt(particles) on each factor).
       seed: the seed of the population.
 
@@ -184,12 +194,13 @@ def residual_profile(depth: int, *, init: str = "lecun", activation: str = "relu
     check_choice("activation", activation, tuple(_PHI))
     if depth < 2 or depth % 2:
         raise ValueError(f"depth={depth}: residual nets have an even depth >= 2")
-    out = _residual_profile(depth, init, activation, float(input_var), bool(bn), particles, seed)
+    out = _residual_profile(depth, init, activation, float(input_var), bool(bn),
+                            float(branch_scale), particles, seed)
     return {k: v.copy() for k, v in out.items()}
 
 
 @functools.lru_cache(maxsize=32)
-def _residual_profile(depth, init, activation, input_var, bn, particles, seed) -> dict:
+def _residual_profile(depth, init, activation, input_var, bn, scale, particles, seed) -> dict:
     phi, dphi = _PHI[activation]
     s2 = sigma_w2(init)
     rng = np.random.default_rng(seed)
@@ -207,7 +218,7 @@ def _residual_profile(depth, init, activation, input_var, bn, particles, seed) -
         else:
             a2[b] = gaussian_mean(lambda v: phi(v) ** 2, s2 * q[b])
             u_var = s2 * a2[b]
-        z = h + rng.standard_normal(particles) * math.sqrt(u_var)
+        z = h + rng.standard_normal(particles) * (scale * math.sqrt(u_var))
         gates.append(dphi(z) ** 2)
         h = phi(z)
     q[n_blocks] = np.mean(h * h)
@@ -216,7 +227,7 @@ def _residual_profile(depth, init, activation, input_var, bn, particles, seed) -
     w = np.full(particles, s2)  # each unit's E||dL/dh||^2 at the head's input: sigma_w^2 * 1
     for b in range(n_blocks - 1, -1, -1):
         w = w * gates[b]  # the add's gate, unit by unit (identity path)
-        e_z = float(np.mean(w))
+        e_z = float(np.mean(w)) * scale ** 2  # at the branch's last (unscaled) output
         if bn:
             e2 = e_z / (s2 * var_a_n)
             e1 = e2 * s2 * dphi2_n / (s2 * var_h[b])

@@ -13,12 +13,32 @@ import math
 import numpy as np
 
 from ..models.options import SEPARABLE
-from .mean_field import (ACTIVATIONS, BN_RELU_GROWTH, PARTICLES, RESIDUAL_ARCHS, SIGMA_W2,
-                         gaussian_mean, mlp_profile, residual_profile, sigma_w2)
+from .mean_field import (
+    ACTIVATIONS,
+    BN_RELU_GROWTH,
+    PARTICLES,
+    RESIDUAL_ARCHS,
+    SIGMA_W2,
+    gaussian_mean,
+    mlp_profile,
+    residual_profile,
+    sigma_w2,
+)
 
-__all__ = ["predicted_profile", "error_slope", "slope_toward_input", "theory_attenuation",
-           "mlp_profile", "residual_profile", "gaussian_mean", "sigma_w2", "SIGMA_W2",
-           "BN_RELU_GROWTH", "RESIDUAL_ARCHS", "PARTICLES"]
+__all__ = [
+    "BN_RELU_GROWTH",
+    "PARTICLES",
+    "RESIDUAL_ARCHS",
+    "SIGMA_W2",
+    "error_slope",
+    "gaussian_mean",
+    "mlp_profile",
+    "predicted_profile",
+    "residual_profile",
+    "sigma_w2",
+    "slope_toward_input",
+    "theory_attenuation",
+]
 
 
 def slope_toward_input(norms) -> float:
@@ -70,14 +90,14 @@ def predicted_profile(metric: str, n_layers: int, *, arch: str, init: str,
     Args:
       metric: "error_norm" or "grad_norm".
       n_layers: the number of weight layers.
-      arch: "plain", "bn" (ReLU only), "residual" or "residual_bn".
+      arch: "plain", "bn" (ReLU only), "residual", "residual_scaled" or "residual_bn".
       init: an initializer name in `SIGMA_W2`.
       activation: "relu", "tanh", "linear" or "sigmoid".
 
     Returns:
       A (n_layers,) numpy array, input first, last entry 1; None where the theory does not
       apply (other metrics, activations or archs, odd residual depths, and `grad_norm` of
-      "residual").
+      the unnormalized residual archs).
 
     Example:
       >>> gf.theory.predicted_profile("error_norm", 5, arch="plain", init="lecun",
@@ -90,10 +110,11 @@ def predicted_profile(metric: str, n_layers: int, *, arch: str, init: str,
         return None
     if arch in RESIDUAL_ARCHS and (n_layers < 2 or n_layers % 2):
         return None
-    if metric == "grad_norm" and arch == "residual":
+    if metric == "grad_norm" and arch in ("residual", "residual_scaled"):
         # ||dW||^2 ~ ||dL/dz||^2 E[x^2] treats examples as independent; the unnormalized stream's
-        # large shared positive mean makes cross-example terms matter (measured profiles fall
-        # up to 0.8 decades below it at depth 24), so no weight-gradient prediction is made.
+        # large shared positive mean makes cross-example terms matter (measured ReLU profiles
+        # fall up to 0.8 decades below it at depth 24, 0.4 with scaled branches), so no
+        # weight-gradient prediction is made.
         return None
     p = mlp_profile(n_layers, init=init, activation=activation, arch=arch)
     return np.sqrt(p["error_sq"] if metric == "error_norm" else p["grad_sq"])

@@ -1,12 +1,26 @@
-"""The model zoo: plain, residual, BN and residual+BN networks from reusable blocks."""
-from .blocks import ResidualBlock, Unit
+"""The model zoo: plain, residual, scaled-residual, BN and residual+BN networks from reusable
+blocks."""
+from .blocks import ResidualBlock, Unit, initial_branch_scale
 from .layers import Activation, SeparableConv, make_conv
 from .materialize import materialize
 from .networks import MAX_DEPTH, Network, Stage, cnn, hidden_blocks, mlp
-from .options import ACTIVATIONS, ARCH_CHOICES, ARCHS, CONVS, INITS, SEPARABLE, STACKS, base_arch
+from .options import (
+    ACTIVATIONS,
+    ARCH_CHOICES,
+    ARCHS,
+    CONVS,
+    INITS,
+    NORMALIZED,
+    RESIDUAL,
+    SEPARABLE,
+    STACKS,
+    base_arch,
+)
 from .seed import SeedBlock, SeedResNet, seed_resnet
 from .stack import Stack
 
-__all__ = ["Activation", "SeparableConv", "make_conv", "Unit", "ResidualBlock", "Stack", "Stage",
-           "Network", "cnn", "mlp", "seed_resnet", "SeedResNet", "SeedBlock", "hidden_blocks",
-           "MAX_DEPTH", "materialize", "ARCHS", "ARCH_CHOICES", "SEPARABLE", "base_arch", "CONVS", "INITS", "ACTIVATIONS", "STACKS"]
+__all__ = ["ACTIVATIONS", "ARCHS", "ARCH_CHOICES", "CONVS", "INITS", "MAX_DEPTH", "NORMALIZED",
+           "RESIDUAL", "SEPARABLE", "STACKS", "Activation", "Network", "ResidualBlock",
+           "SeedBlock", "SeedResNet", "SeparableConv", "Stack", "Stage", "Unit", "base_arch",
+           "cnn", "hidden_blocks", "initial_branch_scale", "make_conv", "materialize", "mlp",
+           "seed_resnet"]

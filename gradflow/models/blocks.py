@@ -3,8 +3,10 @@
 Choices (the standard recipes, He et al. 2016 "v1"):
 - with BN, the weight layer has no bias (BN's offset replaces it) and BN sits between the weight
   layer and the activation: Conv(use_bias=False) -> BN -> act, as the seed recommends;
-- the residual block is unit(act) -> weight -> [BN] -> add shortcut -> act; the branch is not
-  scaled and its last BN scale starts at 1 (no zero-init), so what depth does is shown unaltered;
+- the residual block is unit(act) -> weight -> [BN] -> add shortcut -> act; by default the
+  branch is not scaled and its last BN scale starts at 1 (no zero-init), so what depth does is
+  shown unaltered; `branch_scale` multiplies the branch by a learnable scalar (arch
+  "residual_scaled", see networks.py);
 - the shortcut is the identity when shapes agree, else a 1x1 projection (strided when the block
   downsamples) with no activation and, in BN nets, followed by BN;
 - the block's output is `materialize`d: on CPU, XLA would otherwise recompute the whole residual
@@ -12,13 +14,39 @@ Choices (the standard recipes, He et al. 2016 "v1"):
 """
 from __future__ import annotations
 
-from typing import Callable
+import math
+from collections.abc import Callable
 
+import jax.numpy as jnp
 from flax import nnx
 
 from .layers import Activation
 from .materialize import materialize
 from .norm import BatchNorm
+
+
+def initial_branch_scale(n_blocks: int) -> float:
+    """The start value of arch "residual_scaled"'s learnable branch scales: 1/sqrt(n_blocks).
+
+    Each block adds alpha^2 * gain * q to the stream's variance q (gain: the branch's own
+    variance gain, 1/2 for lecun ReLU, 2 for he), so n blocks multiply it by about
+    (1 + gain/n)^n <= e^gain, bounded at any depth, where alpha = 1 gives (1 + gain)^n (arch
+    "residual" explodes). Not 0, as SkipInit and ReZero start: with a zero scale every branch
+    layer's error signal dL/dz is exactly 0 at init and its weights get no gradient (only the
+    scales do), so a heatmap shows the branches black, as if the gradient vanished there. With
+    1/sqrt(n) each branch layer sees the stream's error signal times about alpha, flat in depth.
+
+    Args:
+      n_blocks: the network's number of residual blocks (0 is taken as 1).
+
+    Returns:
+      1 / sqrt(max(n_blocks, 1)).
+
+    Example:
+      >>> round(gf.models.initial_branch_scale(24), 4)  # depth 50: 24 blocks
+      0.2041
+    """
+    return 1.0 / math.sqrt(max(n_blocks, 1))
 
 
 class Unit(nnx.Module):
@@ -75,16 +103,23 @@ class ResidualBlock(nnx.Module):
       strides: the first layer's and the projection's stride.
       norm: BatchNorm after every weight layer (before the activation).
       activation: an activation name in `ACTIVATIONS`.
+      branch_scale: None (no scaling), or the initial value of a learnable scalar `nnx.Param`
+        (`.branch_scale`) the branch is multiplied by before the add:
+        act(branch_scale * branch(x) + shortcut(x)) (SkipInit, De & Smith 2020, with a
+        nonzero start).
       rngs: the `nnx.Rngs` for the BatchNorms.
 
-    Example::
-
-      dense = lambda fin, fout, strides, *, rngs: nnx.Linear(fin, fout, rngs=rngs)
-      block = ResidualBlock(dense, dense, 16, 16, norm=False, activation="relu", rngs=rngs)
+    Example:
+      >>> dense = lambda fin, fout, strides, *, rngs: nnx.Linear(fin, fout, rngs=rngs)
+      >>> block = gf.models.ResidualBlock(dense, dense, 4, 4, norm=False, activation="relu",
+      ...                                 branch_scale=0.5, rngs=nnx.Rngs(0))
+      >>> block(jnp.ones((2, 4))).shape, block.branch_scale.get_value()
+      ((2, 4), Array(0.5, dtype=float32))
     """
 
     def __init__(self, make_layer: Callable, make_projection: Callable, in_features: int,
-                 out_features: int, *, strides=1, norm: bool, activation: str, rngs):
+                 out_features: int, *, strides=1, norm: bool, activation: str,
+                 branch_scale: float | None = None, rngs):
         if in_features != out_features or strides != 1:
             self.shortcut = Unit(make_projection(in_features, out_features, strides, rngs=rngs),
                                  out_features, norm=norm, activation=None, rngs=rngs)
@@ -95,9 +130,14 @@ class ResidualBlock(nnx.Module):
         self.unit2 = Unit(make_layer(out_features, out_features, 1, rngs=rngs), out_features,
                           norm=norm, activation=None, rngs=rngs)
         self.act = Activation(activation)
+        self.branch_scale = (None if branch_scale is None
+                             else nnx.Param(jnp.asarray(branch_scale, jnp.float32)))
 
     def __call__(self, x):
         # The shortcut runs first so the block's activation follows its last main-path layer in
         # call order (the instrumentation attributes an activation to the layer called before it).
         skip = x if self.shortcut is None else self.shortcut(x)
-        return materialize(self.act(self.unit2(self.unit1(x)) + skip))
+        branch = self.unit2(self.unit1(x))
+        if self.branch_scale is not None:
+            branch = self.branch_scale.get_value() * branch
+        return materialize(self.act(branch + skip))

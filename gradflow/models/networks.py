@@ -12,9 +12,20 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .blocks import ResidualBlock, Unit
+from .blocks import ResidualBlock, Unit, initial_branch_scale
 from .layers import make_conv
-from .options import (ARCHS, BN_POSITIONS, CONVS, STACKS, activation_fn, check_choice, check_positive_int, initializer)
+from .options import (
+    ARCHS,
+    BN_POSITIONS,
+    CONVS,
+    NORMALIZED,
+    RESIDUAL,
+    STACKS,
+    activation_fn,
+    check_choice,
+    check_positive_int,
+    initializer,
+)
 from .stack import Stack
 
 MAX_DEPTH = 10_000
@@ -83,11 +94,11 @@ def hidden_blocks(arch: str, depth: int) -> int:
     """The number of hidden blocks (units or residual blocks) a depth gives.
 
     Args:
-      arch: "plain", "residual", "bn" or "residual_bn".
+      arch: a name in `ARCHS`.
       depth: weight layers on the longest path (stem and output layer included).
 
     Returns:
-      depth - 2 for plain and bn, (depth - 2) / 2 for residual archs.
+      depth - 2 for plain and bn, (depth - 2) / 2 for residual archs (`RESIDUAL`).
 
     Raises:
       ValueError: if depth < 2, or odd for a residual arch.
@@ -96,7 +107,7 @@ def hidden_blocks(arch: str, depth: int) -> int:
       >>> gf.models.hidden_blocks("residual", 20), gf.models.hidden_blocks("plain", 20)
       (9, 18)
     """
-    residual = arch in ("residual", "residual_bn")
+    residual = arch in RESIDUAL
     hidden = depth - 2  # stem and output layer
     if hidden < 0:
         raise ValueError(f"depth={depth} is too small for arch={arch!r}: the minimum is 2 "
@@ -143,12 +154,13 @@ def _stages(make_block, n_blocks: int, width: int, n_stages: int, scan: bool, rn
     return stages
 
 
-def _block_factory(arch, make_layer, make_projection, activation, norm_after_act=False):
-    norm = arch in ("bn", "residual_bn")
-    if arch in ("residual", "residual_bn"):
+def _block_factory(arch, n_blocks, make_layer, make_projection, activation, norm_after_act=False):
+    norm = arch in NORMALIZED
+    if arch in RESIDUAL:
+        scale = initial_branch_scale(n_blocks) if arch == "residual_scaled" else None
         return lambda fin, fout, strides, rngs: ResidualBlock(
             make_layer, make_projection, fin, fout, strides=strides, norm=norm,
-            activation=activation, rngs=rngs)
+            activation=activation, branch_scale=scale, rngs=rngs)
     return lambda fin, fout, strides, rngs: Unit(
         make_layer(fin, fout, strides, rngs=rngs), fout, norm=norm, activation=activation,
         norm_after_act=norm_after_act, rngs=rngs)
@@ -165,7 +177,7 @@ def cnn(arch: str, depth: int, *, width: int = 16, in_channels: int = 3, num_cla
     the activation, the convs have no bias.
 
     Args:
-      arch: "plain", "residual", "bn" or "residual_bn".
+      arch: "plain", "residual", "residual_scaled", "bn" or "residual_bn" (`ARCHS`).
       depth: weight layers on the longest path (stem, hidden layers, head), 2 to `MAX_DEPTH`;
         even for residual archs.
       width: the stem's channels (those of the first stage).
@@ -205,7 +217,7 @@ def cnn(arch: str, depth: int, *, width: int = 16, in_channels: int = 3, num_cla
     if 1 < stages > n_blocks:  # an empty stage would leave the head at the wrong width
         raise ValueError(f"stages={stages} needs at least {stages} hidden blocks; depth={depth} "
                          f"gives {n_blocks} for arch={arch!r}")
-    kinit, norm = initializer(init), arch in ("bn", "residual_bn")
+    kinit, norm = initializer(init), arch in NORMALIZED
     layer = partial(make_conv, conv, kernel_init=kinit, use_bias=not norm or after)
 
     def make_layer(fin, fout, strides, *, rngs):
@@ -215,7 +227,7 @@ def cnn(arch: str, depth: int, *, width: int = 16, in_channels: int = 3, num_cla
         return nnx.Conv(fin, fout, (1, 1), strides=strides, use_bias=not norm, kernel_init=kinit,
                         rngs=rngs)
 
-    make_block = _block_factory(arch, make_layer, make_projection, activation, after)
+    make_block = _block_factory(arch, n_blocks, make_layer, make_projection, activation, after)
     stem = Unit(nnx.Conv(in_channels, width, (3, 3), use_bias=not norm or after, kernel_init=kinit,
                          rngs=rngs), width, norm=norm, activation=activation,
                 norm_after_act=after, rngs=rngs)
@@ -233,7 +245,7 @@ def mlp(arch: str, depth: int, *, width: int, in_features: int, num_classes: int
     has no bias.
 
     Args:
-      arch: "plain", "residual", "bn" or "residual_bn".
+      arch: "plain", "residual", "residual_scaled", "bn" or "residual_bn" (`ARCHS`).
       depth: weight layers on the longest path (stem, hidden layers, head), 2 to `MAX_DEPTH`;
         even for residual archs.
       width: the hidden layers' width.
@@ -262,13 +274,13 @@ def mlp(arch: str, depth: int, *, width: int, in_features: int, num_classes: int
     check_positive_int("in_features", in_features)
     check_positive_int("num_classes", num_classes)
     n_blocks = hidden_blocks(arch, depth)
-    kinit, norm = initializer(init), arch in ("bn", "residual_bn")
+    kinit, norm = initializer(init), arch in NORMALIZED
     bias = use_bias and not norm
 
     def make_layer(fin, fout, strides, *, rngs):
         return nnx.Linear(fin, fout, use_bias=bias, kernel_init=kinit, rngs=rngs)
 
-    make_block = _block_factory(arch, make_layer, make_layer, activation)
+    make_block = _block_factory(arch, n_blocks, make_layer, make_layer, activation)
     stem = Unit(nnx.Linear(in_features, width, use_bias=bias, kernel_init=kinit, rngs=rngs), width,
                 norm=norm, activation=activation, rngs=rngs)
     body = _stages(make_block, n_blocks, width, 1, _use_scan(stack, depth, conv=False), rngs)

@@ -5,7 +5,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-ARCHS = ("plain", "residual", "bn", "residual_bn")
+ARCHS = ("plain", "residual", "residual_scaled", "bn", "residual_bn")
+RESIDUAL = ("residual", "residual_scaled", "residual_bn")  # built from residual blocks
+NORMALIZED = ("bn", "residual_bn")  # BatchNorm after every weight layer
 SEPARABLE = "_separable"  # arch suffix: the same arch with depthwise-separable hidden convs
 ARCH_CHOICES = ARCHS + tuple(a + SEPARABLE for a in ARCHS)
 CONVS = ("standard", "separable")
@@ -106,4 +108,4 @@ def base_arch(arch: str) -> str:
       >>> gf.models.base_arch("residual_bn_separable")
       'residual_bn'
     """
-    return arch[:-len(SEPARABLE)] if arch.endswith(SEPARABLE) else arch
+    return arch.removesuffix(SEPARABLE)

@@ -7,7 +7,7 @@ the same parameter paths up to that axis, so names and results agree between the
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 from flax import nnx
