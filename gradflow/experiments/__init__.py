@@ -51,7 +51,8 @@ EXPERIMENTS: dict[str, Experiment] = {
         "on a binary task from the built-in data: gradient heatmaps, held-out accuracy, "
         "projection shortcuts in the summary",
         _lazy("residual"),
-        {**_COMMON, **_TRAINING, "steps": 200, "optimizer": "adam", "lr": 1e-3, "log_every": 10}),
+        {**_COMMON, **_TRAINING, "steps": 200, "optimizer": "adam", "lr": 1e-3, "log_every": 10,
+         "seeds": 3}),
     "batchnorm": Experiment(
         "batch normalization: (a) Conv(no bias)-BN-ReLU against Conv+ReLU-BN at equal depth; "
         "(b) fine-tuning on a small new task with BN frozen against BN training, over seeds",
@@ -64,7 +65,7 @@ EXPERIMENTS: dict[str, Experiment] = {
         "widths W, 4W, 16W, gradient flow and accuracy at equal depth",
         _lazy("separable"),
         {**_COMMON, **_TRAINING, "depth": 10, "width": 16, "steps": 150, "optimizer": "momentum",
-         "lr": 0.01, "init": "lecun", "archs": ("residual_bn",)}),
+         "lr": 0.01, "init": "lecun", "archs": ("residual_bn",), "seeds": 3}),
 }
 
 NAMES = tuple(EXPERIMENTS)

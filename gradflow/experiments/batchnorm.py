@@ -11,37 +11,27 @@
     other classes 5-9 (drawn per seed) with BN frozen (`gf.freeze_batchnorm`: Keras
     trainable=False) and with BN left training, from the same head and the same batches.
     Held-out accuracy on classes 5-9 is measured during fine-tuning in inference mode (running
-    statistics, as Keras predicts, no re-estimation); stability = how much it wobbles.
+    statistics, as Keras predicts, no re-estimation). A run that collapses to chance after a
+    loss spike is reported as collapsed, with its step (`finetune.collapse`), and left out of
+    the steadiness statistics (wobble, largest drop). Part (b)'s code: `finetune`.
 """
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
-import numpy as np
 from flax import nnx
 
 from .. import data, models
-from ..models.freeze import batchnorm_arrays, freeze_batchnorm
 from ..plot import comparison_grid, curves, profiles
 from ..report.page import Page
-from ..report.text import fmt, text_table
-from ..train import train
-from .common import accuracy, comparison_rows, fit, numbers, shared_optimizer, subset
+from ..report.text import text_table
+from .common import accuracy, comparison_rows, fit, numbers, over_seeds, seed_rows, subset
 from .evaluation import evaluate, recalibrate
+from .finetune import (  # noqa: F401  (part (b), re-exported)
+    EVALS, FINETUNE_CLASSES, FINETUNE_EXAMPLES, FOOTER, VARIANTS, collapse, fine_tune, figure,
+    rows, summarize)
 from .side_by_side import BN_CALIBRATION
 
 PLACEMENTS = (("conv-BN-ReLU", "before_act"), ("conv-ReLU-BN", "after_act"))
 PRETRAIN_CLASSES = (0, 1, 2, 3, 4)
-FINETUNE_CLASSES = (5, 6, 7, 8, 9)
-FINETUNE_EXAMPLES = 256  # the small new task's training set
-EVALS = 15  # held-out evaluations during fine-tuning (plus one before the first step)
-VARIANTS = ("BN frozen", "BN training")
-
-
-def _mean_std(v):
-    v = [x for x in v if x is not None]
-    if not v:
-        return None, None
-    return float(np.mean(v)), (float(np.std(v, ddof=1)) if len(v) > 1 else None)
 
 
 def placement(ds, *, log, depth, width, steps, batch_size, optimizer, lr, init, log_every,
@@ -79,15 +69,7 @@ def placement(ds, *, log, depth, width, steps, batch_size, optimizer, lr, init, 
         per[label].append(numbers(res) | {"seed": s})
         if s == seeds[0]:
             first.append(res)
-    summary = {}
-    for label, runs in per.items():
-        acc = _mean_std([r["held_out_accuracy"] for r in runs])
-        ratio = [r["error_ratio_init"] for r in runs if r["error_ratio_init"]]
-        summary[label] = {"held_out_accuracy_mean": acc[0], "held_out_accuracy_std": acc[1],
-                          "error_ratio_init_median": float(np.median(ratio)) if ratio else None,
-                          "diverged": sum(r["diverged_at"] is not None for r in runs),
-                          "runs": runs}
-    return summary, first
+    return {label: over_seeds(runs) | {"runs": runs} for label, runs in per.items()}, first
 
 
 def pretrain(ds, *, log, depth, width, steps, batch_size, optimizer, lr, init, log_every, seed):
@@ -118,86 +100,6 @@ def pretrain(ds, *, log, depth, width, steps, batch_size, optimizer, lr, init, l
                    "diverged_at": res.diverged_at, "train_s": round(res.train_s, 2)}
 
 
-def fine_tune(pretrained, ds, *, frozen: bool, seed: int, steps, batch_size, optimizer, lr):
-    """Fine-tunes a copy of `pretrained` with a fresh 5-way head on classes 5-9 with `gf.train`.
-
-    Args:
-      pretrained: the model pretrained on PRETRAIN_CLASSES (not modified).
-      ds: the data set (`data.synthetic`).
-      frozen: freeze BatchNorm first (`freeze_batchnorm`), else BN keeps training.
-      seed: draws the FINETUNE_EXAMPLES training images, the batches and the new head.
-      steps, batch_size, optimizer, lr: as for the run (batch capped at the training set size).
-
-    Returns:
-      (numbers, model): the JSON-ready numbers of the run (per-step training loss, held-out
-      accuracy before the first step and every `steps // EVALS` steps and at the end, whether
-      the BN arrays stayed bit-identical) and the fine-tuned model.
-    """
-    x, y = subset(ds.x_train, ds.y_train, FINETUNE_CLASSES, limit=FINETUNE_EXAMPLES, seed=seed)
-    xt, yt = subset(ds.x_test, ds.y_test, FINETUNE_CLASSES)
-    model = nnx.clone(pretrained)
-    width = model.head.in_features
-    model.head = nnx.Linear(width, len(FINETUNE_CLASSES), rngs=nnx.Rngs(10_000 + seed))
-    if frozen:
-        freeze_batchnorm(model)
-    bn_before = batchnorm_arrays(model)
-    view = nnx.clone(model)  # gf.train updates `model` only at the end: evaluate on this copy
-    every = max(1, steps // EVALS)
-    eval_steps, eval_acc = [0], [accuracy(view, xt, yt)[1]]
-
-    def on_record(state, final):  # every step is recorded (log_every=1)
-        if state.step % every == 0 or state.step == steps:
-            nnx.update(view, state.params, state.rest)
-            eval_steps.append(state.step)
-            eval_acc.append(accuracy(view, xt, yt)[1])
-
-    # stop_on_nonfinite=False: every step trains, as a run that does not cut at divergence
-    hist = train(model, data.batches(x, y, min(batch_size, len(x)), seed), steps=steps,
-                 optimizer=shared_optimizer(optimizer, lr), log_every=1,
-                 stop_on_nonfinite=False, on_record=on_record)
-    bn_after = batchnorm_arrays(model)
-    unchanged = all(np.array_equal(bn_before[k], bn_after[k]) for k in bn_before)
-    half = eval_acc[len(eval_acc) // 2:]
-    drops = [a - b for a, b in zip(eval_acc, eval_acc[1:])]
-    return {"seed": seed, "variant": VARIANTS[0] if frozen else VARIANTS[1],
-            "final_accuracy": eval_acc[-1], "best_accuracy": max(eval_acc),
-            "accuracy_std_second_half": float(np.std(half)),
-            "largest_drop": max(drops, default=0.0),
-            "train_loss": [float(v) for v in hist["loss"]], "eval_steps": eval_steps,
-            "eval_accuracy": eval_acc,
-            "bn_unchanged": unchanged, "n_train": len(y), "n_test": len(yt)}, model
-
-
-def finetune_figure(runs, steps):
-    """Figure of part (b).
-
-    Args:
-      runs: the numbers of `fine_tune` runs (both variants, any seeds).
-      steps: fine-tuning steps (the x range).
-
-    Returns:
-      A matplotlib Figure: held-out accuracy during fine-tuning and per-step training loss, one
-      line per run, coloured by variant.
-    """
-    fig, (ax_a, ax_l) = plt.subplots(1, 2, figsize=(12, 4.3), layout="constrained")
-    for v, variant in enumerate(VARIANTS):
-        for k, r in enumerate(r for r in runs if r["variant"] == variant):
-            lab = variant if k == 0 else None
-            ax_a.plot(r["eval_steps"], r["eval_accuracy"], "o-", ms=3, color=f"C{v}", lw=1.2,
-                      alpha=0.8, label=lab)
-            ax_l.plot(np.arange(1, len(r["train_loss"]) + 1), r["train_loss"], color=f"C{v}",
-                      lw=0.8, alpha=0.6, label=lab)
-    ax_a.axhline(1 / len(FINETUNE_CLASSES), color="0.45", ls="--", lw=1, label="chance")
-    ax_a.set(xlabel="fine-tuning step", ylabel="held-out accuracy (classes 5-9)", ylim=(0, 1),
-             title="held-out accuracy during fine-tuning (one line per seed)")
-    ax_l.set(xlabel="fine-tuning step", ylabel="training loss (batch)", yscale="log",
-             title="training loss of every batch")
-    for ax in (ax_a, ax_l):
-        ax.legend(fontsize=8)
-        ax.set_xlim(0, steps)
-    return fig
-
-
 def run(out, *, log, meta, depth, width, steps, batch_size, optimizer, lr, init, log_every,
         seeds, seed) -> str:
     """Runs the experiment: part (a) placement, part (b) frozen vs training BN fine-tuning.
@@ -220,12 +122,7 @@ def run(out, *, log, meta, depth, width, steps, batch_size, optimizer, lr, init,
 
     # (a) placement
     place, first = placement(ds, log=log, seeds=seed_list, **common)
-    head_a = ("placement", "held-out acc (mean ± std)", "err ratio at init (median)",
-              "diverged runs")
-    rows_a = [(label, f"{fmt(p['held_out_accuracy_mean'], '.1%')} ± "
-               f"{fmt(p['held_out_accuracy_std'], '.1%')}",
-               fmt(p["error_ratio_init_median"], ".2g"), f"{p['diverged']}/{len(seed_list)}")
-              for label, p in place.items()]
+    head_a, rows_a = seed_rows(place)
     page.heading(f"(a) Placement: depth-{depth} CNN, width {width}, {len(seed_list)} seeds")
     page.text("Conv(use_bias=False) → BN → ReLU against Conv → ReLU → BN, same depth, width, "
               "init, data and batches. Held-out accuracy on 2,048 images, BN statistics "
@@ -250,21 +147,12 @@ def run(out, *, log, meta, depth, width, steps, batch_size, optimizer, lr, init,
             progress.start(len(ft_runs))
             r, _ = fine_tune(pretrained, ds, frozen=frozen, seed=s, steps=steps,
                           batch_size=batch_size, optimizer=optimizer, lr=lr)
-            progress.finish(f"held-out accuracy {r['final_accuracy']:.1%}")
+            progress.finish(f"held-out accuracy {r['final_accuracy']:.1%}" + (
+                f", collapsed at step {r['collapse']['step']}" if r["collapsed"] else ""))
             ft_runs.append(r)
-    ft = {}
-    for variant in VARIANTS:
-        rs = [r for r in ft_runs if r["variant"] == variant]
-        ft[variant] = {k: _mean_std([r[k] for r in rs]) for k in (
-            "final_accuracy", "best_accuracy", "accuracy_std_second_half", "largest_drop")}
+    ft = summarize(ft_runs)
     frozen_ok = all(r["bn_unchanged"] for r in ft_runs if r["variant"] == VARIANTS[0])
-    head_b = ("fine-tuning", "final acc (mean ± std)", "best acc", "wobble (2nd half std)",
-              "largest drop")
-    rows_b = [(v, f"{fmt(ft[v]['final_accuracy'][0], '.1%')} ± "
-               f"{fmt(ft[v]['final_accuracy'][1], '.1%')}",
-               fmt(ft[v]["best_accuracy"][0], ".1%"),
-               fmt(ft[v]["accuracy_std_second_half"][0], ".1%"),
-               fmt(ft[v]["largest_drop"][0], ".1%")) for v in VARIANTS]
+    head_b, rows_b = rows(ft)
     n_ft = ft_runs[0]["n_train"]
     page.heading(f"(b) Fine-tuning with BN frozen vs training, {len(seed_list)} seeds")
     page.text(f"Pretrained on classes 0-4 ({pre['n_train']} images, {steps} steps; held-out "
@@ -275,19 +163,26 @@ def run(out, *, log, meta, depth, width, steps, batch_size, optimizer, lr, init,
               f"(before fine-tuning, then during it) in inference mode (running statistics). "
               f"Frozen BN's running statistics, scale and "
               f"offset bit-identical after fine-tuning: {'yes' if frozen_ok else 'NO'}.")
-    page.table(head_b, rows_b, "Means over seeds. Wobble: standard deviation of the held-out "
-               "accuracy over the second half of the evaluations; largest drop: the largest "
-               "fall between two consecutive evaluations.")
-    page.figure("finetune.png", finetune_figure(ft_runs, steps),
-                "Fine-tuning: held-out accuracy and training loss per seed")
+    page.table(head_b, rows_b, "Means over seeds. " + FOOTER[0].upper() + FOOTER[1:] + ".")
+    page.figure("finetune.png", figure(ft_runs, steps),
+                "Fine-tuning: held-out accuracy and training loss per seed",
+                "Dashed: a run that collapsed (the dotted vertical line at its step, the cross "
+                "at its loss spike); dotted horizontal: the majority-class rate of the held-out "
+                "labels (left) and ln 5, the loss of a uniform prediction (right).")
     page.write("batchnorm.json", {
         "placement": place, "pretrain": pre,
-        "finetune": {"summary": {v: {k: {"mean": m, "std": sd} for k, (m, sd) in d.items()}
+        "finetune": {"summary": {v: {**{k: d[k] for k in ("n_runs", "collapsed",
+                                                          "collapse_steps")},
+                                     **{part: {k: {"mean": m, "std": sd}
+                                               for k, (m, sd) in d[part].items()}
+                                        for part in ("all", "not_collapsed")}}
                                  for v, d in ft.items()},
+                     "collapse_rule": FOOTER.split("; *")[0],
                      "frozen_bn_unchanged": frozen_ok, "runs": ft_runs,
                      "finetune_examples": n_ft}})
     return "\n\n".join([f"(a) BN placement, depth {depth}, {len(seed_list)} seeds\n"
                         + text_table(head_a, rows_a),
                         f"(b) fine-tuning on {n_ft} images of classes 5-9 after pretraining on "
                         f"0-4 (held-out {pre['held_out_accuracy']:.1%}); frozen BN unchanged: "
-                        f"{'yes' if frozen_ok else 'NO'}\n" + text_table(head_b, rows_b)])
+                        f"{'yes' if frozen_ok else 'NO'}\n"
+                        + text_table(head_b, rows_b, footer=FOOTER)])

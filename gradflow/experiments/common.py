@@ -167,6 +167,63 @@ def numbers(res: ArchResult) -> dict:
             "diagnosis_end": [str(f) for f in diagnose(h)]}
 
 
+def mean_std(values) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation of the values that are not None.
+
+    Args:
+      values: numbers or None.
+
+    Returns:
+      (mean, std); std None for a single value, both None for none.
+
+    Example:
+      >>> [round(v, 4) for v in mean_std([0.5, None, 0.7])]
+      [0.6, 0.1414]
+    """
+    v = [x for x in values if x is not None]
+    if not v:
+        return None, None
+    return float(np.mean(v)), (float(np.std(v, ddof=1)) if len(v) > 1 else None)
+
+
+def over_seeds(runs: list[dict]) -> dict:
+    """One model's `numbers` over several seeds.
+
+    Args:
+      runs: `numbers` dicts of the same model, one per seed (each with its "seed").
+
+    Returns:
+      {"held_out_accuracy_mean", "held_out_accuracy_std", "held_out_accuracy" (per seed),
+      "seeds", "error_ratio_init_median", "diverged"}.
+    """
+    m, sd = mean_std([r["held_out_accuracy"] for r in runs])
+    ratio = [r["error_ratio_init"] for r in runs if r["error_ratio_init"]]
+    return {"held_out_accuracy_mean": m, "held_out_accuracy_std": sd,
+            "held_out_accuracy": [r["held_out_accuracy"] for r in runs],
+            "seeds": [r.get("seed") for r in runs],
+            "error_ratio_init_median": float(np.median(ratio)) if ratio else None,
+            "diverged": sum(r["diverged_at"] is not None for r in runs)}
+
+
+def seed_rows(per: dict) -> tuple[tuple, list[tuple]]:
+    """The over-seeds table: held-out accuracy mean ± std and per seed, error ratio at init.
+
+    Args:
+      per: model name -> `over_seeds` dict.
+
+    Returns:
+      (head, rows) of text cells.
+    """
+    head = ("model", "held-out acc (mean ± std)", "per seed", "err ratio init (median)",
+            "diverged")
+    rows = [(name, f"{fmt(s['held_out_accuracy_mean'], '.1%')} ± "
+             f"{fmt(s['held_out_accuracy_std'], '.1%')}",
+             " / ".join(fmt(a, ".1%") for a in s["held_out_accuracy"]),
+             fmt(s["error_ratio_init_median"], ".2g"), f"{s['diverged']}/{len(s['seeds'])}")
+            for name, s in per.items()]
+    return head, rows
+
+
 def comparison_rows(items: list[dict]) -> tuple[tuple, list[tuple]]:
     """The experiments' comparison table as text cells.
 

@@ -3,7 +3,10 @@
 `seed_resnet()` (three residual blocks 32/64/128, the first two with max-pooling and a strided
 1x1 projection shortcut, the third with a plain 1x1 projection, sigmoid output) and the same
 network with every shortcut removed are trained from the same initialization on the same batches
-of a binary task cut from the built-in data, with every layer recorded.
+of a binary task cut from the built-in data, with every layer recorded. This is repeated over
+`seeds` initializations and batch orders (the data stay those of the first seed): a single
+seed's held-out accuracy moves by several points with float-level differences, so the results
+are reported as mean and spread over the seeds; the figures show the first seed.
 
 The task: does the image contain the 0° grating? (classes whose texture pair includes type 0:
 4 of the 10 pair classes, ~40% positives). The seed model starts with Rescaling(1/255), so the
@@ -22,7 +25,7 @@ from ..models import seed_resnet
 from ..plot import comparison_grid, curves, heatmap, profiles
 from ..report.page import Page
 from ..report.text import text_table
-from .common import binary_accuracy, comparison_rows, fit, numbers
+from .common import binary_accuracy, comparison_rows, fit, numbers, over_seeds, seed_rows
 from .verdict import describe
 
 POSITIVE_TYPE = 0  # the 0° grating
@@ -83,18 +86,49 @@ def first_conv_ratios(res: dict) -> dict:
                                             if h.layers[0] != FIRST_CONV else None)}
 
 
+def train_both(x, y, xt, yt, *, seed: int, progress=None, index: int = 0, **settings) -> list:
+    """Trains the seed's ResNet with and without shortcuts from one seed, and evaluates both.
+
+    Args:
+      x, y, xt, yt: `binary_task`'s training and held-out data.
+      seed: the seed of the initialization and the batch order.
+      progress: the Progress to advance (`start`, `step`, `finish`), or None.
+      index: the Progress job of the first variant (the second is index + 1).
+      **settings: `fit`'s steps, batch_size, optimizer, lr, log_every.
+
+    Returns:
+      The two ArchResults (VARIANTS order), evaluated unless diverged.
+    """
+    results = []
+    for i, (variant, shortcuts) in enumerate(VARIANTS):
+        if progress is not None:
+            progress.start(index + i)
+        model = seed_resnet(shortcuts=shortcuts, rngs=nnx.Rngs(seed))
+        res = fit(model, f"seed_resnet ({variant})", x, y, seed=seed,
+                  loss="binary_cross_entropy", progress=progress and progress.step, **settings)
+        if res.diverged_at is None:
+            res.held_out_loss, res.held_out_accuracy = binary_accuracy(model, xt, yt)
+        if progress is not None:
+            progress.finish("diverged" if res.diverged_at is not None
+                            else f"held-out accuracy {res.held_out_accuracy:.1%}")
+        results.append(res)
+    return results
+
+
 def run(out, *, log, meta, steps: int, batch_size: int, optimizer: str, lr: float,
-        log_every: int, seed: int) -> str:
+        log_every: int, seed: int, seeds: int = 1) -> str:
     """Runs the experiment: the seed's ResNet with and without shortcuts, trained alike.
 
     Args:
       out: the output folder (report.html, figures, histories, residual.json).
       log, meta: the run's logger and metadata for the page.
       steps, batch_size, optimizer, lr, log_every: the training settings.
-      seed: the seed of the data, the initialization and the batch order.
+      seed: the seed of the data, and the first seed of the initialization and batch order.
+      seeds: how many seeds, from `seed` on (the figures and the detailed table show `seed`).
 
     Returns:
-      The text summary: the model's summary (32x32x3 input) and the results table.
+      The text summary: the model's summary (32x32x3 input), the first seed's results table
+      and the table over seeds.
     """
     ds = data.synthetic(seed)
     x, y, xt, yt = binary_task(ds)
@@ -110,22 +144,25 @@ def run(out, *, log, meta, steps: int, batch_size: int, optimizer: str, lr: floa
     page.heading("The seed's model (gf.summary, 32×32×3 input as in the paper)")
     page.pre(str(s))
     names = [f"seed_resnet ({v})" for v, _ in VARIANTS]
-    progress = log.progress(names, steps)
-    results = []
-    for i, ((variant, shortcuts), name) in enumerate(zip(VARIANTS, names)):
-        progress.start(i)
-        model = seed_resnet(shortcuts=shortcuts, rngs=nnx.Rngs(seed))
-        res = fit(model, name, x, y, steps=steps, batch_size=batch_size, optimizer=optimizer,
-                  lr=lr, log_every=log_every, seed=seed, loss="binary_cross_entropy",
-                  progress=progress.step)
-        if res.diverged_at is None:
-            res.held_out_loss, res.held_out_accuracy = binary_accuracy(model, xt, yt)
-        progress.finish("diverged" if res.diverged_at is not None
-                        else f"held-out accuracy {res.held_out_accuracy:.1%}")
-        results.append(res)
+    seed_list = list(range(seed, seed + seeds))
+    progress = log.progress([f"{n} seed {k}" for k in seed_list for n in names], steps)
+    settings = dict(steps=steps, batch_size=batch_size, optimizer=optimizer, lr=lr,
+                    log_every=log_every)
+    per = {n: [] for n in names}
+    for j, k in enumerate(seed_list):
+        res_k = train_both(x, y, xt, yt, seed=k, progress=progress, index=2 * j, **settings)
+        for r in res_k:
+            per[r.arch].append(numbers(r) | first_conv_ratios(r) | {"seed": k})
+        if k == seed:
+            results = res_k
+    spread = {n: over_seeds(rs) for n, rs in per.items()}
+    head_s, rows_s = seed_rows(spread)
     nums = [numbers(r) | first_conv_ratios(r) for r in results]
     head, rows = comparison_rows(nums)
-    page.heading("Results")
+    page.heading(f"Results over {seeds} seed{'s' if seeds > 1 else ''}")
+    page.table(head_s, rows_s, "Held-out accuracy per seed (initialization and batch order "
+               f"{seed_list[0]}…{seed_list[-1]}, same data); err ratio at the first 3×3 conv.")
+    page.heading(f"Seed {seed} in detail")
     page.table(head, rows, "err ratio: error signal ‖∂L/∂z‖ of the first 3×3 conv over that of "
                "the output layer, on a training batch (≪ 1: vanishing toward the input); init = "
                "before the first update, end = the last recorded step. Held-out: "
@@ -163,5 +200,14 @@ def run(out, *, log, meta, steps: int, batch_size: int, optimizer: str, lr: floa
         "summary_32x32": {"total": s.total, "rows": [
             {"path": "/".join(map(str, q.path)), "kind": q.kind, "output_shape": q.output_shape,
              "params": q.params} for q in s.rows]},
-        "models": nums})
-    return "\n\n".join([str(s), text_table(head, rows)])
+        "models": nums, "seeds": seed_list,
+        "over_seeds": {n: spread[n] | {"runs": per[n]} for n in names}})
+    majority = f"majority class {max(yt.mean(), 1 - yt.mean()):.1%}"
+    return "\n\n".join([str(s), f"seed {seed} ({len(yt)} held-out images, {majority})\n"
+                        + text_table(head, rows),
+                        f"over {seeds} seeds ({steps} steps, {optimizer} lr {lr:g})\n"
+                        + text_table(head_s, rows_s, footer=ERR_FOOTER)])
+
+
+ERR_FOOTER = ("err ratio: error signal ‖∂L/∂z‖ of the first 3×3 conv / of the output layer, "
+              "at init (≪ 1: vanishing toward the input)")

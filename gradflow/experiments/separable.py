@@ -6,9 +6,13 @@
 2. Speed: forward+backward time of one 3x3 conv layer, standard vs separable, at widths W, 4W
    and 16W on this machine (`conv_timing.time_convs`; median after warm-up).
 3. Learning: both versions of each arch trained side by side as the run does
-   (`side_by_side.train_arch`): error-signal maps, curves, held-out accuracy.
+   (`side_by_side.train_arch`) from `seeds` initializations and batch orders (same data):
+   held-out accuracy mean and spread over the seeds (one seed's accuracy moves by several
+   points with float-level differences); error-signal maps and curves of the first seed.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import matplotlib.pyplot as plt
@@ -22,7 +26,7 @@ from ..models.options import SEPARABLE
 from ..plot import comparison_grid, curves
 from ..report.page import Page
 from ..report.text import fmt, text_table
-from .common import comparison_rows, numbers
+from .common import comparison_rows, numbers, over_seeds, seed_rows
 from .conv_timing import time_convs
 from .side_by_side import Config, train_arch
 
@@ -153,7 +157,7 @@ def timing_figure(rows):
 
 
 def run(out, *, log, meta, depth, width, archs, steps, batch_size, optimizer, lr, init,
-        log_every, seed) -> str:
+        log_every, seed, seeds: int = 1) -> str:
     """Runs the experiment: cost, speed, and learning of standard against separable convs.
 
     Args:
@@ -162,10 +166,11 @@ def run(out, *, log, meta, depth, width, archs, steps, batch_size, optimizer, lr
       depth, width, init: the CNNs' settings.
       archs: the architectures; each runs standard and separable.
       steps, batch_size, optimizer, lr, log_every: the training settings.
-      seed: the seed of the data, the initialization and the batch order.
+      seed: the seed of the data, and the first seed of the initialization and batch order.
+      seeds: how many training seeds, from `seed` on (figures and the detailed table: `seed`).
 
     Returns:
-      The text summary: the cost, timing and learning tables.
+      The text summary: the cost, timing and learning tables (first seed, and over seeds).
     """
     ds = data.synthetic(seed)
     page = Page(out, "Depthwise separable convolutions: cost, speed and learning", meta)
@@ -211,24 +216,33 @@ def run(out, *, log, meta, depth, width, archs, steps, batch_size, optimizer, lr
     page.figure("timing.png", timing_figure(trows), "Forward+backward time per layer")
 
     # 3. learning
-    names = [a + s for a in archs for s in ("", SEPARABLE)]
+    names, results = [a + s for a in archs for s in ("", SEPARABLE)], []
     cfg = Config(depth=depth, width=width, archs=names, steps=steps, batch_size=batch_size,
                  lr=lr, optimizer=optimizer, init=init, seed=seed, log_every=log_every)
-    progress = log.progress(names, steps)
-    results = []
-    for i, name in enumerate(names):
-        progress.start(i)
-        res = train_arch(name, cfg, ds, progress.step)
-        progress.finish("diverged" if res.diverged_at is not None
-                        else f"held-out accuracy {res.held_out_accuracy:.1%}")
-        results.append(res)
+    seed_list = list(range(seed, seed + seeds))
+    progress = log.progress([f"{n} seed {k}" for k in seed_list for n in names], steps)
+    per = {n: [] for n in names}
+    for j, k in enumerate(seed_list):
+        for i, name in enumerate(names):
+            progress.start(j * len(names) + i)
+            res = train_arch(name, dataclasses.replace(cfg, seed=k), ds, progress.step)
+            progress.finish("diverged" if res.diverged_at is not None
+                            else f"held-out accuracy {res.held_out_accuracy:.1%}")
+            per[name].append(numbers(res) | {"seed": k})
+            if k == seed:
+                results.append(res)
+    spread = {n: over_seeds(rs) for n, rs in per.items()}
+    head_s, rows_s = seed_rows(spread)
     nums = [numbers(r) | {"time_s": round(r.time_s, 2)} for r in results]
     head_l, rows_l = comparison_rows(nums)
     head_l += ("train s",)
     rows_l = [r + (fmt(n["train_s"], ".1f"),) for r, n in zip(rows_l, nums)]
-    page.heading(f"3. Learning: {steps} steps, {optimizer} lr {lr:g}, batch {batch_size}")
-    page.table(head_l, rows_l, "err ratio: ‖∂L/∂z‖ of the stem over that of the output layer "
-               "(a separable conv has two rows, depthwise and pointwise). Held-out accuracy on "
+    page.heading(f"3. Learning: {steps} steps, {optimizer} lr {lr:g}, batch {batch_size}, "
+                 f"{seeds} seed{'s' if seeds > 1 else ''}")
+    page.table(head_s, rows_s, "Held-out accuracy per seed (initialization and batch order "
+               f"{seed_list[0]}…{seed_list[-1]}, same data).")
+    page.table(head_l, rows_l, f"Seed {seed} in detail (the figures below). err ratio: ‖∂L/∂z‖ "
+               "of the stem over that of the output layer (a separable conv has two rows, depthwise and pointwise). Held-out accuracy on "
                "2,048 images, BN statistics re-estimated on 1,024 training images. train s: "
                "training wall time including compilation.")
     runs = {r.arch: r.history for r in results}
@@ -243,9 +257,16 @@ def run(out, *, log, meta, depth, width, archs, steps, batch_size, optimizer, lr
     page.write("separable.json", {
         "cost": {name: {**c.to_dict(), "closed_form_mismatches": bad}
                  for name, (c, bad) in table.items()},
-        "timing": {"setting": TIMING, "rows": trows}, "learning": nums})
+        "timing": {"setting": TIMING, "rows": trows}, "learning": nums, "seeds": seed_list,
+        "learning_over_seeds": {n: spread[n] | {"runs": per[n]} for n in names}})
     return "\n\n".join([text_table(head_c, rows_c),
                         f"forward+backward of one 3x3 layer, batch {TIMING['batch']}, "
                         f"{TIMING['size']}x{TIMING['size']}, median of {TIMING['repeats']}:\n"
                         + text_table(head_t, rows_t),
-                        text_table(head_l, rows_l)])
+                        f"training, seed {seed}:\n" + text_table(head_l, rows_l),
+                        f"training over {seeds} seeds ({steps} steps):\n"
+                        + text_table(head_s, rows_s, footer=SEEDS_FOOTER)])
+
+
+SEEDS_FOOTER = ("held-out acc: 2,048 images, BN statistics re-estimated on 1,024 training images; "
+                "err ratio: ‖∂L/∂z‖ of the stem / of the output layer at init")
