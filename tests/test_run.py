@@ -318,3 +318,14 @@ def test_same_command_same_seed_gives_bit_identical_histories(tiny_run, tmp_path
         np.testing.assert_array_equal(a.steps, b.steps)
         for k in a.metrics + a.scalars:
             np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_summary_keeps_the_held_out_class_shares_for_the_majority_line(tiny_run):
+    _, out = tiny_run
+    data = json.loads((out / "summary.json").read_text())["data"]
+    shares = data["held_out_class_shares"]
+    assert len(shares) == data["num_classes"] and abs(sum(shares) - 1) < 1e-9
+    fig = gf.plot.curves({"a": History.load(out / "plain_history.npz")}, class_shares=shares)
+    labels = [label for ax in fig.axes for label in ax.get_legend_handles_labels()[1]]
+    labels += [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+    assert any(f"majority class ({100 * max(shares):.1f}%)" in t for t in labels), labels

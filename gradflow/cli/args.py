@@ -116,9 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--data-dir", default=None, help="directory (for npz: the file) holding --dataset")
     a("--seed", type=_int_at_least(0), default=Config.seed,
       help="seed of the data, the initialization and the batch order")
-    a("--seeds", type=_int_at_least(1), default=None, help="depth sweeps only: initializations "
-      "per depth, seeds --seed, --seed+1, ... (default: 3); --experiment batchnorm: "
-      "fine-tuning seeds")
+    a("--seeds", type=_int_at_least(1), default=None, help="depth sweeps: initializations "
+      "per depth, seeds --seed, --seed+1, ... (default: 3); --experiment residual, separable, "
+      "batchnorm: training runs per variant, reported as mean and spread (default: 3)")
     a("--log-every", type=_int_at_least(1), default=Config.log_every,
       help="record every layer's statistics every N steps (and at the last step)")
     a("--out", default=None, help="run directory to create; it must not exist or be empty "

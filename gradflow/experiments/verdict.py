@@ -203,6 +203,24 @@ _NUMBERS = ("params", "final_train_loss", "final_train_accuracy", "held_out_loss
             "diverged_at", "nonfinite_layer", "interrupted_at")
 
 
+def class_shares(labels, num_classes: int) -> list[float]:
+    """The fraction of each class among `labels` (the majority-class rate is their maximum).
+
+    Args:
+      labels: integer class labels.
+      num_classes: the number of classes.
+
+    Returns:
+      `num_classes` fractions summing to 1 (all 0 for no labels).
+
+    Example:
+      >>> class_shares(np.array([0, 0, 1, 2]), 3)
+      [0.5, 0.25, 0.25]
+    """
+    counts = np.bincount(np.asarray(labels, np.int64).ravel(), minlength=num_classes)
+    return [float(c) / max(int(counts.sum()), 1) for c in counts[:num_classes]]
+
+
 def summarize(results: list[ArchResult], cfg: Config, ds) -> dict:
     """summary.json's content.
 
@@ -235,7 +253,8 @@ def summarize(results: list[ArchResult], cfg: Config, ds) -> dict:
         "config": config,
         "data": {"name": ds.name, "n_train": len(ds.x_train), "n_test": len(ds.x_test),
                  "image_shape": list(ds.image_shape), "num_classes": ds.num_classes,
-                 "description": describe(ds), "problem": problem},
+                 "description": describe(ds), "problem": problem,
+                 "held_out_class_shares": class_shares(ds.y_test, ds.num_classes)},
         "definitions": {
             "error_ratio": "error_norm (‖∂L/∂z‖) of layer 1 divided by that of the last layer, "
                            "on one training batch; init = first record, end = last record",

@@ -60,7 +60,8 @@ def write_run(out, histories: dict, summary: dict) -> list[str]:
              "Each panel: layers (input at the bottom) × training steps; colour is the error "
              "signal ‖∂L/∂z‖ on ONE log scale shared by all panels, so a darker band is a weaker "
              "signal. Black: exactly zero. Grey: non-finite or never reached (diverged).")
-        save("curves.png", curves(histories, num_classes, held_out, steps),
+        shares = summary["data"].get("held_out_class_shares")
+        save("curves.png", curves(histories, num_classes, held_out, steps, class_shares=shares),
              "Loss and accuracy", "Training loss and accuracy of each recorded batch (thin) and "
              "their moving average (thick); the star is the held-out accuracy after training.")
         save("profiles.png", profiles(histories, diverged=diverged),
