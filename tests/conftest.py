@@ -1,7 +1,40 @@
+import contextlib
+import io
+import json
 import os
+
+import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+
+# Files whose tests share a session fixture below run in one xdist worker (--dist loadfile
+# otherwise sends each file to any worker, and each worker would redo the shared run).
+SAME_WORKER = {"tests/test_figures_story.py": "tests/test_experiments.py",
+               "tests/test_experiments_numbers.py": "tests/test_experiments.py",
+               "tests/test_verdicts.py": "tests/test_run.py"}
+
+
+class _SharedFileScheduling:
+    """xdist hook: --dist loadfile, with the files of SAME_WORKER scheduled as one."""
+
+    @pytest.hookimpl
+    def pytest_xdist_make_scheduler(self, config, log):
+        if config.getoption("dist") != "loadfile":
+            return None
+        from xdist.scheduler import LoadFileScheduling
+
+        class Scheduling(LoadFileScheduling):
+            def _split_scope(self, nodeid):
+                scope = super()._split_scope(nodeid)
+                return SAME_WORKER.get(scope, scope)
+
+        return Scheduling(config, log)
+
+
+def pytest_configure(config):
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_SharedFileScheduling(), "gradflow-shared-file-scheduling")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -9,3 +42,75 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if "not slow" in (config.getoption("markexpr") or ""):
         terminalreporter.write_line("not run: the slow tier (two-process runs, separable "
                                     "variants, depth 10,000): python -m pytest -m slow")
+
+
+# -- runs shared by several test files --------------------------------------------------------
+
+# `python -m gradflow.run --experiment NAME` on the tiny settings of tests/test_experiments.py
+# (TINY), shared by the files of its xdist group: tests/test_experiments.py checks the files
+# and numbers, tests/test_figures_story.py the figures and texts, tests/test_experiments_numbers.py
+# the collapse records and the seeds of the same runs.
+@pytest.fixture(scope="session")
+def experiment_run(tmp_path_factory):
+    """experiment_run(name) -> dict(code, out, text, numbers, figures, texts): each experiment
+    run once per session, in process (compiled steps are shared), on demand. `figures` maps a
+    figure file to (matplotlib figure, caption) and `texts` lists the paragraphs, as the report
+    page received them."""
+    from test_experiments import TINY
+
+    from gradflow import cli
+    from gradflow.report.page import Page
+
+    cache = {}
+
+    def run(name):
+        if name in cache:
+            return cache[name]
+        figures, texts = {}, []
+        figure, text = Page.figure, Page.text
+
+        def capture_figure(self, fname, fig, title, caption=""):
+            figures[fname] = (fig, caption)
+            return figure(self, fname, fig, title, caption)
+
+        def capture_text(self, t):
+            texts.append(t)
+            return text(self, t)
+
+        out = tmp_path_factory.mktemp(name) / "out"
+        stdout = io.StringIO()
+        with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(stdout):
+            mp.setattr(Page, "figure", capture_figure)
+            mp.setattr(Page, "text", capture_text)
+            code = cli.main(["--experiment", name, *TINY[name], "--out", str(out),
+                             "--quiet"])
+        cache[name] = {"code": code, "out": out, "text": stdout.getvalue(),
+                       "numbers": json.loads((out / f"{name}.json").read_text()),
+                       "figures": figures, "texts": texts}
+        return cache[name]
+
+    return run
+
+
+# `python -m gradflow.run` with the default archs on a tiny setting, in a process of its own
+# (tests/test_run.py checks its files and output, tests/test_verdicts.py its verdicts)
+DEFAULT_RUN_ARGS = ["--depth", "4", "--width", "4", "--steps", "3", "--log-every", "1"]
+
+
+def run_cli(*args, cwd):
+    """`python -m gradflow.run ARGS` in a subprocess -> its CompletedProcess."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-m", "gradflow.run", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory):
+    """(CompletedProcess, out folder) of the default run, progress shown."""
+    cwd = tmp_path_factory.mktemp("default")
+    return run_cli(*DEFAULT_RUN_ARGS, "--out", "out", cwd=cwd), cwd / "out"

@@ -3,7 +3,6 @@ tiny setting (in process, so compiled steps are shared), and the pieces they res
 binary task, Conv -> ReLU -> BN, and frozen BatchNorm during fine-tuning."""
 from __future__ import annotations
 
-import json
 
 import jax
 import numpy as np
@@ -27,33 +26,26 @@ FILES = {
     "separable": {"separable.json", "report.html", "timing.png", "comparison_error_norm.png",
                   "curves.png"},
 }
+
+
 TINY = {
     "hierarchy": ["--depth", "6", "--width", "4"],
-    "residual": ["--steps", "2", "--log-every", "1", "--batch-size", "8"],
+    "residual": ["--steps", "2", "--log-every", "1", "--batch-size", "8", "--seeds", "2"],
     "batchnorm": ["--depth", "4", "--width", "4", "--steps", "2", "--log-every", "1",
                   "--batch-size", "8", "--seeds", "2"],
     "separable": ["--depth", "4", "--width", "2", "--steps", "2", "--log-every", "1",
-                  "--batch-size", "8", "--archs", "bn"],
+                  "--batch-size", "8", "--archs", "bn", "--seeds", "2"],
 }
 
 
-def _run(name, tmp_path_factory, capsys):
-    out = tmp_path_factory.mktemp(name) / "out"
-    code = cli.main(["--experiment", name, *TINY[name], "--out", str(out), "--quiet"])
-    text = capsys.readouterr().out
-    numbers = json.loads((out / f"{name}.json").read_text())
-    return code, out, text, numbers
-
-
-@pytest.fixture(scope="module")
-def done(tmp_path_factory):
-    """Each experiment once, on demand."""
-    cache = {}
-
-    def get(name, capsys):
-        if name not in cache:
-            cache[name] = _run(name, tmp_path_factory, capsys)
-        return cache[name]
+@pytest.fixture
+def done(experiment_run):
+    """(code, out, stdout, numbers) of each experiment on its TINY options, run once per
+    session (tests/conftest.py, shared with tests/test_figures_story.py and
+    tests/test_experiments_numbers.py)."""
+    def get(name, capsys=None):
+        r = experiment_run(name)
+        return r["code"], r["out"], r["text"], r["numbers"]
     return get
 
 

@@ -3,7 +3,6 @@ over seeds, the docs' results tables as generated blocks that the experiments' o
 and the depth sweep's residual theory line (whole, and where it is expected to hold)."""
 from __future__ import annotations
 
-import json
 import math
 
 import matplotlib
@@ -11,7 +10,6 @@ import numpy as np
 import pytest
 
 import gradflow as gf
-from gradflow import cli
 from gradflow.experiments import EXPERIMENTS, finetune
 from gradflow.experiments.common import over_seeds, seed_rows
 from gradflow.experiments.sweep_records import Cell, Sweep
@@ -113,15 +111,16 @@ def test_figure_marks_collapse_and_draws_the_majority_class_rate():
 
 # -- the experiments end to end (tiny): collapse in the table and JSON, seeds ---------------------
 
-def _exp(name, extra, tmp_path, capsys):
-    out = tmp_path / name
-    assert cli.main(["--experiment", name, *TINY[name], *extra, "--out", str(out),
-                     "--quiet"]) == 0
-    return capsys.readouterr().out, json.loads((out / f"{name}.json").read_text())
+def _exp(name, experiment_run):
+    """(stdout, numbers) of the experiment on test_experiments.TINY's options (2 seeds), the
+    run tests/test_experiments.py checks (tests/conftest.py runs it once)."""
+    run = experiment_run(name)
+    assert run["code"] == 0
+    return run["text"], run["numbers"]
 
 
-def test_batchnorm_reports_collapse_in_table_and_json(tmp_path, capsys):
-    text, numbers = _exp("batchnorm", [], tmp_path, capsys)
+def test_batchnorm_reports_collapse_in_table_and_json(experiment_run):
+    text, numbers = _exp("batchnorm", experiment_run)
     assert "collapsed (step)" in text and "collapsed: held-out accuracy at chance" in text
     ft = numbers["finetune"]
     assert "collapse_rule" in ft
@@ -135,9 +134,10 @@ def test_batchnorm_reports_collapse_in_table_and_json(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name", ["residual", "separable"])
-def test_seeds_give_mean_spread_and_every_seed(name, tmp_path, capsys):
+def test_seeds_give_mean_spread_and_every_seed(name, experiment_run):
     assert EXPERIMENTS[name].options["seeds"] == 3
-    text, numbers = _exp(name, ["--seeds", "2"], tmp_path, capsys)
+    assert TINY[name][-2:] == ["--seeds", "2"]
+    text, numbers = _exp(name, experiment_run)
     key = "over_seeds" if name == "residual" else "learning_over_seeds"
     assert numbers["seeds"] == [0, 1]
     for s in numbers[key].values():

@@ -12,7 +12,6 @@ from flax import nnx
 from matplotlib.patches import Rectangle
 
 import gradflow as gf
-from gradflow import cli
 from gradflow.experiments import hierarchy, separable
 from gradflow.experiments.sweep_records import Cell, Sweep
 from gradflow.report import sweep_report
@@ -226,23 +225,11 @@ def test_summary_of_a_scanned_stack_puts_each_layer_under_its_own_unit():
 
 # real runs: residual (items 1, 2, 8 on its figures) and batchnorm (item 10) -----------------
 
-def _capture(monkeypatch):
-    from gradflow.report.page import Page
-    figures, texts, original = {}, [], Page.figure
-
-    def figure(self, name, fig, title, caption=""):
-        figures[name] = (fig, caption)
-        return original(self, name, fig, title, caption)
-
-    monkeypatch.setattr(Page, "figure", figure)
-    monkeypatch.setattr(Page, "text", lambda self, t, _o=Page.text: (texts.append(t), _o(self, t))[1])
-    return figures, texts
-
-
-def test_residual_experiment_figures(tmp_path, monkeypatch, capsys):
-    figures, _ = _capture(monkeypatch)
-    assert cli.main(["--experiment", "residual", "--steps", "2", "--log-every", "1",
-                     "--batch-size", "8", "--out", str(tmp_path / "out"), "--quiet"]) == 0
+def test_residual_experiment_figures(experiment_run):
+    """The run of tests/test_experiments.py (tests/conftest.py: --steps 2 --batch-size 8)."""
+    run = experiment_run("residual")
+    assert run["code"] == 0
+    figures = run["figures"]
     grid, caption = figures["comparison_error_norm.png"]
     assert "no such layer (shorter network)" in _legend_texts(grid) and "hatched" in caption
     short = next(ax for ax in grid.axes if ax.get_title().startswith("seed_resnet (no short"))
@@ -256,13 +243,11 @@ def test_residual_experiment_figures(tmp_path, monkeypatch, capsys):
     assert "own range" in heat.axes[1].get_ylabel()
 
 
-def test_batchnorm_text_counts_the_evaluations(tmp_path, monkeypatch, capsys):
-    import json
-    _, texts = _capture(monkeypatch)
-    out = tmp_path / "out"
-    assert cli.main(["--experiment", "batchnorm", "--depth", "4", "--width", "4", "--steps", "2",
-                     "--log-every", "1", "--batch-size", "8", "--seeds", "1", "--out", str(out),
-                     "--quiet"]) == 0
-    runs = json.loads((out / "batchnorm.json").read_text())["finetune"]["runs"]
-    said = [int(m) for t in texts for m in re.findall(r"measured (\d+) times", t)]
+def test_batchnorm_text_counts_the_evaluations(experiment_run):
+    """The run of tests/test_experiments.py (tests/conftest.py: depth 4, width 4, 2 steps,
+    2 seeds; the count is said once, whatever the seeds)."""
+    run = experiment_run("batchnorm")
+    assert run["code"] == 0
+    runs = run["numbers"]["finetune"]["runs"]
+    said = [int(m) for t in run["texts"] for m in re.findall(r"measured (\d+) times", t)]
     assert said == [len(runs[0]["eval_steps"])] == [3]  # before the first step, after 1 and 2

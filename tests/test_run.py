@@ -22,9 +22,10 @@ from gradflow.analysis import theory
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--depth", "4", "--width", "4", "--steps", "3", "--log-every", "1",
         "--archs", "plain,residual_bn"]
-FILES = ["plain_history.npz", "residual_bn_history.npz", "plain_heatmap.png",
-         "residual_bn_heatmap.png", "comparison_error_norm.png", "comparison_grad_norm.png",
-         "profiles.png", "curves.png", "summary.json", "report.html", "run.json"]
+ARCHS = list(gf.models.ARCHS)
+FILES = ([f"{a}_history.npz" for a in ARCHS] + [f"{a}_heatmap.png" for a in ARCHS]
+         + ["comparison_error_norm.png", "comparison_grad_norm.png", "profiles.png", "curves.png",
+            "summary.json", "report.html", "run.json"])
 
 
 def _cli(*args, cwd):
@@ -33,11 +34,11 @@ def _cli(*args, cwd):
                           capture_output=True, text=True, timeout=300)
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("cli")
-    proc = _cli(*TINY, "--out", "out", cwd=cwd)
-    return proc, cwd / "out"
+@pytest.fixture
+def tiny_run(default_run):
+    """The default run (every arch) at depth 4, width 4, 3 steps, with progress: one run per
+    session in tests/conftest.py, shared with tests/test_verdicts.py."""
+    return default_run
 
 
 def test_cli_exit_code_files_and_output(tiny_run):
@@ -45,7 +46,7 @@ def test_cli_exit_code_files_and_output(tiny_run):
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
     assert "Traceback" not in proc.stderr
-    for arch in ("plain", "residual_bn"):
+    for arch in ARCHS:
         assert arch in proc.stdout  # the summary table
         assert f"{arch}: 3 steps" in proc.stderr  # per-architecture progress
     assert str(out.name) in proc.stdout and "report.html" in proc.stdout
@@ -65,7 +66,7 @@ def test_histories_load_and_match_the_configuration(tiny_run):
 def test_summary_is_consistent_with_the_histories(tiny_run):
     _, out = tiny_run
     s = json.loads((out / "summary.json").read_text())
-    assert [a["arch"] for a in s["archs"]] == ["plain", "residual_bn"]
+    assert [a["arch"] for a in s["archs"]] == ARCHS
     assert s["config"]["depth"] == 4 and s["config"]["steps"] == 3
     n_test = s["data"]["n_test"]
     for a in s["archs"]:
@@ -93,7 +94,8 @@ def test_summary_is_consistent_with_the_histories(tiny_run):
     # parameter counts, recounted from freshly built models: 3x3 convs 3->4 (+bias), 4->4 x2, head
     plain = (27 * 4 + 4) + 2 * (36 * 4 + 4) + (4 * 10 + 10)
     bn = 27 * 4 + 2 * 36 * 4 + 3 * 2 * 4 + (4 * 10 + 10)  # no conv bias; BN scale and offset
-    assert [a["params"] for a in s["archs"]] == [plain, bn]
+    params = {a["arch"]: a["params"] for a in s["archs"]}
+    assert [params["plain"], params["residual_bn"]] == [plain, bn]
 
 
 def test_figures_are_real_pngs_and_the_report_is_self_contained(tiny_run):
@@ -104,7 +106,7 @@ def test_figures_are_real_pngs_and_the_report_is_self_contained(tiny_run):
             assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 300
             assert img[..., :3].std() > 0.05  # not blank
     page = (out / "report.html").read_text(encoding="utf-8")
-    assert page.count("data:image/png;base64,") == 6
+    assert page.count("data:image/png;base64,") == 4 + len(ARCHS)  # 4 + a heatmap per arch
     assert "http://" not in page and "https://" not in page and "<script" not in page
     assert "residual_bn" in page and "summary" in page.lower()
 
@@ -307,8 +309,9 @@ def test_run_figures_render_with_zeros_nan_and_a_diverged_arch():
 
 
 def test_same_command_same_seed_gives_bit_identical_histories(tiny_run, tmp_path):
-    """Determinism on CPU: a second process running the same command and seed writes the same
-    histories bit for bit."""
+    """Determinism on CPU: a second process running the same settings and seed writes the same
+    histories bit for bit (on two of the archs: each arch is built and fed from the seed alone,
+    whatever the other archs of the run)."""
     _, out = tiny_run
     proc = _cli(*TINY, "--out", "again", "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

@@ -263,15 +263,9 @@ def test_accuracy_at_chance_is_not_healthy_mlp_residual_bn():
 
 # -- the default run: table, printed diagnosis and report agree for every arch -----------------
 
-@pytest.fixture(scope="module")
-def default_run(tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("default")
-    proc = _cli("--depth", "4", "--width", "4", "--steps", "3", "--log-every", "1", "--out", "out",
-                "--quiet", cwd=cwd)
-    return proc, cwd / "out"
-
-
 def test_the_default_run_tells_one_story_per_arch(default_run):
+    """The default run of tests/conftest.py (depth 4, width 4, 3 steps; shared with
+    tests/test_run.py)."""
     proc, out = default_run
     assert proc.returncode == 0, proc.stderr
     s = json.loads((out / "summary.json").read_text())

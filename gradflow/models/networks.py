@@ -201,7 +201,7 @@ def cnn(arch: str, depth: int, *, width: int = 16, in_channels: int = 3, num_cla
       ValueError: for an invalid choice, or a depth or stage count the arch cannot realize.
 
     Example:
-      >>> model = gf.models.cnn("residual_bn", 20, width=16, stages=3, rngs=nnx.Rngs(0))
+      >>> model = gf.models.cnn("residual_bn", 8, width=8, stages=2, rngs=nnx.Rngs(0))
       >>> model(jnp.ones((2, 16, 16, 3))).shape
       (2, 10)
     """
