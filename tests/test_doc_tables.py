@@ -65,7 +65,7 @@ def test_every_block_in_the_docs_parses_and_names_a_gradflow_command():
     blocks = [b for p in generate.files() for b in generate.find_blocks(p, p.read_text().splitlines())]
     assert blocks, "README.md's default-run table is a generated block"
     for b in blocks:
-        assert b.cmd.startswith("python -m gradflow.run") or b.cmd.startswith("python benchmarks/")
+        assert b.cmd.startswith(("python -m gradflow.run", "python benchmarks/", "python docs/"))
 
 
 def test_a_real_command_runs_in_a_scratch_directory(tmp_path, monkeypatch):
@@ -75,3 +75,31 @@ def test_a_real_command_runs_in_a_scratch_directory(tmp_path, monkeypatch):
     assert wall >= 0 and sys.executable
     with pytest.raises(RuntimeError, match="exited 3"):
         generate.run("python -c \"raise SystemExit(3)\"")
+
+
+def test_markdown_blocks_are_inserted_as_tables_and_a_command_runs_once(tmp_path):
+    doc = tmp_path / "r.md"
+    marker = '<!-- generated: cmd="python docs/x.py" from="^\\| arch" to="^\\| b" format="markdown" -->'
+    doc.write_text(f"{marker}\nold\n<!-- end generated -->\n\n{marker}\nold\n<!-- end generated -->\n")
+    calls = []
+
+    def runner(cmd):
+        calls.append(cmd)
+        return "| arch | v |\n|---|---|\n| a | 1 |\n| b | 2 |\n", 3.0
+
+    assert generate.regenerate([doc], runner=runner) == 0
+    assert calls == ["python docs/x.py"]
+    text = doc.read_text()
+    assert text.count("| arch | v |\n|---|---|\n| a | 1 |\n| b | 2 |\n\nOutput of") == 2
+    assert "```" not in text
+
+
+def test_the_slopes_table_of_a_summary():
+    spec = importlib.util.spec_from_file_location("doc_slopes", ROOT / "docs" / "slopes.py")
+    slopes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(slopes)
+    rows = slopes.table({"archs": {"plain": {"error_slope_init": -0.147,
+                                             "error_slope_theory": -0.151},
+                                   "residual": {"error_slope_init": 0.034}}})
+    assert rows == ["| arch | measured | predicted |", "|---|---|---|",
+                    "| plain | −0.147 | −0.151 |", "| residual | +0.034 | — |"]
