@@ -114,3 +114,13 @@ def default_run(tmp_path_factory):
     """(CompletedProcess, out folder) of the default run, progress shown."""
     cwd = tmp_path_factory.mktemp("default")
     return run_cli(*DEFAULT_RUN_ARGS, "--out", "out", cwd=cwd), cwd / "out"
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Closes the figures a test made (gf.plot returns pyplot figures), so none pile up."""
+    yield
+    import sys
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is not None:
+        plt.close("all")
