@@ -132,7 +132,8 @@ def run(cmd: str) -> tuple[str, float]:
     """Runs a documented command in a fresh temporary directory.
 
     Args:
-      cmd: the command as the docs show it; a leading `python` is this interpreter.
+      cmd: the command as the docs show it; a leading `python` is this interpreter, and a
+        script path after it (`docs/slopes.py`) is relative to the repository.
 
     Returns:
       (standard output, wall seconds).
@@ -143,6 +144,8 @@ def run(cmd: str) -> tuple[str, float]:
     argv = shlex.split(cmd)
     if argv[0] in ("python", "python3"):
         argv[0] = sys.executable
+        if len(argv) > 1 and (ROOT / argv[1]).is_file():  # a script of the repository
+            argv[1] = str(ROOT / argv[1])
     env = dict(os.environ, PYTHONPATH=str(ROOT), TERM="dumb")
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()

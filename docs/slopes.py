@@ -19,21 +19,22 @@ def table(summary: dict) -> list[str]:
     """The slopes table of one run's summary.json.
 
     Args:
-      summary: the parsed summary.json of a side-by-side run.
+      summary: the parsed summary.json of a side-by-side run (`archs`: one dict per arch).
 
     Returns:
       Markdown lines: a header and one row per architecture ("—" where a value is missing).
 
     Example:
-      >>> table({"archs": {"plain": {"error_slope_init": -0.147, "error_slope_theory": None}}})
+      >>> table({"archs": [{"arch": "plain", "error_slope_init": -0.147,
+      ...                   "error_slope_theory": None}]})
       ['| arch | measured | predicted |', '|---|---|---|', '| plain | −0.147 | — |']
     """
     def fmt(v):
         return "—" if v is None else f"{v:+.3f}".replace("-", "−")
 
     rows = ["| arch | measured | predicted |", "|---|---|---|"]
-    for arch, a in summary["archs"].items():
-        rows.append(f"| {arch} | {fmt(a.get('error_slope_init'))} | "
+    for a in summary["archs"]:
+        rows.append(f"| {a['arch']} | {fmt(a.get('error_slope_init'))} | "
                     f"{fmt(a.get('error_slope_theory'))} |")
     return rows
 

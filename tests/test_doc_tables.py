@@ -98,8 +98,8 @@ def test_the_slopes_table_of_a_summary():
     spec = importlib.util.spec_from_file_location("doc_slopes", ROOT / "docs" / "slopes.py")
     slopes = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(slopes)
-    rows = slopes.table({"archs": {"plain": {"error_slope_init": -0.147,
-                                             "error_slope_theory": -0.151},
-                                   "residual": {"error_slope_init": 0.034}}})
+    rows = slopes.table({"archs": [{"arch": "plain", "error_slope_init": -0.147,
+                                    "error_slope_theory": -0.151},
+                                   {"arch": "residual", "error_slope_init": 0.034}]})
     assert rows == ["| arch | measured | predicted |", "|---|---|---|",
                     "| plain | −0.147 | −0.151 |", "| residual | +0.034 | — |"]
