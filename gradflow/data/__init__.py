@@ -7,7 +7,10 @@
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
+
+import numpy as np
 
 from .batches import batches
 from .synthetic import PAIRS, Dataset, synthetic
@@ -34,8 +37,10 @@ def load(name: str, data_dir=None, *, seed: int = 0) -> Dataset:
       A Dataset.
 
     Raises:
-      ValueError: for an unknown name, or no `data_dir`; `loaders.DataError` (a ValueError)
-        naming the file when a file is missing or malformed.
+      ValueError: for an unknown name, or no `data_dir`; `loaders.DataError` (a ValueError), one
+        line naming the file, when a file is missing or malformed, its labels are not 0..K-1
+        (0..9 for CIFAR-10, MNIST, Fashion-MNIST) or its values are non-finite or too large for
+        float32. No numpy warning is let through.
 
     Example:
       >>> ds = gf.data.load("synthetic", seed=0)
@@ -52,17 +57,23 @@ def load(name: str, data_dir=None, *, seed: int = 0) -> Dataset:
     from . import loaders
 
     path = Path(data_dir).expanduser()
-    if name == "cifar10":
-        ds = loaders.cifar10(path)
-    elif name == "mnist":
-        ds = loaders.idx_dataset(path, "mnist")
-    elif name == "fashion_mnist":
-        ds = loaders.idx_dataset(path, "fashion_mnist", loaders.FASHION_CLASSES)
-    elif name == "npz":
-        ds = loaders.npz(path, seed=seed)
-    else:
-        ds = loaders.image_folder(path, seed=seed)
-    return loaders.standardize(ds)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the checks below say what is wrong
+        if name == "cifar10":
+            ds = loaders.cifar10(path)
+        elif name == "mnist":
+            ds = loaders.idx_dataset(path, "mnist")
+        elif name == "fashion_mnist":
+            ds = loaders.idx_dataset(path, "fashion_mnist", loaders.FASHION_CLASSES)
+        elif name == "npz":
+            ds = loaders.npz(path, seed=seed)
+        else:
+            ds = loaders.image_folder(path, seed=seed)
+        ds = loaders.standardize(ds)
+    if not (np.isfinite(ds.x_train).all() and np.isfinite(ds.x_test).all()):
+        raise loaders.DataError(f"{path}: values too large to standardize in float32 (the "
+                                f"per-channel variance overflows); rescale the inputs")
+    return ds
 
 
 __all__ = ["Dataset", "synthetic", "batches", "load", "DATASETS", "PAIRS"]

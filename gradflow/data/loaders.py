@@ -5,11 +5,13 @@
 - MNIST / Fashion-MNIST: idx files (`train-images-idx3-ubyte`, `train-labels-idx1-ubyte`,
   `t10k-images-idx3-ubyte`, `t10k-labels-idx1-ubyte`), gzipped (`.gz`) or not;
 - `.npz` with `x` and `y` (and optionally `x_test`, `y_test`; else a held-out fraction is split off);
+  (N, H, W) greyscale gets a channel axis, (N, C, H, W) channels-first is transposed to NHWC;
 - an image folder: one sub-folder per class (sorted names are the classes), PNG/JPEG/BMP/GIF
   files, resized to the first image's size, RGB.
 
 Images come back NHWC float32 in [0, 1] (npz: as stored, cast to float32). A missing or
-malformed file raises DataError (a ValueError) whose one-line message names the file.
+malformed file, or labels that are not 0..K-1 (CIFAR-10, MNIST, Fashion-MNIST: 0..9), raises
+DataError (a ValueError) whose one-line message names the file and, where there is one, the fix.
 """
 from __future__ import annotations
 
@@ -46,13 +48,17 @@ def _cifar_batch(path: Path):
         with open(path, "rb") as f:
             d = _ArrayUnpickler(f, encoding="bytes").load()
         data = np.asarray(d[b"data"], dtype=np.uint8)
-        labels = np.asarray(d[b"labels"], dtype=np.int32)
+        labels = np.asarray(d[b"labels"])
+        if labels.ndim != 1 or not (np.issubdtype(labels.dtype, np.integer) or not len(labels)):
+            raise ValueError(f"labels must be a list of integers, got {labels.dtype}")
+        labels = labels.astype(np.int64)
         if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
             raise ValueError(f"expected data (N, 3072) and N labels, got {data.shape}")
     except FileNotFoundError:
         raise DataError(f"{path}: file not found (expected the CIFAR-10 python batches)") from None
     except Exception as e:  # noqa: BLE001 - any unreadable content is a malformed file
         raise DataError(f"{path}: not a CIFAR-10 python batch ({e})") from None
+    _check_label_range(path, "labels", labels, 10, "CIFAR-10")
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # channel-major rows -> NHWC
     return images.astype(np.float32) / 255.0, labels
 
@@ -69,7 +75,7 @@ def cifar10(data_dir) -> Dataset:
       classes.
 
     Raises:
-      DataError: naming a missing or malformed file.
+      DataError: naming a missing or malformed file, or a batch whose labels are not 0..9.
     """
     root = Path(data_dir)
     if (root / "cifar-10-batches-py").is_dir():
@@ -79,7 +85,8 @@ def cifar10(data_dir) -> Dataset:
     names = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
              "truck")
     return Dataset("cifar10", np.concatenate([x for x, _ in train]),
-                   np.concatenate([y for _, y in train]), x_test, y_test, 10, names)
+                   np.concatenate([y for _, y in train]).astype(np.int32), x_test,
+                   y_test.astype(np.int32), 10, names)
 
 
 # --- idx (MNIST, Fashion-MNIST) ----------------------------------------------------------------
@@ -117,7 +124,7 @@ def read_idx(path: Path) -> np.ndarray:
         raise DataError(f"{found}: not an idx file ({e})") from None
 
 
-def idx_dataset(data_dir, name: str = "mnist", class_names=()) -> Dataset:
+def idx_dataset(data_dir, name: str = "mnist", class_names=(), *, classes: int = 10) -> Dataset:
     """MNIST-format data (MNIST, Fashion-MNIST) from the four idx files in `data_dir`.
 
     Args:
@@ -125,12 +132,16 @@ def idx_dataset(data_dir, name: str = "mnist", class_names=()) -> Dataset:
         `t10k-images-idx3-ubyte` and `t10k-labels-idx1-ubyte` (each possibly `.gz`).
       name: the dataset's name.
       class_names: a name per class, if known (e.g. `FASHION_CLASSES`).
+      classes: the format's number of classes (10 for MNIST and Fashion-MNIST); labels outside
+        0..classes-1 are refused.
 
     Returns:
-      A Dataset of (n, H, W, 1) float32 images in [0, 1] and int32 labels.
+      A Dataset of (n, H, W, 1) float32 images in [0, 1] and int32 labels; `num_classes` is the
+      largest label + 1.
 
     Raises:
-      DataError: naming a missing or malformed file.
+      DataError: naming a missing or malformed file, or a labels file with labels outside
+        0..classes-1.
     """
     root = Path(data_dir)
     parts = []
@@ -140,7 +151,12 @@ def idx_dataset(data_dir, name: str = "mnist", class_names=()) -> Dataset:
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise DataError(f"{root / f'{split}-images-idx3-ubyte'}: {images.shape} images do "
                             f"not match {labels.shape} labels")
-        parts += [images[..., None].astype(np.float32) / 255.0, labels.astype(np.int32)]
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise DataError(f"{root / f'{split}-labels-idx1-ubyte'}: labels are {labels.dtype}, "
+                            f"not integers")
+        _check_label_range(root / f"{split}-labels-idx1-ubyte", "labels", labels, classes, name)
+        with np.errstate(all="ignore"):
+            parts += [images[..., None].astype(np.float32) / 255.0, labels.astype(np.int32)]
     n_classes = int(max(parts[1].max(), parts[3].max())) + 1
     return Dataset(name, *parts, n_classes, tuple(class_names))
 
@@ -150,11 +166,21 @@ FASHION_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", 
 
 
 # --- npz ----------------------------------------------------------------------------------------
+_NPZ_EXPECTED = ("gradflow expects a NumPy .npz archive (np.savez) with arrays x (N, ...) and y "
+                 "(N,) integer labels, and optionally x_test and y_test")
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
 def npz(path, *, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     """A dataset from an `.npz` file with arrays `x` (N, ...) and integer `y` (N,).
 
+    Images are NHWC: `x` of shape (N, H, W) is taken as greyscale and given a channel axis, and
+    (N, C, H, W) with C in 1, 3, 4 and W > 4 (channels first) is transposed to (N, H, W, C), with a
+    line in `meta["notes"]`. Labels must be 0..K-1 with every class present (K = the largest
+    label + 1).
+
     Args:
-      path: the `.npz` file; it may also hold `x_test` and `y_test`.
+      path: the `.npz` file; it may also hold `x_test` and `y_test` (both or neither).
       test_fraction: without `x_test`/`y_test`, the fraction of examples held out (at least 1).
       seed: the seed of that split.
 
@@ -162,47 +188,125 @@ def npz(path, *, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
       A Dataset named after the file, x cast to float32, labels to int32.
 
     Raises:
-      DataError: naming the file, if it is unreadable, lacks `x` / `y`, or holds mismatched
-        shapes, negative labels or non-finite inputs.
+      DataError: naming the file, if it is unreadable, lacks `x` / `y`, holds only one of
+        `x_test` / `y_test`, mismatched shapes, labels that are not 0..K-1, non-finite inputs
+        or inputs too large for float32.
     """
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise DataError(f"{path}: not a readable .npz file ({e})") from None
+    arrays = _read_npz(path)
     if "x" not in arrays or "y" not in arrays:
-        raise DataError(f"{path}: needs arrays 'x' and 'y', has {sorted(arrays)}")
-    x, y = arrays["x"].astype(np.float32), arrays["y"]
-    if len(x) != len(y) or y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or len(y) < 2:
-        raise DataError(f"{path}: 'y' must be N integer labels for the N rows of 'x' "
-                        f"(x {x.shape}, y {y.shape} {y.dtype})")
-    if "x_test" in arrays and "y_test" in arrays:
-        x_test, y_test = arrays["x_test"].astype(np.float32), arrays["y_test"]
-        if (len(x_test) != len(y_test) or y_test.ndim != 1 or not len(y_test)
-                or not np.issubdtype(y_test.dtype, np.integer)):
-            raise DataError(f"{path}: 'y_test' must be N integer labels for the N rows of "
-                            f"'x_test' (x_test {x_test.shape}, y_test {y_test.shape})")
-        _check_values(path, x, y, x_test, y_test)
+        raise DataError(f"{path}: needs arrays 'x' and 'y', has {sorted(arrays)} ({_NPZ_EXPECTED})")
+    if ("x_test" in arrays) != ("y_test" in arrays):
+        has, lacks = ("x_test", "y_test") if "x_test" in arrays else ("y_test", "x_test")
+        raise DataError(f"{path}: has '{has}' but no '{lacks}' (give both, or neither to hold "
+                        f"out {test_fraction:g} of 'x')")
+    notes = []
+    x, y = _npz_inputs(path, "x", arrays["x"], notes), arrays["y"]
+    _check_labels_array(path, "y", y, x)
+    if "x_test" in arrays:
+        x_test, y_test = _npz_inputs(path, "x_test", arrays["x_test"], []), arrays["y_test"]
+        _check_labels_array(path, "y_test", y_test, x_test)
+        if x_test.shape[1:] != x.shape[1:]:
+            raise DataError(f"{path}: 'x_test' examples have shape {x_test.shape[1:]} but 'x' "
+                            f"examples have shape {x.shape[1:]}")
     else:
-        _check_values(path, x, y)
         order = np.random.default_rng(seed).permutation(len(x))
         n_test = max(1, int(round(test_fraction * len(x))))
         x_test, y_test = x[order[:n_test]], y[order[:n_test]]
         x, y = x[order[n_test:]], y[order[n_test:]]
-    n_classes = int(max(y.max(), y_test.max())) + 1
-    return Dataset(path.stem, x, y.astype(np.int32), x_test, y_test.astype(np.int32), n_classes)
+    n_classes = _check_npz_labels(path, y, y_test)
+    return Dataset(path.stem, x, y.astype(np.int32), x_test, y_test.astype(np.int32), n_classes,
+                   meta={"notes": tuple(notes)} if notes else {})
 
 
-def _check_values(path, *arrays):
-    """Labels >= 0 and finite images (a NaN would make every loss NaN from the first step)."""
-    for name, a in zip(("x", "y", "x_test", "y_test"), arrays):
-        if name.startswith("y") and a.min() < 0:
-            raise DataError(f"{path}: '{name}' has negative labels (classes are 0, 1, ...)")
-        if name.startswith("x") and not np.isfinite(a).all():
-            raise DataError(f"{path}: '{name}' has non-finite values (NaN or infinity)")
+def _read_npz(path: Path) -> dict:
+    """The arrays of an .npz file, or a DataError saying what gradflow expects."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+            if magic[:2] != b"PK":  # every zip archive (and so every .npz) starts with it
+                kind = "a single .npy array" if magic[:4] == b"\x93NUM" else "not a zip archive"
+                raise DataError(f"{path}: not an .npz file ({kind}; {_NPZ_EXPECTED})")
+            f.seek(0)
+            with np.load(f, allow_pickle=False) as z:
+                arrays = {}
+                for k in z.files:
+                    try:
+                        arrays[k] = np.asarray(z[k])
+                    except ValueError:  # object arrays: numpy would advise allow_pickle=True
+                        raise DataError(f"{path}: array '{k}' holds Python objects, not "
+                                        f"numbers ({_NPZ_EXPECTED})") from None
+            return arrays
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, not an .npz file ({_NPZ_EXPECTED})") from None
+    except (ValueError, EOFError, zipfile.BadZipFile, OSError) as e:
+        if isinstance(e, DataError):
+            raise
+        reason = f"{e.strerror}; " if isinstance(e, OSError) and e.strerror else ""
+        raise DataError(f"{path}: not a readable .npz file ({reason}{_NPZ_EXPECTED})") from None
+
+
+def _npz_inputs(path, name, a, notes):
+    """`a` as NHWC (or (N, features)) float32, refusing non-numbers, non-finite or huge values."""
+    if a.dtype.kind not in "biuf":
+        raise DataError(f"{path}: '{name}' has dtype {a.dtype}; gradflow expects real numbers")
+    if a.ndim < 2 or not len(a):
+        raise DataError(f"{path}: '{name}' must hold N >= 1 examples of shape (features,), "
+                        f"(H, W) or (H, W, C); got shape {a.shape}")
+    with np.errstate(all="ignore"):
+        if a.dtype.kind == "f":
+            if not np.isfinite(a).all():
+                raise DataError(f"{path}: '{name}' has non-finite values (NaN or infinity)")
+            if np.abs(a).max() > _F32_MAX:
+                raise DataError(f"{path}: '{name}' has values too large for float32 (largest "
+                                f"|value| {np.abs(a).max():.3g}); rescale it")
+        a = a.astype(np.float32)
+    if a.ndim == 3:  # (N, H, W) greyscale
+        a = a[..., None]
+    elif a.ndim == 4 and a.shape[1] in (1, 3, 4) and a.shape[3] > 4:
+        notes.append(f"'{name}' of shape {a.shape} read as channels first (N, C, H, W) and "
+                     f"transposed to (N, H, W, C)")
+        a = np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+    return a
+
+
+def _check_labels_array(path, name, y, x):
+    """`y` holds len(x) integer labels, none negative."""
+    if y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "iu":
+        raise DataError(f"{path}: '{name}' must be N integer labels for the N rows of "
+                        f"'{name.replace('y', 'x', 1)}' (x {x.shape}, {name} {y.shape} {y.dtype})")
+    if y.min() < 0:
+        raise DataError(f"{path}: '{name}' has negative labels (smallest {y.min()}); classes are "
+                        f"0..K-1")
+
+
+def _check_npz_labels(path, y, y_test) -> int:
+    """Labels of both splits together are exactly 0..K-1 with every class present; returns K."""
+    labels = np.concatenate([y, y_test])
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo > 0:
+        raise DataError(f"{path}: labels are {lo}..{hi}; gradflow expects 0..K-1: subtract {lo}")
+    present = np.unique(labels)
+    if len(present) != hi + 1:
+        missing = sorted(set(range(hi + 1)) - set(present.tolist()))
+        shown = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
+        raise DataError(f"{path}: labels are 0..{hi} but no example has label {shown}; gradflow "
+                        f"expects 0..K-1 with every class present: renumber with "
+                        f"np.unique(y, return_inverse=True)[1]")
+    return hi + 1
+
+
+def _check_label_range(path, name, labels, classes, dataset):
+    """Labels of a fixed-class format (CIFAR-10, MNIST) are 0..classes-1."""
+    if not len(labels):
+        return
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= classes:
+        fix = f": subtract {lo}" if lo > 0 and hi - lo < classes else ""
+        raise DataError(f"{path}: {name} are {lo}..{hi}; {dataset} labels are "
+                        f"0..{classes - 1}{fix}")
 
 
 # --- image folder -------------------------------------------------------------------------------
