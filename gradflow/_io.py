@@ -11,9 +11,30 @@ import os
 from pathlib import Path
 
 
+class WriteError(OSError):
+    """A file could not be written (read-only directory, full disk, ...): `path` is the final
+    name, `reason` the system's words. The command line reports it in one line."""
+
+    def __init__(self, path, err: OSError):
+        super().__init__(err.errno, err.strerror or str(err), str(path))
+        self.path = Path(path)
+        self.reason = err.strerror or str(err)
+
+    def __str__(self):
+        return f"cannot write {self.path}: {self.reason}"
+
+
+def _write(fd: int, data: bytes) -> None:
+    """Writes all of `data` to the file descriptor `fd` (the one low-level write of the
+    package's files; tests replace it to simulate a full disk)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def write_atomic(path, data: str | bytes, *, fsync: bool = False) -> Path:
     """Writes `data` to `path` through a temporary file renamed into place, so a reader (or a
-    crash) never sees a truncated file under the final name.
+    crash, or a full disk) never sees a truncated file under the final name.
 
     Args:
       path: the destination.
@@ -23,20 +44,31 @@ def write_atomic(path, data: str | bytes, *, fsync: bool = False) -> Path:
     Returns:
       The destination as a Path.
 
+    Raises:
+      WriteError: (an OSError) naming `path` if it cannot be written; the temporary file is
+        removed and an earlier file under `path` is left as it was.
+
     Example:
       >>> write_atomic(tmp_path / "a.txt", "hello")  # doctest: +SKIP
     """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        try:
+            _write(fd, data.encode("utf-8") if isinstance(data, str) else data)
             if fsync:
-                f.flush()
-                os.fsync(f.fileno())
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if isinstance(e, OSError) and not isinstance(e, WriteError):
+            raise WriteError(path, e) from e
         raise
     return path
 

@@ -13,7 +13,8 @@ import sys
 import time
 
 from ..experiments import EXPERIMENTS
-from .checks import archs_list, command, make_dir
+from .._io import WriteError
+from .checks import archs_list, claim_dir, command, write_error
 
 ALWAYS = ("experiment", "out", "quiet")  # options every experiment takes
 
@@ -30,11 +31,11 @@ def given_options(parser: argparse.ArgumentParser, argv) -> set[str]:
       argv: the command line (None: this process's).
 
     Returns:
-      The destinations of the options given (abbreviations and `--opt=value` included).
+      The destinations of the options given (`--opt=value` included).
 
     Example:
       >>> from gradflow.cli.args import build_parser
-      >>> sorted(given_options(build_parser(), ["--experiment", "residual", "--dep", "20",
+      >>> sorted(given_options(build_parser(), ["--experiment", "residual", "--depth", "20",
       ...                                       "--lr=0.1"]))
       ['depth', 'experiment', 'lr']
     """
@@ -106,16 +107,21 @@ def main(args, argv=None) -> int:
     """
     t0 = time.perf_counter()
     started = _dt.datetime.now().isoformat(timespec="seconds")
-    make_dir(args.out)
-    from ..experiments.common import Log
-    import jax
+    claim = claim_dir(args.out)
+    try:
+        from ..experiments.common import Log
+        import jax
 
-    meta = {"experiment": args.experiment, "command": command(argv), "started": started,
-            "device": f"{jax.default_backend()} ({os.cpu_count()} cores)",
-            "options": {k: list(v) if isinstance(v, tuple) else v
-                        for k, v in args.options.items()}}
-    text = EXPERIMENTS[args.experiment].run(args.out, log=Log(enabled=not args.quiet),
-                                            meta=meta, **args.options)
+        meta = {"experiment": args.experiment, "command": command(argv), "started": started,
+                "device": f"{jax.default_backend()} ({os.cpu_count()} cores)",
+                "options": {k: list(v) if isinstance(v, tuple) else v
+                            for k, v in args.options.items()}}
+        text = EXPERIMENTS[args.experiment].run(args.out, log=Log(enabled=not args.quiet),
+                                                meta=meta, **args.options)
+    except WriteError as e:
+        return write_error(e)
+    finally:
+        claim.release()
     print(text)
     print(f"\nwrote {args.out}/ in {time.perf_counter() - t0:.0f}s — open "
           f"{args.out / 'report.html'}")

@@ -17,16 +17,17 @@ import time
 
 from ..report.progress import Progress, SweepProgress
 from .args import parse
-from .checks import command, make_dir, usage_error
+from .._io import WriteError
+from .checks import claim_dir, command, usage_error, write_error
 
 __all__ = ["main"]
 
 
 # -- main ---------------------------------------------------------------------------------------
 
-def _prepare(cfg, args):
-    """Loads the data and creates the run directory; a bad data file, batch size or directory is
-    a usage error (exit 2, nothing written). Returns the Dataset."""
+def _load(cfg):
+    """Loads the data; a bad data file or batch size is a usage error (exit 2, nothing written).
+    Ctrl-C while loading raises KeyboardInterrupt (`_interrupted_loading`). Returns the Dataset."""
     from .. import data
 
     try:  # before anything is written: a bad data file is a usage error
@@ -39,10 +40,25 @@ def _prepare(cfg, args):
     if cfg.model == "cnn" and len(ds.image_shape) != 3:
         usage_error(f"argument --model: cnn needs images (N, height, width, channels); "
                         f"{ds.name} has examples of shape {tuple(ds.image_shape)} (use --model mlp)")
-    from ..distributed import is_primary
-    if is_primary():  # in a multi-process run only process 0 writes
-        make_dir(args.out)
     return ds
+
+
+def _claim(args):
+    """Claims the run directory (`checks.claim_dir`) in the process that writes (process 0 of a
+    multi-process run); returns the Claim, or None in the other processes."""
+    from ..distributed import is_primary
+
+    if not is_primary():
+        return None
+    return claim_dir(args.out, resume=getattr(args, "resume", None) is not None)
+
+
+def _nothing_written(when: str, signum: int = 2) -> int:
+    """Reports a stop before the first training step (nothing is left on disk) and returns the
+    exit code 128 + signum."""
+    sys.stderr.write(f"gradflow: interrupted {when}, before the first training step; nothing "
+                     "was written\n")
+    return 128 + signum
 
 
 def main(argv=None) -> int:
@@ -54,7 +70,9 @@ def main(argv=None) -> int:
 
     Returns:
       The exit code: 0 done, 130 / 143 stopped by SIGINT / SIGTERM after saving what was
-      recorded. Bad input exits with code 2 (SystemExit) before anything is written.
+      recorded (with nothing written if stopped before the first training step), 1 a file
+      that could not be written (one line on stderr). Bad input, or a run directory another
+      run owns, exits with code 2 (SystemExit) before anything is written.
 
     Example:
       >>> main(["--depth", "20", "--archs", "plain,residual_bn", "--steps", "100",
@@ -74,76 +92,103 @@ def main(argv=None) -> int:
         return sweep_main(args, argv)
     t_start = time.perf_counter()
     started = _dt.datetime.now().isoformat(timespec="seconds")
-    import jax
-
     from ..experiments import side_by_side as experiment
-    from ..experiments import verdict
-    from ..report import run_report as report
-    from ..distributed import is_primary
 
     cfg = experiment.Config(**{k: getattr(args, k) for k in (
         "depth", "width", "archs", "model", "steps", "batch_size", "lr", "optimizer", "init",
         "activation", "dataset", "data_dir", "seed", "log_every", "devices")})
     from .interrupt import catch_signals
-    from .resume import RunRecord
 
-    with catch_signals() as stop:
-        ds = _prepare(cfg, args)
-        primary = is_primary()  # in a multi-process run only process 0 reports and saves
-        record = args.resume
-        if record is not None and jax.process_count() > 1:
-            usage_error("argument --resume: multi-process runs cannot be resumed yet")
-        if record is None and primary:
-            record = RunRecord.create(args.out, sys.argv[1:] if argv is None else argv, started)
-        progress = Progress(cfg.archs, cfg.steps, enabled=not args.quiet and primary)
-        results = []
-        for i, arch in enumerate(cfg.archs):
+    try:  # outside catch_signals: Ctrl-C interrupts the load itself
+        ds = _load(cfg)
+    except KeyboardInterrupt:
+        return _nothing_written("while loading the data")
+    claim = None
+    try:
+        with catch_signals() as stop:
             if stop.requested:
-                break
-            res = record.result(arch) if record is not None else None
-            if res is not None:
-                progress.note(i, "finished before the interruption, not trained again")
-                results.append(res)
-                continue
-            progress.start(i)
-            saver = record.saver(arch) if record is not None else None
-            try:  # a multi-process run cannot stop at different steps: signals keep their effect
-                res = experiment.train_arch(arch, cfg, ds, progress.step, saver=saver,
-                                            stop=stop if jax.process_count() == 1 else None)
-            except Exception as e:  # one arch failing (e.g. out of memory) must not lose the others
-                res = experiment.ArchResult(arch, error=f"{type(e).__name__}: {e}".splitlines()[0])
-                progress.finish(f"failed: {res.error}")
-            else:
-                progress.finish(_outcome(res), res.interrupted_at)
-            if record is not None and res.interrupted_at is None:
-                record.finish(res)
-                saver.finish()
+                return _nothing_written("while loading the data", stop.signum)
+            claim = _claim(args)
+            return _run(args, argv, cfg, ds, stop, claim, started, t_start)
+    except WriteError as e:
+        return write_error(e)
+    finally:
+        if claim is not None:
+            claim.release()
+
+
+def _run(args, argv, cfg, ds, stop, claim, started, t_start) -> int:
+    """The side-by-side run in the claimed directory, inside `catch_signals`."""
+    import jax
+
+    from ..distributed import is_primary
+    from ..experiments import side_by_side as experiment
+    from ..experiments import verdict
+    from ..report import run_report as report
+    from .resume import RUN_FILE, RunRecord
+
+    primary = is_primary()  # in a multi-process run only process 0 reports and saves
+    record = args.resume
+    if record is not None and jax.process_count() > 1:
+        usage_error("argument --resume: multi-process runs cannot be resumed yet")
+    if record is None and primary:
+        record = RunRecord.create(args.out, sys.argv[1:] if argv is None else argv, started)
+    progress = Progress(cfg.archs, cfg.steps, enabled=not args.quiet and primary)
+    results, trained = [], False
+    for i, arch in enumerate(cfg.archs):
+        if stop.requested:
+            break
+        res = record.result(arch) if record is not None else None
+        if res is not None:
+            progress.note(i, "finished before the interruption, not trained again")
             results.append(res)
-        summary = verdict.summarize(results, cfg, ds)
-        summary["run"] = {
-            "command": command(argv) if args.resume is None else command(
-                [*args.resume.argv, "--out", str(args.out)]),
-            "started": started, "device": f"{jax.default_backend()} ({os.cpu_count()} cores)",
-            "devices": cfg.devices, "processes": jax.process_count(),
-            "training_s": round(time.perf_counter() - t_start, 1),
-            "output": str(args.out)}
-        stopped = _stopped(stop, results, cfg.archs)
-        if stopped:
-            summary["run"]["interrupted"] = stopped
-        if args.resume is not None:
-            summary["run"]["resumed"] = command(argv)
-        if not primary:
-            return stop.exit_code
-        report.write_run(args.out, {r.arch: r.history for r in results if r.history is not None},
-                         summary)
-        record.close("interrupted" if stopped else "complete")
-        print(report.table(summary))
-        print("\n" + "\n".join(report.diagnosis_lines(summary)))
-        print(f"\nwrote {args.out}/ in {time.perf_counter() - t_start:.0f}s — open "
-              f"{args.out / 'report.html'}")
-        if stopped:
-            sys.stderr.write(_stopped_message(stopped, args.out))
+            continue
+        progress.start(i)
+        trained = True
+        saver = record.saver(arch) if record is not None else None
+        try:  # a multi-process run cannot stop at different steps: signals keep their effect
+            res = experiment.train_arch(arch, cfg, ds, progress.step, saver=saver,
+                                        stop=stop if jax.process_count() == 1 else None)
+        except WriteError:  # a full disk or read-only directory ends the run, in one line
+            raise
+        except Exception as e:  # one arch failing (e.g. out of memory) must not lose the others
+            res = experiment.ArchResult(arch, error=f"{type(e).__name__}: {e}".splitlines()[0])
+            progress.finish(f"failed: {res.error}")
+        else:
+            progress.finish(_outcome(res), res.interrupted_at)
+        if record is not None and res.interrupted_at is None:
+            record.finish(res)
+            saver.finish()
+        results.append(res)
+    if stop.requested and not trained:  # stopped before the first step: leave nothing new
+        if claim is not None and args.resume is None:
+            claim.release(remove=[RUN_FILE])
+        return _nothing_written("before training started", stop.signum)
+    summary = verdict.summarize(results, cfg, ds)
+    summary["run"] = {
+        "command": command(argv) if args.resume is None else command(
+            [*args.resume.argv, "--out", str(args.out)]),
+        "started": started, "device": f"{jax.default_backend()} ({os.cpu_count()} cores)",
+        "devices": cfg.devices, "processes": jax.process_count(),
+        "training_s": round(time.perf_counter() - t_start, 1),
+        "output": str(args.out)}
+    stopped = _stopped(stop, results, cfg.archs)
+    if stopped:
+        summary["run"]["interrupted"] = stopped
+    if args.resume is not None:
+        summary["run"]["resumed"] = command(argv)
+    if not primary:
         return stop.exit_code
+    report.write_run(args.out, {r.arch: r.history for r in results if r.history is not None},
+                     summary)
+    record.close("interrupted" if stopped else "complete")
+    print(report.table(summary))
+    print("\n" + "\n".join(report.diagnosis_lines(summary)))
+    print(f"\nwrote {args.out}/ in {time.perf_counter() - t_start:.0f}s — open "
+          f"{args.out / 'report.html'}")
+    if stopped:
+        sys.stderr.write(_stopped_message(stopped, args.out))
+    return stop.exit_code
 
 
 def _outcome(res) -> str:
@@ -189,17 +234,34 @@ def sweep_main(args, argv=None) -> int:
     """
     t_start = time.perf_counter()
     started = _dt.datetime.now().isoformat(timespec="seconds")
-    import jax
-
-    from ..experiments import depth_sweep as sweep, side_by_side as experiment, verdict
-    from ..report import sweep_report as sweep_output
-    from ..distributed import is_primary
+    from ..experiments import side_by_side as experiment
 
     cfg = experiment.Config(**{k: getattr(args, k) for k in (
         "depth", "width", "archs", "model", "batch_size", "lr", "optimizer", "init",
         "activation", "dataset", "data_dir", "seed", "log_every", "devices")},
         steps=max(args.steps, 1))
-    ds = _prepare(cfg, args)
+    try:
+        ds = _load(cfg)
+    except KeyboardInterrupt:
+        return _nothing_written("while loading the data")
+    claim = _claim(args)
+    try:
+        return _sweep(args, argv, cfg, ds, started, t_start)
+    except WriteError as e:
+        return write_error(e)
+    finally:
+        if claim is not None:
+            claim.release()
+
+
+def _sweep(args, argv, cfg, ds, started, t_start) -> int:
+    """The depth sweep in the claimed directory."""
+    import jax
+
+    from ..distributed import is_primary
+    from ..experiments import depth_sweep as sweep, verdict
+    from ..report import sweep_report as sweep_output
+
     n_seeds = args.seeds or sweep.SEED_COUNT
     seeds = list(range(cfg.seed, cfg.seed + n_seeds))
     primary = is_primary()  # in a multi-process run only process 0 reports

@@ -1,0 +1,227 @@
+"""The run directory (issue #16): options are never abbreviated, exactly one run owns a run
+directory, a file that cannot be written ends the run in one line with no truncated file, and a
+stop before the first training step leaves nothing."""
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from gradflow import _io, cli, data
+from gradflow.cli import checks
+from gradflow.cli.resume import RunRecord
+
+TINY = ["--depth", "4", "--width", "4", "--steps", "4", "--log-every", "2", "--batch-size", "8",
+        "--archs", "plain,bn", "--quiet"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _one_line(err: str, start: str) -> None:
+    assert err.count("\n") == 1 and err.startswith(start) and "Traceback" not in err, err
+
+
+# -- 1. no abbreviations ---------------------------------------------------------------------------
+
+def test_an_abbreviated_option_is_a_one_line_usage_error_exit_2(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "gradflow.run", "--step", "3",
+                           "--out", str(tmp_path / "o")], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert proc.returncode == 2
+    _one_line(proc.stderr, "python -m gradflow.run: error: ")
+    assert "--step" in proc.stderr and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("argv", [["--step", "3"], ["--experiment", "residual", "--dep", "8"],
+                                  ["--resume", "x", "--qui"]])
+def test_no_parser_accepts_a_prefix(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.parse(argv)
+    assert exc.value.code == 2
+    _one_line(capsys.readouterr().err, "python -m gradflow.run: error: ")
+
+
+# -- 2. one owner per run directory ----------------------------------------------------------------
+
+@pytest.mark.parametrize("exists", [False, True], ids=["new", "existing_empty"])
+def test_racing_claims_on_one_directory_have_exactly_one_winner(tmp_path, exists, capsys):
+    target = tmp_path / "run"
+    if exists:
+        target.mkdir()
+    n = 8
+    barrier, won, lost = threading.Barrier(n), [], []
+
+    def claim():
+        barrier.wait()
+        try:
+            won.append(checks.claim_dir(target))
+        except SystemExit as e:
+            lost.append(e.code)
+
+    threads = [threading.Thread(target=claim) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1 and lost == [2] * (n - 1)
+    err = capsys.readouterr().err
+    assert err.count("is owned by another run") + err.count("is not empty") == n - 1, err
+    assert str(target) in err and str(os.getpid()) in err
+    assert [p.name for p in target.iterdir()] == [checks.OWNER]
+    won[0].release()
+    assert target.is_dir() and not any(target.iterdir())
+
+
+def test_a_second_run_into_an_owned_directory_exits_2_naming_it_and_its_owner(tmp_path,
+                                                                              monkeypatch,
+                                                                              capsys):
+    monkeypatch.chdir(tmp_path)
+    first = checks.claim_dir(Path("run"))  # a run in progress owns "run"
+    with pytest.raises(SystemExit) as exc:
+        cli.main([*TINY, "--out", "run"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    _one_line(err, "python -m gradflow.run: error: argument --out: run ")
+    assert str(os.getpid()) in err
+    assert [p.name for p in Path("run").iterdir()] == [checks.OWNER]
+    first.release()
+
+
+def test_resume_reclaims_its_directory_unless_a_live_run_owns_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    Path("stopped").mkdir()
+    rec = RunRecord(Path("stopped"), ["--depth", "4", "--width", "4"], "interrupted")
+    rec.save()
+    # left by a killed run (a pid that does not exist): taken over
+    import socket
+    (Path("stopped") / checks.OWNER).write_text(f"999999999 {socket.gethostname()}\n")
+    claim = checks.claim_dir(Path("stopped"), resume=True)
+    assert (Path("stopped") / checks.OWNER).read_text().split()[0] == str(os.getpid())
+    claim.release()
+    assert (Path("stopped") / "run.json").exists()
+    # owned by a live process (pid 1): refused
+    (Path("stopped") / checks.OWNER).write_text(f"1 {socket.gethostname()}\n")
+    with pytest.raises(SystemExit) as exc:
+        checks.claim_dir(Path("stopped"), resume=True)
+    assert exc.value.code == 2
+    _one_line(capsys.readouterr().err, "python -m gradflow.run: error: argument --resume: ")
+
+
+def test_a_stopped_run_resumes_and_no_ownership_file_is_left(tmp_path, monkeypatch, capsys):
+    from gradflow.experiments import side_by_side as experiment
+
+    monkeypatch.chdir(tmp_path)
+    real = experiment.train_arch
+
+    def stop_after_first(arch, cfg, ds, on_step, saver=None, stop=None):
+        res = real(arch, cfg, ds, on_step, saver=saver, stop=stop)
+        stop.handle(2)  # SIGINT after the first architecture
+        return res
+
+    monkeypatch.setattr(experiment, "train_arch", stop_after_first)
+    assert cli.main([*TINY, "--out", "run"]) == 130
+    assert not (Path("run") / checks.OWNER).exists()
+    assert RunRecord.load("run").status == "interrupted"
+    monkeypatch.setattr(experiment, "train_arch", real)
+    assert cli.main(["--resume", "run", "--quiet"]) == 0
+    assert RunRecord.load("run").status == "complete"
+    assert not (Path("run") / checks.OWNER).exists()
+
+
+# -- 3. a file that cannot be written --------------------------------------------------------------
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0,
+                    reason="chmod does not bind for root")
+def test_a_read_only_out_is_one_line_and_a_nonzero_exit(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    Path("ro").mkdir()
+    os.chmod("ro", 0o555)
+    try:
+        code = _exit_code(lambda: cli.main([*TINY, "--out", "ro"]))
+    finally:
+        os.chmod("ro", 0o755)
+    assert code not in (0, None)
+    err = capsys.readouterr().err
+    _one_line(err, "gradflow: error: cannot write ro")
+    assert "Permission denied" in err and not any(Path("ro").iterdir())
+
+
+def _exit_code(fn):
+    try:
+        return fn()
+    except SystemExit as e:
+        return e.code
+
+
+@pytest.mark.parametrize("fail_at", [1, 3, 6, 12])
+def test_a_full_disk_is_one_line_and_no_truncated_file(tmp_path, monkeypatch, capsys, fail_at):
+    """The `fail_at`-th file write of a run hits ENOSPC after writing half its bytes."""
+    monkeypatch.chdir(tmp_path)
+    real, calls = _io._write, []
+
+    def full_disk(fd, data):
+        calls.append(len(data))
+        if len(calls) >= fail_at:
+            os.write(fd, data[:len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fd, data)
+
+    monkeypatch.setattr(_io, "_write", full_disk)
+    code = _exit_code(lambda: cli.main([*TINY, "--out", "run"]))
+    assert code == 1
+    err = capsys.readouterr().err
+    _one_line(err, "gradflow: error: cannot write run/")
+    assert "No space left on device" in err
+    monkeypatch.setattr(_io, "_write", real)
+    files = [p for p in Path("run").rglob("*") if p.is_file() and "checkpoints" not in p.parts]
+    assert not [p for p in files if p.name.endswith(".tmp")]
+    assert not (Path("run") / checks.OWNER).exists()
+    for p in files:  # every file under a final name is whole
+        if p.suffix == ".json":
+            import json
+            json.loads(p.read_text())
+        elif p.suffix == ".npz":
+            from gradflow import History
+            History.load(p)
+        elif p.suffix == ".png":
+            assert p.read_bytes().endswith(b"IEND\xaeB`\x82")
+
+
+# -- 4. a stop before the first training step leaves nothing ---------------------------------------
+
+def test_ctrl_c_while_loading_leaves_nothing_and_exits_130(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data, "load", interrupted)
+    assert cli.main([*TINY, "--out", "run"]) == 130
+    assert not Path("run").exists()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nothing was written" in err
+
+
+def test_a_signal_before_the_first_step_removes_the_claimed_directory(tmp_path, monkeypatch,
+                                                                      capsys):
+    import importlib
+    import signal
+
+    cli_main = importlib.import_module("gradflow.cli.main")  # the module, not cli.main
+
+    monkeypatch.chdir(tmp_path)
+    real = cli_main._claim
+
+    def claim_then_sigint(args):
+        claim = real(args)
+        signal.raise_signal(signal.SIGINT)  # Ctrl-C right after the directory was claimed
+        return claim
+
+    monkeypatch.setattr(cli_main, "_claim", claim_then_sigint)
+    assert cli.main([*TINY, "--out", "run"]) == 130
+    assert not Path("run").exists()
+    assert "nothing was written" in capsys.readouterr().err
