@@ -192,7 +192,7 @@ def one_sum_step(loss_fn):
     """The measured step traced with one plain sum of squares where gradflow takes two (plain
     and rescaled by 2^80, `gradflow.instrument.tap.square_sums`): what the underflow-safe second
     sum costs. Its norms read 0 below ~1e-19; for timing only."""
-    from gradflow.instrument import measure, tap
+    from gradflow.instrument import norms, tap
 
     def square_sum(a, axis=None):
         s = jnp.sum(jnp.square(a.astype(jnp.float32)), axis=axis)
@@ -201,12 +201,12 @@ def one_sum_step(loss_fn):
     step = measured_step(loss_fn)
 
     def call(*args):  # the swap is in place while the step is traced (its first call)
-        originals = tap.square_sums, measure.square_sums
-        tap.square_sums = measure.square_sums = square_sum
+        originals = tap.square_sums, norms.square_sums
+        tap.square_sums = norms.square_sums = square_sum
         try:
             return step(*args)
         finally:
-            tap.square_sums, measure.square_sums = originals
+            tap.square_sums, norms.square_sums = originals
     return call
 
 
