@@ -133,6 +133,20 @@ def test_npz_layouts(tmp_path):
              "'x_test' examples have shape")
 
 
+def test_the_command_line_says_how_a_channels_first_file_was_read(tmp_path, capsys):
+    import importlib
+    from types import SimpleNamespace
+
+    cli_main = importlib.import_module("gradflow.cli.main")  # the module (cli.main is a function)
+    path = _npz(tmp_path / "nchw.npz", x=RNG.random((20, 3, 8, 8)).astype(np.float32),
+                y=np.arange(20) % 2)
+    cfg = SimpleNamespace(dataset="npz", data_dir=str(path), seed=0, batch_size=4, model="cnn")
+    ds = cli_main._load(cfg)
+    err = capsys.readouterr().err
+    assert ds.image_shape == (8, 8, 3)
+    assert err.startswith("note: ") and "channels first" in err and err.count("\n") == 1, err
+
+
 # -- 3. not an npz at all --------------------------------------------------------------------------
 
 def test_a_file_that_is_not_an_npz_says_what_is_expected(tmp_path):

@@ -40,6 +40,8 @@ def _load(cfg):
     if cfg.model == "cnn" and len(ds.image_shape) != 3:
         usage_error(f"argument --model: cnn needs images (N, height, width, channels); "
                         f"{ds.name} has examples of shape {tuple(ds.image_shape)} (use --model mlp)")
+    for note in (ds.meta or {}).get("notes", ()):  # how the files were read, e.g. channels first
+        print(f"note: {note}", file=sys.stderr)
     return ds
 
 
