@@ -150,6 +150,28 @@ def test_a_read_only_out_is_one_line_and_a_nonzero_exit(tmp_path, monkeypatch, c
     assert "Permission denied" in err and not any(Path("ro").iterdir())
 
 
+def test_a_directory_that_refuses_writes_is_one_line_even_as_root(tmp_path, monkeypatch,
+                                                                  capsys):
+    """The read-only case by fault injection (chmod does not bind for root): every file created
+    under `ro` fails with EACCES, as on a read-only directory."""
+    monkeypatch.chdir(tmp_path)
+    Path("ro").mkdir()
+    real_open = os.open
+
+    def refusing(path, flags, *args, **kwargs):
+        if Path(path).resolve().parent == (tmp_path / "ro").resolve() and flags & os.O_CREAT:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing)
+    code = _exit_code(lambda: cli.main([*TINY, "--out", "ro"]))
+    monkeypatch.setattr(os, "open", real_open)
+    assert code == 1
+    err = capsys.readouterr().err
+    _one_line(err, "gradflow: error: cannot write ro")
+    assert "Permission denied" in err and not any(Path("ro").iterdir())
+
+
 def _exit_code(fn):
     try:
         return fn()
