@@ -72,7 +72,7 @@ def test_a_real_command_runs_in_a_scratch_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out, wall = generate.run("python -c \"import os; print('arch'); print(os.getcwd())\"")
     assert out.splitlines()[0] == "arch" and Path(out.splitlines()[1]) != tmp_path
-    assert wall >= 0 and sys.executable
+    assert wall > 0
     with pytest.raises(RuntimeError, match="exited 3"):
         generate.run("python -c \"raise SystemExit(3)\"")
 
