@@ -10,10 +10,21 @@ the History so far goes to `<arch>_history.npz` at the first record and then at 
 FLUSH_S seconds (atomically: a temporary file renamed into place, so the file on disk always
 loads), a checkpoint to `checkpoints/<arch>/` at most every CHECKPOINT_S seconds and at once
 where training stops early (SIGINT/SIGTERM).
+
+A checkpoint that cannot be written (full disk, read-only directory) raises `WriteError` naming
+the checkpoint directory: orbax writes into a temporary folder renamed into place at the end,
+so the half-written one is removed and the previous checkpoint stays whole for `--resume`.
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import os
+import re
 import shutil
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._io import WriteError
 from .history import FLUSH_S, History
 from .train import TrainState
 
@@ -73,7 +85,8 @@ class Checkpoint:
     """
 
     def __init__(self, directory):
-        self.directory = Path(directory).absolute()
+        self.shown = Path(directory)  # as given, for messages
+        self.directory = self.shown.absolute()
         self._manager = None
 
     def _mgr(self):
@@ -98,6 +111,10 @@ class Checkpoint:
           state: the TrainState to save; its device arrays are copied to the host and its
             records must not be empty.
           meta: free-form JSON-serializable metadata stored in the header; default empty.
+
+        Raises:
+          WriteError: naming the directory, if the checkpoint cannot be written; nothing of it
+            is left and the previous checkpoint is kept.
         """
         ocp = _ocp()
         leaves, treedef = jax.tree.flatten((state.params, state.rest, state.opt_state))
@@ -106,10 +123,20 @@ class Checkpoint:
                   "shapes": [list(a.shape) for a in arrays.values()],
                   "layers": list(state.layers), "meta": meta or {}}
         records = _stack(jax.device_get(list(state.records)), state.at, state.layers)
-        self._mgr().save(int(state.step), args=ocp.args.Composite(
-            state=ocp.args.StandardSave(arrays), records=ocp.args.StandardSave(records),
-            header=ocp.args.JsonSave(header)), force=True)
-        self._mgr().wait_until_finished()
+        before = set(threading.enumerate())
+        try:
+            with _orbax_quiet():
+                self._mgr().save(int(state.step), args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(arrays), records=ocp.args.StandardSave(records),
+                    header=ocp.args.JsonSave(header)), force=True)
+                self._mgr().wait_until_finished()
+        except Exception as e:
+            with _orbax_quiet(pass_on=False):
+                self._abandon(before)
+            err = _os_error(e)
+            if err is None:
+                raise
+            raise WriteError(self.shown, err) from None
 
     def restore(self, fresh: TrainState) -> TrainState:
         """Reads the saved state, laid out as `fresh`.
@@ -149,6 +176,27 @@ class Checkpoint:
         return TrainState(int(header["step"]), params, rest, opt_state, at, records,
                           tuple(header["layers"]))
 
+    def _abandon(self, before: set) -> None:
+        """After a failed save: waits for the writer threads it started, closes the manager and
+        removes orbax's temporary folders (the committed checkpoint is left as it was)."""
+        deadline = time.monotonic() + 30.0
+        while time.monotonic() < deadline:
+            alive = [t for t in set(threading.enumerate()) - before
+                     if t is not threading.current_thread() and not t.daemon and t.is_alive()]
+            if not alive:
+                break
+            for t in alive:
+                try:  # orbax's threads re-raise their own failure from join()
+                    t.join(max(0.0, deadline - time.monotonic()))
+                except Exception:  # noqa: BLE001 - already reported by the save's exception
+                    pass
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - the manager is dropped either way
+            self._manager = None
+        for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+
     def close(self):
         """Closes the orbax manager, if open; the next use reopens it."""
         if self._manager is not None:
@@ -159,6 +207,40 @@ class Checkpoint:
         """Closes the manager and removes `directory` with everything in it."""
         self.close()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _os_error(e: Exception) -> OSError | None:
+    """The system error behind a failed orbax save: `e` itself, or the one tensorstore names
+    (`[os_error_code='28']`); None for any other failure."""
+    if isinstance(e, OSError):
+        return e
+    code = re.search(r"os_error_code='?(\d+)", str(e))
+    return OSError(int(code[1]), os.strerror(int(code[1]))) if code else None
+
+
+class _DropErrors(logging.Filter):
+    def filter(self, record):
+        return record.levelno < logging.ERROR
+
+
+@contextlib.contextmanager
+def _orbax_quiet(pass_on: bool = True):
+    """Orbax logs each failed writer thread's traceback and tensorstore's late callbacks report
+    theirs as unraisable exceptions on stderr; a failure is raised (and reported in one line)
+    instead. What a block that succeeds prints is passed on if `pass_on`."""
+    logger, drop, caught, unraisable = logging.getLogger("absl"), _DropErrors(), io.StringIO(), []
+    logger.addFilter(drop)
+    hook, sys.unraisablehook = sys.unraisablehook, unraisable.append
+    try:
+        with contextlib.redirect_stderr(caught):
+            yield
+        if pass_on:
+            sys.stderr.write(caught.getvalue())
+            for u in unraisable:
+                hook(u)
+    finally:
+        sys.unraisablehook = hook
+        logger.removeFilter(drop)
 
 
 class ArchSaver:

@@ -116,13 +116,17 @@ def test_image_folder(tmp_path):
         for i in range(3):
             Image.new("RGB", (12, 10), colour).save(tmp_path / c / f"{i}.png")
     Image.new("L", (6, 6), 128).save(tmp_path / "dogs" / "small.jpg")  # resized, made RGB
-    ds = image_folder(tmp_path, test_fraction=0.25)
+    ds = image_folder(tmp_path, test_fraction=0.25, image_size=8)
     assert ds.class_names == ("cats", "dogs") and ds.num_classes == 2
-    assert ds.x_train.shape[1:] == (10, 12, 3) and len(ds.x_train) + len(ds.x_test) == 7
+    assert ds.x_train.shape[1:] == (8, 8, 3) and len(ds.x_train) + len(ds.x_test) == 7
     reds = np.concatenate([ds.x_train, ds.x_test])[np.concatenate([ds.y_train, ds.y_test]) == 0]
     assert np.allclose(reds[..., 0], 1) and np.allclose(reds[..., 2], 0)
-    (tmp_path / "dogs" / "broken.png").write_bytes(b"not an image")
-    with pytest.raises(DataError, match="broken.png"):
+    (tmp_path / "dogs" / "broken.png").write_bytes(b"not an image")  # skipped and counted
+    assert image_folder(tmp_path).meta["image_folder"]["unreadable"] == 1
+    # more unreadable files than half: refused (tests/test_image_folders.py has the rest)
+    for i in range(8):
+        (tmp_path / "cats" / f"broken{i}.jpg").write_bytes(b"not an image")
+    with pytest.raises(DataError, match="broken"):
         image_folder(tmp_path)
 
 

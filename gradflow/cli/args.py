@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
       "mnist, fashion_mnist: idx files, gzipped or not; npz: a file with x and y; folder: one "
       "sub-folder of images per class) and standardized per channel")
     a("--data-dir", default=None, help="directory (for npz: the file) holding --dataset")
+    a("--image-size", type=_int_at_least(1), default=None, metavar="S", help="--dataset "
+      "folder: every image is resized to S×S pixels as it is read (default: 32)")
     a("--seed", type=_int_at_least(0), default=Config.seed,
       help="seed of the data, the initialization and the batch order")
     a("--seeds", type=_int_at_least(1), default=None, help="depth sweeps: initializations "
@@ -199,6 +201,8 @@ def parse(argv=None) -> argparse.Namespace:
         p.error(f"argument --data-dir: --dataset {args.dataset} reads files, give --data-dir")
     if args.dataset == "synthetic" and args.data_dir is not None:
         p.error("argument --data-dir: not used by --dataset synthetic (it is generated)")
+    if args.image_size is not None and args.dataset != "folder":
+        p.error(f"argument --image-size: only used by --dataset folder, not {args.dataset}")
     args.archs = archs
     args.lr = DEFAULT_LR[args.optimizer] if args.lr is None else args.lr
     args.out = out_dir(p, args.out)

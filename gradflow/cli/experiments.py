@@ -13,6 +13,7 @@ import sys
 import time
 
 from ..experiments import EXPERIMENTS
+from ..experiments.common import Log
 from .._io import WriteError
 from .checks import archs_list, claim_dir, command, write_error
 
@@ -103,26 +104,84 @@ def main(args, argv=None) -> int:
       argv: the command line, recorded in the page (None: this process's).
 
     Returns:
-      The exit code, 0.
+      The exit code: 0 done, 130 / 143 stopped by SIGINT / SIGTERM (an experiment writes its
+      files when it ends; stopped before, it leaves nothing), 1 a file that could not be
+      written.
     """
+    from .interrupt import abandon, catch_signals, nothing_kept
+
     t0 = time.perf_counter()
     started = _dt.datetime.now().isoformat(timespec="seconds")
-    claim = claim_dir(args.out)
-    try:
-        from ..experiments.common import Log
-        import jax
+    what = f"experiment {args.experiment}"
+    claim = None
+    try:  # a signal is acted on at the next progress event: nothing is left
+        with catch_signals(action=nothing_kept(what)) as stop:
+            claim = claim_dir(args.out)
+            stop.check()
+            import jax
 
-        meta = {"experiment": args.experiment, "command": command(argv), "started": started,
-                "device": f"{jax.default_backend()} ({os.cpu_count()} cores)",
-                "options": {k: list(v) if isinstance(v, tuple) else v
-                            for k, v in args.options.items()}}
-        text = EXPERIMENTS[args.experiment].run(args.out, log=Log(enabled=not args.quiet),
-                                                meta=meta, **args.options)
+            meta = {"experiment": args.experiment, "command": command(argv),
+                    "started": started,
+                    "device": f"{jax.default_backend()} ({os.cpu_count()} cores)",
+                    "options": {k: list(v) if isinstance(v, tuple) else v
+                                for k, v in args.options.items()}}
+            text = EXPERIMENTS[args.experiment].run(
+                args.out, log=StoppingLog(stop, enabled=not args.quiet), meta=meta,
+                **args.options)
+    except KeyboardInterrupt as e:
+        code, claim = abandon(claim, what, e), None
+        return code
     except WriteError as e:
         return write_error(e)
     finally:
-        claim.release()
+        if claim is not None:
+            claim.release()
     print(text)
     print(f"\nwrote {args.out}/ in {time.perf_counter() - t0:.0f}s — open "
           f"{args.out / 'report.html'}")
-    return 0
+    return stop.exit_code  # a signal while the files were written waited for them
+
+
+class StoppingLog(Log):
+    """The experiments' progress lines, ending the experiment (`Interrupted`) at the next line,
+    start, step or finish once a signal arrived.
+
+    Args:
+      stop: the `interrupt.StopRequest` of the run.
+      enabled: whether lines are shown.
+    """
+
+    def __init__(self, stop, enabled: bool = True):
+        super().__init__(enabled=enabled)
+        self.stop = stop
+
+    def line(self, text: str):
+        """Ends the experiment if a signal arrived, else shows `text`.
+
+        Args:
+          text: the line.
+        """
+        self.stop.check()
+        super().line(text)
+
+    def progress(self, names, steps: int):
+        """`Log.progress`, whose start, step and finish end the experiment once a signal arrived.
+
+        Args:
+          names: one name per job, in order.
+          steps: the training steps of each.
+
+        Returns:
+          The Progress.
+        """
+        p = super().progress(names, steps)
+        for name in ("start", "step", "finish"):
+            setattr(p, name, self._checked(getattr(p, name)))
+        return p
+
+    def _checked(self, fn):
+        def call(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            self.stop.check()
+            return out
+        return call

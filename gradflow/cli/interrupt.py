@@ -5,6 +5,10 @@ loop asks it after every step (`gf.train(stop=...)`), stops at that step boundar
 saves what it has and exits with the conventional code 128 + signal number (130 for SIGINT, 143
 for SIGTERM). A second signal quits at once with the same code; the history on disk then holds
 every record up to its last periodic flush.
+
+A depth sweep or an experiment writes its files only when it ends: it asks `StopRequest.check`
+at every step and cell, which raises `Interrupted` once a signal arrived, and `abandon` then
+removes the run directory it claimed, so nothing is left.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import signal
 import sys
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SAVING = "stopping after the current step and saving what was recorded"
 
 
 class StopRequest:
@@ -22,6 +27,7 @@ class StopRequest:
 
     Args:
         stream: where the handler reports a signal (default: stderr).
+        action: what the first signal does, as reported.
 
     Example:
         >>> import io
@@ -33,9 +39,10 @@ class StopRequest:
         (True, 'SIGINT', 130)
     """
 
-    def __init__(self, stream=None):
+    def __init__(self, stream=None, action: str = SAVING):
         self.signum: int | None = None
         self.stream = stream or sys.stderr
+        self.action = action
 
     def __call__(self) -> bool:
         """Asked by the training loop after every step.
@@ -44,6 +51,15 @@ class StopRequest:
             True once a signal arrived.
         """
         return self.signum is not None
+
+    def check(self) -> None:
+        """Raises `Interrupted` once a signal arrived (for loops that save nothing on the way).
+
+        Raises:
+            Interrupted: naming the signal.
+        """
+        if self.signum is not None:
+            raise Interrupted(self.signum)
 
     @property
     def requested(self) -> bool:
@@ -74,27 +90,30 @@ class StopRequest:
             self.stream.flush()
             os._exit(128 + signum)
         self.signum = signum
-        self.stream.write(f"gradflow: {name} received: stopping after the current step and "
-                          f"saving what was recorded ({name} again quits at once)\n")
+        self.stream.write(f"gradflow: {name} received: {self.action} ({name} again quits at "
+                          "once)\n")
         self.stream.flush()
 
 
 @contextlib.contextmanager
-def catch_signals(stream=None):
+def catch_signals(stream=None, action: str = SAVING, install: bool = True):
     """Installs the SIGINT/SIGTERM handlers of a fresh StopRequest for the duration of the
     block (restoring the previous ones after) and yields it. Outside the main thread, where
-    Python cannot install handlers, signals keep their default effect.
+    Python cannot install handlers, or without `install`, signals keep their default effect.
 
     Args:
         stream: where the handler reports a signal (default: stderr).
+        action: what the first signal does, as reported.
+        install: False yields a StopRequest no signal reaches (e.g. in a multi-process run,
+            whose processes cannot stop at different steps).
 
     Returns:
         A context manager yielding the StopRequest (pass it as `gf.train(stop=...)`).
     """
-    request = StopRequest(stream)
+    request = StopRequest(stream, action)
     previous = {}
     try:
-        for s in SIGNALS:
+        for s in SIGNALS if install else ():
             previous[s] = signal.signal(s, request.handle)
     except ValueError:  # not the main thread
         pass
@@ -103,3 +122,58 @@ def catch_signals(stream=None):
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal turned into an exception by `StopRequest.check`.
+
+    Args:
+        signum: the signal's number, kept as `signum`.
+    """
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def nothing_kept(what: str) -> str:
+    """The `action` of `catch_signals` for a run that writes its files only when it ends.
+
+    Args:
+        what: the run ("depth sweep", "experiment residual").
+
+    Returns:
+        The phrase the first signal reports.
+    """
+    return (f"stopping after the current step; nothing is kept (the {what} writes its files "
+            "when it ends)")
+
+
+def abandon(claim, what: str, err: KeyboardInterrupt, stream=None) -> int:
+    """Ends a depth sweep or experiment stopped by a signal before it wrote its files: its run
+    directory is given up (removed if the run created it) and one line says so.
+
+    Args:
+        claim: the run directory's `checks.Claim` (None in a process that writes nothing).
+        what: what was stopped ("depth sweep", "experiment residual").
+        err: the KeyboardInterrupt (an `Interrupted` names its signal; a bare one is SIGINT).
+        stream: where to report (default: stderr).
+
+    Returns:
+        The exit code, 128 + the signal's number.
+    """
+    from .checks import OWNER
+
+    signum = getattr(err, "signum", signal.SIGINT)
+    name, stream = signal.Signals(signum).name, stream or sys.stderr
+    left = [] if claim is None else [p.name for p in claim.path.iterdir() if p.name != OWNER]
+    if left:  # stopped between two of its writes: each file is whole, they are left as they are
+        claim.release()
+        stream.write(f"gradflow: interrupted by {name} while the {what} wrote {claim.path}/; "
+                     "its files are incomplete\n")
+    else:
+        if claim is not None:
+            claim.release(remove=[OWNER])  # nothing else in it: the directory goes too
+        stream.write(f"gradflow: interrupted by {name} before the {what} wrote its files; "
+                     "nothing was written\n")
+    return 128 + signum

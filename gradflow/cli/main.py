@@ -25,13 +25,14 @@ __all__ = ["main"]
 
 # -- main ---------------------------------------------------------------------------------------
 
-def _load(cfg):
-    """Loads the data; a bad data file or batch size is a usage error (exit 2, nothing written).
-    Ctrl-C while loading raises KeyboardInterrupt (`_interrupted_loading`). Returns the Dataset."""
+def _load(cfg, image_size=None):
+    """Loads the data (`--image-size`: a folder's image side); a bad data file or batch size is
+    a usage error (exit 2, nothing written). Ctrl-C while loading raises KeyboardInterrupt.
+    Returns the Dataset."""
     from .. import data
 
     try:  # before anything is written: a bad data file is a usage error
-        ds = data.load(cfg.dataset, cfg.data_dir, seed=cfg.seed)
+        ds = data.load(cfg.dataset, cfg.data_dir, seed=cfg.seed, image_size=image_size)
     except ValueError as e:
         usage_error(f"argument --data-dir: {e}")
     if cfg.batch_size > len(ds.x_train):
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
     from .interrupt import catch_signals
 
     try:  # outside catch_signals: Ctrl-C interrupts the load itself
-        ds = _load(cfg)
+        ds = _load(cfg, args.image_size)
     except KeyboardInterrupt:
         return _nothing_written("while loading the data")
     claim = None
@@ -232,7 +233,8 @@ def sweep_main(args, argv=None) -> int:
       argv: the command line, recorded in sweep.json (None: this process's).
 
     Returns:
-      The exit code, 0.
+      The exit code: 0 done, 130 / 143 stopped by SIGINT / SIGTERM (a sweep writes its files
+      when it ends; stopped before, it leaves nothing), 1 a file that could not be written.
     """
     t_start = time.perf_counter()
     started = _dt.datetime.now().isoformat(timespec="seconds")
@@ -243,12 +245,23 @@ def sweep_main(args, argv=None) -> int:
         "activation", "dataset", "data_dir", "seed", "log_every", "devices")},
         steps=max(args.steps, 1))
     try:
-        ds = _load(cfg)
+        ds = _load(cfg, args.image_size)
     except KeyboardInterrupt:
         return _nothing_written("while loading the data")
-    claim = _claim(args)
-    try:
-        return _sweep(args, argv, cfg, ds, started, t_start)
+    import jax
+
+    from .interrupt import abandon, catch_signals, nothing_kept
+
+    claim = None
+    try:  # a signal is acted on at the next step or cell: stopped before the end, nothing is left
+        with catch_signals(action=nothing_kept("depth sweep"),
+                           install=jax.process_count() == 1) as stop:
+            claim = _claim(args)
+            stop.check()
+            return _sweep(args, argv, cfg, ds, started, t_start, stop)
+    except KeyboardInterrupt as e:
+        code, claim = abandon(claim, "depth sweep", e), None
+        return code
     except WriteError as e:
         return write_error(e)
     finally:
@@ -256,8 +269,9 @@ def sweep_main(args, argv=None) -> int:
             claim.release()
 
 
-def _sweep(args, argv, cfg, ds, started, t_start) -> int:
-    """The depth sweep in the claimed directory."""
+def _sweep(args, argv, cfg, ds, started, t_start, stop) -> int:
+    """The depth sweep in the claimed directory, inside `catch_signals`: `stop.check()` after
+    every step and cell ends it (`Interrupted`) until its files are written."""
     import jax
 
     from ..distributed import is_primary
@@ -274,19 +288,28 @@ def _sweep(args, argv, cfg, ds, started, t_start) -> int:
                 else f"training {args.steps} steps each")
         sys.stderr.write(f"depth sweep: {len(cfg.archs)} archs × {len(args.depths)} depths × "
                          f"{n_seeds} seeds, {what}\n")
+
+    def cell_done(*a):
+        progress(*a)
+        stop.check()
+
+    def step_done(*a):
+        progress.step(*a)
+        stop.check()
+
     res = sweep.depth_sweep(cfg, args.depths, seeds=seeds, steps=args.steps, ds=ds,
-                            progress=progress, on_step=progress.step)
+                            progress=cell_done, on_step=step_done)
     res.run = {"command": command(argv), "started": started,
                "device": f"{jax.default_backend()} ({os.cpu_count()} cores)",
                "devices": cfg.devices, "processes": jax.process_count(),
                "output": str(args.out)}
     if not primary:
         return 0
-    sweep_output.write(args.out, res, verdict.describe(ds))
+    sweep_output.write(args.out, res, verdict.describe(ds))  # a signal now waits for it
     print(sweep_output.table(res))
     print(f"\nwrote {args.out}/ in {time.perf_counter() - t_start:.0f}s — open "
           f"{args.out / 'report.html'}")
-    return 0
+    return stop.exit_code
 
 
 if __name__ == "__main__":

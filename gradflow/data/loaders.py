@@ -6,8 +6,8 @@
   `t10k-images-idx3-ubyte`, `t10k-labels-idx1-ubyte`), gzipped (`.gz`) or not;
 - `.npz` with `x` and `y` (and optionally `x_test`, `y_test`; else a held-out fraction is split off);
   (N, H, W) greyscale gets a channel axis, (N, C, H, W) channels-first is transposed to NHWC;
-- an image folder: one sub-folder per class (sorted names are the classes), PNG/JPEG/BMP/GIF
-  files, resized to the first image's size, RGB.
+- an image folder: one sub-folder per class, every image resized to S×S RGB with bounded
+  memory (`gradflow.data.images`, re-exported here).
 
 Images come back NHWC float32 in [0, 1] (npz: as stored, cast to float32). A missing or
 malformed file, or labels that are not 0..K-1 (CIFAR-10, MNIST, Fashion-MNIST: 0..9), raises
@@ -23,11 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import DataError
+from .images import IMAGE_SUFFIXES, image_folder
 from .synthetic import Dataset
 
-
-class DataError(ValueError):
-    """A dataset file is missing or malformed; the message names it."""
+__all__ = ["DataError", "cifar10", "read_idx", "idx_dataset", "FASHION_CLASSES", "npz",
+           "image_folder", "IMAGE_SUFFIXES", "standardize"]
 
 
 # --- CIFAR-10 -----------------------------------------------------------------------------------
@@ -307,57 +308,6 @@ def _check_label_range(path, name, labels, classes, dataset):
         fix = f": subtract {lo}" if lo > 0 and hi - lo < classes else ""
         raise DataError(f"{path}: {name} are {lo}..{hi}; {dataset} labels are "
                         f"0..{classes - 1}{fix}")
-
-
-# --- image folder -------------------------------------------------------------------------------
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
-
-
-def image_folder(root, *, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
-    """A dataset from a folder of images, one sub-folder per class (`root/<class>/<image>`).
-
-    Classes are the sorted sub-folder names; PNG, JPEG, BMP and GIF files are read as RGB and
-    resized to the first image's size.
-
-    Args:
-      root: the folder.
-      test_fraction: the fraction of images held out (at least 1).
-      seed: the seed of that split.
-
-    Returns:
-      A Dataset of (n, H, W, 3) float32 images in [0, 1], named after the folder.
-
-    Raises:
-      DataError: naming the folder or file, if there are fewer than two classes or images or
-        an image is unreadable.
-    """
-    from PIL import Image, UnidentifiedImageError  # a dependency of matplotlib
-
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root}: not a directory")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if len(classes) < 2:
-        raise DataError(f"{root}: needs one sub-folder per class (found {len(classes)})")
-    images, labels, size = [], [], None
-    for label, name in enumerate(classes):
-        files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        for f in files:
-            try:
-                with Image.open(f) as im:
-                    im = im.convert("RGB")
-                    size = size or im.size
-                    images.append(np.asarray(im.resize(size), dtype=np.float32) / 255.0)
-            except (UnidentifiedImageError, OSError) as e:
-                raise DataError(f"{f}: not a readable image ({e})") from None
-            labels.append(label)
-    if len(images) < 2:
-        raise DataError(f"{root}: found {len(images)} images")
-    x, y = np.stack(images), np.asarray(labels, dtype=np.int32)
-    order = np.random.default_rng(seed).permutation(len(x))
-    n_test = max(1, int(round(test_fraction * len(x))))
-    return Dataset(root.name, x[order[n_test:]], y[order[n_test:]], x[order[:n_test]],
-                   y[order[:n_test]], len(classes), tuple(classes))
 
 
 def standardize(ds: Dataset) -> Dataset:
