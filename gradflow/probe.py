@@ -8,6 +8,7 @@ from flax import nnx
 from . import distributed, losses
 from .instrument import LAYER_METRICS
 from .instrument.steps import layout_for, probe_step
+from .quantities.extras import measure_extras
 from .snapshot import Snapshot
 
 
@@ -49,7 +50,8 @@ def split_model(model, wrt=nnx.Param):
     return nnx.split(model, wrt, ...)
 
 
-def probe(model, batch, loss=None, *, devices=None, mesh=None) -> Snapshot:
+def probe(model, batch, loss=None, *, noise=False, histograms=False, init=None,
+          noise_chunk=None, devices=None, mesh=None) -> Snapshot:
     """Measures every layer of `model` on one batch, without changing the model.
 
     BatchNorm uses batch statistics as in training; no parameter or running statistic of `model`
@@ -61,6 +63,17 @@ def probe(model, batch, loss=None, *, devices=None, mesh=None) -> Snapshot:
         process's share of the global batch.
       loss: "cross_entropy" (the default; integer labels), "mse", "binary_cross_entropy", or a
         callable `(outputs, y) -> scalar`.
+      noise: also measure gradient noise from per-example gradients: scalars `mean_gsnr`,
+        `norm_test`, `inner_test`, `ortho_test` (whole network), per-row `layer_mean_gsnr`,
+        `layer_norm_test`, `layer_inner_test`, `layer_ortho_test`, and `example_grad_hist`
+        (n_layers, bins) counts of per-example gradient elements (docs/quantities.md). BatchNorm
+        statistics are held fixed at the batch's for these (`gradflow.quantities.examples`).
+      histograms: also count |gradient element| per row in fixed log-spaced bins: `grad_hist`,
+        (n_layers, bins) (`gradflow.quantities.histograms`).
+      init: the model (or its `nnx.Param` state) at initialization: adds `init_distance` and
+        per-row `layer_init_distance`, ‖θ − θ₀‖ / ‖θ₀‖.
+      noise_chunk: examples per vmapped chunk of per-example gradients (default: as many as
+        fit 256 MiB).
       devices: data parallelism over None (every visible device), a count, or a list of jax
         devices; the batch is split across them and every statistic is that of the whole batch.
       mesh: instead of `devices`, a `jax.sharding.Mesh` with a `data` axis
@@ -76,7 +89,8 @@ def probe(model, batch, loss=None, *, devices=None, mesh=None) -> Snapshot:
 
     Raises:
       ValueError: if `model` is not an NNX module, `batch` is not a pair, its rows do not divide
-        across the devices, or both `devices` and `mesh` are given.
+        across the devices, or both `devices` and `mesh` are given; with `noise`, if the batch
+        has one example or the loss is not mean-reduced.
 
     Example:
       >>> model = gf.models.cnn("plain", 20, rngs=nnx.Rngs(0))
@@ -98,4 +112,9 @@ def probe(model, batch, loss=None, *, devices=None, mesh=None) -> Snapshot:
     out = jax.device_get(step(params, rest, x, y))
     metrics = {k: out.pop(k) for k in LAYER_METRICS}
     scalars = {k: out.pop(k) for k in ("loss", "accuracy")} | out  # out: norm layers' grad norms
+    if noise or histograms or init is not None:
+        more, more_scalars = measure_extras(graphdef, params, rest, layout, loss_fn, x, y,
+                                            noise=noise, histograms=histograms, init=init,
+                                            chunk=noise_chunk)
+        metrics, scalars = metrics | more, scalars | more_scalars
     return Snapshot(layout.names, metrics, scalars, {"probed": layout.probed})

@@ -15,12 +15,15 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ..instrument.probes import use_batch_statistics
+
 
 def fixed_statistics(graphdef, params, rest, call):
     """The model with every BatchNorm's statistics fixed to those of one batch (inside a trace).
 
-    A copy of the model runs `call` in its own mode with BatchNorm momentum 0, so each layer's
-    running statistics become the batch's exactly; the copy then switches to evaluation mode.
+    A copy of the model runs `call` with its BatchNorms on batch statistics (frozen ones
+    excepted, as in `gf.probe`) and momentum 0, so each layer's running statistics become the
+    batch's exactly; the copy then switches to evaluation mode.
 
     Args:
       graphdef, params, rest: the split model (`probe.split_model`).
@@ -29,7 +32,8 @@ def fixed_statistics(graphdef, params, rest, call):
     Returns:
       `(graphdef, rest)` of the fixed-statistics model; it takes the same `params`.
     """
-    model = nnx.merge(graphdef, params, rest)
+    model = nnx.merge(graphdef, params, rest, copy=True)  # fresh Variables in this trace
+    use_batch_statistics(model)  # as gf.probe measures: batch statistics, frozen BN excepted
     for _, module in nnx.iter_modules(model):
         if isinstance(module, nnx.BatchNorm):
             module.momentum = 0.0
@@ -51,7 +55,7 @@ def example_value_and_grads(graphdef, rest, loss_fn):
       `loss_fn(model(xs[n:n+1]), ys[n:n+1])`; grads has a leading axis of c examples.
     """
     def one(params, x1, y1):
-        return loss_fn(nnx.merge(graphdef, params, rest)(x1), y1)
+        return loss_fn(nnx.merge(graphdef, params, rest, copy=True)(x1), y1)
 
     batched = jax.vmap(jax.value_and_grad(one), in_axes=(None, 0, 0))
     return lambda params, ex: batched(params, ex[0][:, None], ex[1][:, None])
@@ -69,7 +73,7 @@ def batch_value_and_grad(graphdef, params, rest, loss_fn, x, y):
       `(loss, grads)`.
     """
     return jax.value_and_grad(
-        lambda p: loss_fn(nnx.merge(graphdef, p, rest)(x), y))(params)
+        lambda p: loss_fn(nnx.merge(graphdef, p, rest, copy=True)(x), y))(params)
 
 
 def mean_reduced(batch_loss, example_loss_mean, rtol: float = 1e-3) -> jax.Array:

@@ -1,0 +1,75 @@
+"""gf.probe(..., noise=, histograms=, init=): names, shapes, references and bad input."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import gradflow as gf
+from gradflow.quantities.histograms import EDGES, HIST_BINS
+
+X = jax.random.normal(jax.random.PRNGKey(1), (8, 3))
+Y = jnp.array([0, 1, 1, 0, 1, 0, 0, 1])
+
+
+def _mlp():
+    return gf.models.mlp("plain", 3, width=4, in_features=3, num_classes=2, rngs=nnx.Rngs(0),
+                         stack="unrolled")
+
+
+def _rows(model):
+    """Each Linear (kernel and bias), in gradflow's row order (network order)."""
+    by_name = {"/".join(map(str, path)): m for path, m in nnx.iter_modules(model)
+               if isinstance(m, nnx.Linear)}
+    names = gf.probe(_mlp(), (X, Y)).layers
+    assert sorted(names) == sorted(by_name)
+    return [by_name[n] for n in names]
+
+
+def test_noise_adds_whole_network_scalars_and_layer_rows():
+    snap = gf.probe(_mlp(), (X, Y), noise=True)
+    n = len(snap.layers)
+    for k in ("mean_gsnr", "norm_test", "inner_test", "ortho_test"):
+        assert np.shape(snap[k]) == () and np.isfinite(snap[k]) and snap[k] > 0
+        assert snap[f"layer_{k}"].shape == (n,)
+    assert snap["example_grad_hist"].shape == (n, HIST_BINS)
+    sizes = [l.kernel.get_value().size + l.bias.get_value().size for l in _rows(_mlp())]
+    np.testing.assert_array_equal(snap["example_grad_hist"].sum(1), 8 * np.asarray(sizes))
+
+
+def test_grad_hist_counts_the_batch_gradient_elements():
+    model = _mlp()
+    snap = gf.probe(model, (X, Y), histograms=True)
+    grads = nnx.grad(lambda m: gf.losses.cross_entropy(m(X), Y))(model)
+    as_model = nnx.clone(model)
+    nnx.update(as_model, grads)  # the gradients in the model's structure
+    for row, layer in zip(snap["grad_hist"], _rows(as_model)):
+        mags = np.abs(np.concatenate([np.ravel(layer.kernel.get_value()),
+                                      np.ravel(layer.bias.get_value())])).astype(np.float32)
+        want = np.bincount(np.searchsorted(EDGES, mags, side="right"), minlength=HIST_BINS)
+        np.testing.assert_array_equal(row, want)
+
+
+def test_init_distance_is_the_relative_change_per_layer_and_overall():
+    model, start = _mlp(), _mlp()
+    for layer in _rows(model):
+        layer.kernel.set_value(layer.kernel.get_value() * 1.5)
+    snap = gf.probe(model, (X, Y), init=start)
+    for got, a, b in zip(snap["layer_init_distance"], _rows(model), _rows(start)):
+        moved = np.concatenate([np.ravel(a.kernel.get_value() - b.kernel.get_value()),
+                                np.ravel(a.bias.get_value() - b.bias.get_value())])
+        size = np.concatenate([np.ravel(b.kernel.get_value()), np.ravel(b.bias.get_value())])
+        np.testing.assert_allclose(got, np.linalg.norm(moved) / np.linalg.norm(size), rtol=1e-5)
+    np.testing.assert_allclose(snap["init_distance"], 0.5, rtol=1e-5)  # every kernel × 1.5, biases 0
+    same = gf.probe(start, (X, Y), init=nnx.state(start, nnx.Param))
+    assert float(same["init_distance"]) == 0.0
+
+
+@pytest.mark.parametrize("batch,loss,message", [
+    (1, None, "at least 2 examples"),
+    (8, lambda o, y: len(y) * gf.losses.cross_entropy(o, y), "mean-reduced loss"),
+])
+def test_noise_refuses_what_it_cannot_define_in_one_line(batch, loss, message):
+    with pytest.raises(ValueError, match=message) as e:
+        gf.probe(_mlp(), (X[:batch], Y[:batch]), loss=loss, noise=True)
+    assert "\n" not in str(e.value)
