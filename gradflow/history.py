@@ -107,8 +107,11 @@ class History(_Records):
                                  f"{len(mine)}): new {new}, missing {gone}")
         values = {k: np.asarray(snap[k]) for k in snap.metrics + snap.scalars}
         for k, v in values.items():
-            if v.shape != (want := (len(snap.layers),) if k in snap.metrics else ()):
-                raise ValueError(f"snapshot {k!r} has shape {v.shape}, expected {want}")
+            bad = (v.ndim < 1 or v.shape[0] != len(snap.layers)) if k in snap.metrics else v.ndim
+            if bad or (n and v.shape != self[k].shape[1:]):
+                want = (len(snap.layers),) if k in snap.metrics else ()
+                raise ValueError(f"snapshot {k!r} has shape {v.shape}, expected {want}"
+                                 f"{'' if k in snap.scalars else ' (or (n_layers, ...))'}")
         if not n:  # the first record: names, meta and empty buffers from it
             self.layers, self.meta = snap.layers, {**snap.meta, **self.meta}
             self._metrics = {k: values[k][None][:0] for k in snap.metrics}
@@ -190,7 +193,8 @@ class History(_Records):
           layers: the layer names, in network order.
           steps: the training step of each record.
           records: one dict per record, all with the same keys, mapping a name to a
-            (n_layers,) array (a metric) or a 0-d array (a scalar such as the loss).
+            (n_layers,) or (n_layers, ...) array (a metric, e.g. a histogram per layer) or a 0-d
+            array (a scalar such as the loss).
           meta: free-form metadata; default empty.
 
         Returns:
@@ -204,7 +208,7 @@ class History(_Records):
         """
         keys = records[0].keys() if records else ()
         stacked = {k: np.stack([np.asarray(r[k]) for r in records]) for k in keys}
-        metrics = {k: v for k, v in stacked.items() if v.ndim == 2}
+        metrics = {k: v for k, v in stacked.items() if v.ndim >= 2}
         scalars = {k: v for k, v in stacked.items() if v.ndim == 1}
         return cls(layers, metrics, scalars, meta, steps=steps)
 

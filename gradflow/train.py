@@ -16,6 +16,7 @@ from .instrument import TRAIN_METRICS
 from .instrument.steps import layout_for, train_steps
 from .models.options import check_positive_int
 from .probe import as_batch, split_model
+from .quantities.training import Extras, merge_into
 
 
 def recorded_steps(steps: int, log_every: int) -> list[int]:
@@ -61,7 +62,8 @@ class TrainState(NamedTuple):
 
 def train(model, batches, *, steps: int, optimizer, log_every: int = 1, loss=None,
           progress=None, stop_on_nonfinite: bool = True, devices=None, mesh=None,
-          resume=None, on_record=None, stop=None) -> History:
+          resume=None, on_record=None, stop=None, noise_every=None, noise_chunk=None
+          ) -> History:
     """Trains `model` in place and measures every layer at the steps `recorded_steps` gives.
 
     A record at step s describes the gradients at the parameters before update s. Unrecorded
@@ -91,6 +93,13 @@ def train(model, batches, *, steps: int, optimizer, log_every: int = 1, loss=Non
         every recorded step (final=False) and where `stop` ends training early (final=True).
       stop: `stop() -> bool`, asked after every step; True ends training there cleanly, with
         `meta["stopped_at_step"]` set.
+
+      noise_every: also take the gradient noise quantities (as `gf.probe(..., noise=True)`)
+        at steps 0, k, 2k, ... (each such step is a record); records between them hold NaN
+        for those values and -1 for `example_grad_hist` counts. None: never. Runs on one
+        device.
+      noise_chunk: examples per chunk of per-example gradients (default: as many as fit
+        256 MiB).
 
     Returns:
       A History: (n_records, n_layers) arrays of `gf.instrument.TRAIN_METRICS` (the probe's
@@ -126,6 +135,12 @@ def train(model, batches, *, steps: int, optimizer, log_every: int = 1, loss=Non
     layout = layout_for(graphdef, params, rest, x, model)
     losses.check_labels(loss, first[1], layout.output)
     instrumented, bare = train_steps(graphdef, layout, loss_fn, acc_fn, optimizer)
+    if noise_every is not None:
+        check_positive_int("noise_every", noise_every)
+        if mesh is not None:
+            raise ValueError("noise_every runs on one device: pass devices=1")
+    extras = Extras(graphdef, params, layout, loss_fn, x.shape[0], noise_every=noise_every,
+                    chunk=noise_chunk)
     opt_state = optimizer.init(params)
     begin, records, at = 0, [], []
     if resume is not None:
@@ -135,7 +150,8 @@ def train(model, batches, *, steps: int, optimizer, log_every: int = 1, loss=Non
     if mesh is not None:
         instrumented, bare = (distributed.sharded(f, mesh, 3) for f in (instrumented, bare))
         params, rest, opt_state = distributed.replicate((params, rest, opt_state), mesh)
-    record_at = set(recorded_steps(steps, log_every))
+    record_at = set(recorded_steps(steps, log_every)) | {s for s in range(steps)
+                                                          if extras.due(s)}
     done, diverged, stopped = begin, None, False
     for step, batch in enumerate(itertools.chain([first], it)):
         if step == steps:
@@ -148,7 +164,7 @@ def train(model, batches, *, steps: int, optimizer, log_every: int = 1, loss=Non
         step_fn = instrumented if step in record_at else bare
         new_params, new_rest, new_opt, out = step_fn(params, rest, opt_state, x, y)
         if step in record_at:
-            records.append(out)
+            records.append(merge_into(out, extras.measure(step, params, rest, x, y)))
             at.append(step)
             if stop_on_nonfinite and not finite_record(out):
                 diverged = step
@@ -167,6 +183,8 @@ def train(model, batches, *, steps: int, optimizer, log_every: int = 1, loss=Non
         raise ValueError(f"batches ran out after {done} of steps={steps}")
     nnx.update(model, params, rest)
     meta = {"probed": layout.probed, "metrics": list(TRAIN_METRICS)}
+    if extras.active:
+        meta["noise_every"] = noise_every
     if diverged is not None:
         meta["diverged_at_step"] = diverged
     if stopped:

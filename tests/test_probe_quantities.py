@@ -73,3 +73,33 @@ def test_noise_refuses_what_it_cannot_define_in_one_line(batch, loss, message):
     with pytest.raises(ValueError, match=message) as e:
         gf.probe(_mlp(), (X[:batch], Y[:batch]), loss=loss, noise=True)
     assert "\n" not in str(e.value)
+
+
+def test_train_takes_noise_every_k_steps_and_matches_the_probe():
+    import optax
+    model, fresh = _mlp(), _mlp()
+    hist = gf.train(model, [(X, Y)] * 7, steps=7, optimizer=optax.sgd(0.1), log_every=3,
+                    noise_every=2)
+    assert list(hist.steps) == [0, 2, 3, 4, 6]
+    taken = np.isfinite(hist["norm_test"])
+    assert list(taken) == [True, True, False, True, True]
+    assert (hist["example_grad_hist"][~taken] == -1).all()
+    assert hist["example_grad_hist"].shape == (5, len(hist.layers), HIST_BINS)
+    snap = gf.probe(fresh, (X, Y), noise=True)  # step 0: the parameters before any update
+    for k in ("norm_test", "inner_test", "ortho_test", "mean_gsnr", "layer_norm_test"):
+        np.testing.assert_allclose(hist[k][0], snap[k], rtol=1e-5, err_msg=k)
+    np.testing.assert_array_equal(hist["example_grad_hist"][0], snap["example_grad_hist"])
+
+
+def test_a_history_grows_from_snapshots_with_histograms_and_saves_them(tmp_path):
+    model = _mlp()
+    hist = gf.History()
+    for step in (0, 5):
+        hist.append(step, gf.probe(model, (X, Y), noise=True, histograms=True))
+    assert hist["grad_hist"].shape == (2, len(hist.layers), HIST_BINS)
+    back = gf.History.load(hist.save(tmp_path / "h.npz"))
+    np.testing.assert_array_equal(back["example_grad_hist"], hist["example_grad_hist"])
+    with pytest.raises(ValueError, match="shape"):
+        hist.append(9, gf.Snapshot(hist.layers, {k: hist[k][0] for k in hist.metrics}
+                                   | {"grad_hist": np.zeros((len(hist.layers), 3))},
+                                   {k: hist[k][0] for k in hist.scalars}))
