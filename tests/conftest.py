@@ -7,6 +7,20 @@ import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+# On an accelerator (e.g. JAX_PLATFORMS=cuda) the suite checks the math, not the backend's
+# defaults: float32 matmuls and convolutions at full precision (on H100/H200 JAX's default is
+# TF32, about 1e-3 relative, which the float64 references at rtol 2e-4 would flag), and XLA's
+# deterministic GPU kernels (chosen without timing them; deterministic scatter), so that a rerun
+# or a resumed run is bit-identical there too (tests/_backend.py). Set in the environment before
+# JAX starts, so that the CLI runs and workers started as subprocesses get them as well.
+if os.environ["JAX_PLATFORMS"].split(",")[0].strip() != "cpu":
+    if "xla_gpu_deterministic_ops" not in os.environ["XLA_FLAGS"]:
+        os.environ["XLA_FLAGS"] += " --xla_gpu_deterministic_ops=true"
+    os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
+    import jax
+
+    jax.config.update("jax_default_matmul_precision",
+                      os.environ["JAX_DEFAULT_MATMUL_PRECISION"])  # if a plugin imported JAX
 
 # Files whose tests share a session fixture below run in one xdist worker (--dist loadfile
 # otherwise sends each file to any worker, and each worker would redo the shared run).

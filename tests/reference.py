@@ -3,7 +3,8 @@
 `reference_probe` uses none of gradflow's instrumentation: it patches `nnx.Linear`/`nnx.Conv`
 calls on an unrolled copy to add a full-size zero perturbation to each output, and takes
 `jax.grad` of the loss with respect to the parameters and those perturbations, the textbook way
-to get dL/dz.
+to get dL/dz. A model with scanned zoo stacks (stack="scan", or "auto" off CPU) is unrolled
+first (`unrolled_clone`): one module per block, holding that block's slice of the stacked arrays.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from gradflow.models import Stack
 
 
 @contextlib.contextmanager
@@ -36,7 +39,7 @@ def patched_layers(on_call):
 
 def reference_probe(model, x, y, loss_fn):
     """(kernel-gradient norms, ||dL/dz||) per Linear/Conv call in call order; BN in train mode."""
-    model = nnx.clone(model)
+    model = unrolled_clone(model)
     for _, m in nnx.iter_modules(model):
         if isinstance(m, nnx.BatchNorm):
             m.use_running_average = False
@@ -64,6 +67,21 @@ def reference_probe(model, x, y, loss_fn):
     grad_norms = np.array([float(jnp.linalg.norm(flat[p + ("kernel",)].ravel())) for p in paths])
     error_norms = np.array([float(jnp.linalg.norm(g.ravel())) for g in g_eps])
     return grad_norms, error_norms
+
+
+def unrolled_clone(model):
+    """A copy of `model` in which every scanned zoo Stack holds its blocks unrolled: block i is
+    a module of its own with slice i of the stacked arrays, so each layer call is direct (the
+    parameter paths become `<stack>/blocks/<i>/...`, as in an unrolled build)."""
+    model = nnx.clone(model)
+    for _, m in list(nnx.iter_modules(model)):
+        if isinstance(m, Stack) and m.scan:
+            graphdef, state = nnx.split(m.block)
+            m.blocks = nnx.List([nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], state))
+                                 for i in range(m.n)])
+            del m.block
+            m.scan = False
+    return model
 
 
 def unrolled_copy(model, make_unrolled):

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -98,8 +99,21 @@ def workers(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def references(workers):
-    """Each case on one device, computed here while the 4-device worker runs."""
-    return {case_name(c): run_case(c, devices=1) for c in CASES}
+    """Each case on one device, computed here while the 4-device worker runs. The workers run
+    on CPU; with the suite on an accelerator the references do too, in a one-device CPU process
+    of their own (the accelerator builds scanned stacks and rounds differently)."""
+    if jax.default_backend() == "cpu":
+        return {case_name(c): run_case(c, devices=1) for c in CASES}
+    out = workers.out / "single"
+    out.mkdir()
+    code = ("import sys; import numpy as np; sys.path.insert(0, sys.argv[2]); "
+            "from _distributed_worker import CASES, case_name, run_case; "
+            "[np.savez(f'{sys.argv[1]}/{case_name(c)}.npz', **run_case(c, devices=1)) "
+            "for c in CASES]")
+    proc = subprocess.run([sys.executable, "-c", code, str(out), str(WORKER.parent)],
+                          env=_env(1), capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {case_name(c): dict(np.load(out / f"{case_name(c)}.npz")) for c in CASES}
 
 
 @pytest.fixture(scope="module")

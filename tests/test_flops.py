@@ -3,6 +3,7 @@ parameter counts. Models are built abstractly (nnx.eval_shape: shapes only, no r
 compile), which costs needs no more than a real model."""
 import math
 
+import jax
 import jax.numpy as jnp
 import pytest
 from flax import nnx
@@ -93,12 +94,62 @@ def test_zoo_model_totals_and_repeated_calls():
         costs(lambda x: x, (4,))
 
 
-def test_scanned_stacks_are_refused_with_the_fix():
-    """A scanned stack traces its layers once for all iterations: no silent undercount."""
-    model = nnx.eval_shape(lambda: gf.models.mlp("plain", 6, width=8, in_features=12, num_classes=3,
-                                                 stack="scan", rngs=nnx.Rngs(0)))
+def test_scanned_stacks_count_every_block_and_other_scans_are_refused():
+    """A registered scanned stack counts each block like the unrolled layer (the zoo's Stack:
+    the same rows and totals as the unrolled model); a layer in an unregistered scan is traced
+    once for all its iterations, so it is refused rather than silently undercounted."""
+    def mlp(stack):
+        return abstract(lambda: gf.models.mlp("plain", 6, width=8, in_features=12, num_classes=3,
+                                              stack=stack, rngs=nnx.Rngs(0)))
+    scanned, unrolled = costs(mlp("scan"), (12,)), costs(mlp("unrolled"), (12,))
+    assert len(scanned.layers) == 6 and scanned.layers == unrolled.layers
+    assert scanned.layers[1].name == "stages/0/rest/blocks/0/layer"
+    assert (scanned.model_params, scanned.macs) == (unrolled.model_params, unrolled.macs)
+
+    class LaxScan(nnx.Module):
+        def __init__(self, rngs):
+            self.block = nnx.vmap(lambda k: nnx.Linear(4, 4, rngs=nnx.Rngs(k)))(
+                jax.random.split(rngs.params(), 3))
+
+        def __call__(self, x):
+            graphdef, state = nnx.split(self.block)
+            return jax.lax.scan(lambda h, s: (nnx.merge(graphdef, s)(h), None), x, state)[0]
+
     with pytest.raises(ValueError, match="unrolled"):
-        gf.flops.costs(model, (12,))
-    unrolled = nnx.eval_shape(lambda: gf.models.mlp("plain", 6, width=8, in_features=12, num_classes=3,
-                                                    stack="unrolled", rngs=nnx.Rngs(0)))
-    assert len(gf.flops.costs(unrolled, (12,)).layers) == 6
+        costs(abstract(lambda: LaxScan(nnx.Rngs(0))), (4,))
+
+
+class Block(nnx.Module):
+    def __init__(self, rngs):
+        self.fc = nnx.Linear(4, 4, rngs=rngs)
+
+    def __call__(self, x):
+        return nnx.relu(self.fc(x))
+
+
+@gf.instrument.register_scanned_stack(block=lambda m: m.block, length=lambda m: 3)
+class Repeat(nnx.Module):
+    """A user's scanned stack, registered without `names`: rows `<stack>/block/<i>/...`."""
+
+    def __init__(self, rngs):
+        self.block = nnx.vmap(lambda k: Block(nnx.Rngs(k)))(jax.random.split(rngs.params(), 3))
+
+    def __call__(self, x):
+        graphdef, state = nnx.split(self.block)
+        return jax.lax.scan(lambda h, s: (nnx.merge(graphdef, s)(h), None), x, state)[0]
+
+
+class RepeatNet(nnx.Module):
+    def __init__(self, rngs):
+        self.stack = Repeat(rngs)
+        self.out = nnx.Linear(4, 2, rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(self.stack(x))
+
+
+def test_a_users_registered_stack_is_counted_per_iteration_under_its_default_names():
+    c = costs(abstract(lambda: RepeatNet(nnx.Rngs(0))), (4,))
+    assert [r.name for r in c.layers] == ["stack/block/0/fc", "stack/block/1/fc",
+                                          "stack/block/2/fc", "out"]
+    assert c.macs == 3 * 16 + 8 and c.model_params == c.layer_params == 3 * 20 + 10

@@ -290,8 +290,11 @@ def test_train_stops_on_a_non_finite_gradient_even_when_the_loss_is_finite(tiny)
 
 @pytest.fixture(scope="module")
 def diverged():
+    # lr 1e8: the first update sends the gradients to infinity at step 1, the output layer
+    # first, from the scanned build's initial draw (stack "auto" off CPU) as from the unrolled
+    # one's; at lr 1e4 the scanned build's loss alone overflows, at step 5, with no layer to name
     cfg = experiment.Config(depth=4, width=4, archs=("residual",), steps=6, log_every=1,
-                            lr=1e4, optimizer="sgd")
+                            lr=1e8, optimizer="sgd")
     ds = data.synthetic(0, n_train=64, n_test=32)
     results = [experiment.train_arch(a, cfg, ds) for a in cfg.archs]
     return cfg, ds, results

@@ -22,6 +22,7 @@ from gradflow import History, data, cli
 from gradflow.experiments import side_by_side as experiment, verdict
 from gradflow.checkpoint import Checkpoint
 from gradflow.train import TrainState
+from _backend import rerun_is_bit_identical
 
 ROOT = Path(__file__).resolve().parents[1]
 # The same depth, width, archs, batch and optimizer as the subprocess runs below, so that the
@@ -249,6 +250,7 @@ def test_sigint_saves_everything_so_far_prints_where_and_exits_130(signalled):
     assert (run_dir / "checkpoints" / "plain").is_dir()
 
 
+@rerun_is_bit_identical  # the reference runs in this process, the interrupted run in another
 def test_a_real_sigint_then_resume_gives_the_uninterrupted_run(signalled, monkeypatch):
     cwd, code, *_, reference = signalled
     assert code == 130
@@ -257,6 +259,7 @@ def test_a_real_sigint_then_resume_gives_the_uninterrupted_run(signalled, monkey
     _same_as_reference(cwd / "int", reference)
 
 
+@rerun_is_bit_identical
 def test_after_kill_9_the_flushed_history_loads_and_holds_the_records_so_far(signalled):
     cwd, *_, code, reference = signalled
     assert code == -signal.SIGKILL

@@ -18,6 +18,7 @@ from gradflow import History, data, cli
 from gradflow.experiments import evaluation, side_by_side as experiment, verdict
 from gradflow.plot import comparison
 from gradflow.analysis import theory
+from _backend import rerun_is_bit_identical
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--depth", "4", "--width", "4", "--steps", "3", "--log-every", "1",
@@ -308,8 +309,10 @@ def test_run_figures_render_with_zeros_nan_and_a_diverged_arch():
     assert (lo, hi) == (pytest.approx(1e-9), pytest.approx(3.0))
 
 
+@rerun_is_bit_identical
 def test_same_command_same_seed_gives_bit_identical_histories(tiny_run, tmp_path):
-    """Determinism on CPU: a second process running the same settings and seed writes the same
+    """Determinism on CPU (and on a GPU with XLA's deterministic kernels, which the CLI turns
+    on): a second process running the same settings and seed writes the same
     histories bit for bit (on two of the archs: each arch is built and fed from the seed alone,
     whatever the other archs of the run)."""
     _, out = tiny_run

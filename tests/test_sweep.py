@@ -69,8 +69,12 @@ def test_sweep_json_matches_a_direct_probe_of_the_same_models(tiny_sweep):
     for c in s["cells"]:
         assert c["status"] == "ok"
         cell_cfg = dataclasses.replace(cfg, depth=c["depth"], seed=c["seed"])
-        # the run's own model (stack "auto" unrolls these CNNs on CPU), probed directly
-        model = experiment.build_model(c["arch"], cell_cfg, ds.image_shape, ds.num_classes)
+        # the same model, probed directly: the sweep's probes at init build it with
+        # probe_stack (unrolled at these depths, on every backend; "auto" would scan it off
+        # CPU, a different draw of the initial weights)
+        stack = sweep.probe_stack("cnn", c["depth"])
+        assert stack == "unrolled"
+        model = sweep.build(c["arch"], cell_cfg, ds.image_shape, ds.num_classes, stack=stack)
         snap = gf.probe(model, sweep.first_batch(ds, batch, c["seed"]))
         e = np.asarray(snap["error_norm"], dtype=np.float64)
         assert c["layers"] == len(e) == c["depth"]

@@ -14,6 +14,7 @@ from test_layer_kinds import LABELS, TOKENS, act_stats, norm, value
 from test_user_loop import _same
 
 import gradflow as gf
+from _backend import ON_CPU
 from gradflow.losses import cross_entropy
 
 D, L = 8, 3  # width, blocks
@@ -144,14 +145,26 @@ def _check(snap, ref, rtol=2e-5):
                                atol=1e-6)
 
 
+def _close(t1, t2) -> bool:
+    """Equal to float32 rounding, entries near zero relative to the largest gradient entry."""
+    a, b = jax.tree.leaves(t1), jax.tree.leaves(t2)
+    scale = max(float(jnp.max(jnp.abs(v))) for v in b)
+    return len(a) == len(b) and all(
+        bool(np.allclose(u, v, rtol=1e-5, atol=1e-6 * scale)) for u, v in zip(a, b))
+
+
 def _measured(model_fn, loss_fn, *args):
     """gf.value_and_grad's snapshot, after checking its loss and grads against
-    nnx.value_and_grad's (bit for bit) and that it does not warn."""
+    nnx.value_and_grad's (bit for bit on CPU; off CPU the two programs may fuse and round
+    differently: to float32 rounding) and that it does not warn."""
     l1, g1 = nnx.value_and_grad(loss_fn)(model_fn(), *args)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         l2, g2, snap = gf.value_and_grad(loss_fn)(model_fn(), *args)
-    assert bool(l1 == l2) and _same(g1, g2)
+    if ON_CPU:
+        assert bool(l1 == l2) and _same(g1, g2)
+    else:
+        assert np.isclose(float(l1), float(l2), rtol=1e-6) and _close(g1, g2)
     return snap
 
 

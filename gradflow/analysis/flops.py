@@ -9,6 +9,10 @@ of its kernel with its input: kernel.size x output positions, i.e.
 Bias additions, normalization, activations and pooling are not counted (they cost O(outputs), a
 few percent of a conv's O(k^2 C) per output). FLOPs, when quoted, are 2 x MACs.
 Parameters per layer are Keras' (kernel + bias); the model total counts every nnx.Param.
+
+A stack registered with `gf.instrument.register_scanned_stack` (the zoo's `Stack` with
+`scan=True`) counts one row per layer and iteration, named as the probe names them
+(`stages/0/rest/blocks/3/unit1/layer`): the same rows and totals as the unrolled model.
 """
 from __future__ import annotations
 
@@ -22,8 +26,19 @@ from flax import nnx
 
 from ..instrument.recorder import path_name
 from ..instrument.intercept import swap_call
+from ..instrument.registry import ScannedStack, kind_of
 
-_LOG: contextvars.ContextVar[list | None] = contextvars.ContextVar("gradflow_flops",
+
+class _Log:
+    """The calls seen while tracing: (name, kind, kernel, bias, input shape, output shape) each,
+    and the names of the hooked modules by id (a name is relative to the traced root)."""
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+        self.names: dict[int, str] = {}
+
+
+_LOG: contextvars.ContextVar[_Log | None] = contextvars.ContextVar("gradflow_flops",
                                                                   default=None)
 
 
@@ -133,7 +148,8 @@ def costs(model: nnx.Module, input_shape, *, dtype=jnp.float32) -> Costs:
 
     Raises:
       ValueError: if `model` is not a `flax.nnx.Module`, or calls layers inside a scan or vmap
-        (a scanned stack: build it unrolled).
+        that is not a registered scanned stack (build it unrolled, or register it with
+        `gf.instrument.register_scanned_stack`).
 
     Example:
       >>> model = nnx.eval_shape(lambda: gf.models.seed_resnet(rngs=nnx.Rngs(0)))
@@ -145,32 +161,28 @@ def costs(model: nnx.Module, input_shape, *, dtype=jnp.float32) -> Costs:
     if not isinstance(model, nnx.Module):
         raise ValueError(f"model must be a flax.nnx.Module, got {type(model).__name__}")
     graphdef, state = nnx.split(model)
-    calls: list = []
-    names: dict[int, str] = {}
+    log = _Log()
 
     def run(state, x):
         copy = nnx.merge(graphdef, state, copy=True)
-        for path, m in nnx.iter_modules(copy):
-            if isinstance(m, (nnx.Conv, nnx.Linear)):
-                names[id(m)] = path_name(path)
-                swap_call(m, "costed", _hook)
+        _install(copy, log)
         return copy(x)
 
-    token = _LOG.set(calls)
+    token = _LOG.set(log)
     try:
         jax.eval_shape(run, state, jax.ShapeDtypeStruct((1, *input_shape), dtype))
     finally:
         _LOG.reset(token)
-    seen: dict[str, int] = {}
-    layers = []
-    if any(c[0] not in names for c in calls):
+    if any(c[0] is None for c in log.calls):
         # a layer called inside a transform (lax.scan, nnx.scan, nnx.vmap) is a re-created copy,
         # traced once for all its iterations: it cannot be counted per call
-        raise ValueError("costs counts layers called directly; this model runs some inside a "
-                         "scan or vmap (build it unrolled, e.g. gf.models.mlp(..., "
-                         "stack='unrolled'))")
-    for module_id, kind, kernel, bias, x_shape, y_shape in calls:
-        name = names[module_id]
+        raise ValueError("costs counts layers called directly or in a registered scanned stack; "
+                         "this model runs some inside another scan or vmap (build it unrolled, "
+                         "e.g. gf.models.mlp(..., stack='unrolled'), or register the stack with "
+                         "gf.instrument.register_scanned_stack)")
+    seen: dict[str, int] = {}
+    layers = []
+    for name, kind, kernel, bias, x_shape, y_shape in log.calls:
         seen[name] = seen.get(name, 0) + 1
         if seen[name] > 1:
             name = f"{name}#{seen[name]}"
@@ -181,15 +193,64 @@ def costs(model: nnx.Module, input_shape, *, dtype=jnp.float32) -> Costs:
     return Costs(layers, int(total))
 
 
+def _install(root: nnx.Module, log: _Log) -> None:
+    """Hooks the conv / dense layers and the scanning registered stacks of `root` (a throwaway
+    copy), naming them by their path from `root`; what lies inside a scanning stack's block is
+    left to that stack's hook."""
+    modules = [(tuple(p), m) for p, m in nnx.iter_modules(root)]
+    stacks = [p for p, m in modules if isinstance(kind_of(m), ScannedStack)]
+    for path, m in modules:
+        if any(path[:len(s)] == s and path != s for s in stacks):
+            continue
+        if path in stacks:
+            log.names[id(m)] = path_name(path)
+            swap_call(m, "costed", _stack_hook)
+        elif isinstance(m, (nnx.Conv, nnx.Linear)):
+            log.names[id(m)] = path_name(path)
+            swap_call(m, "costed", _hook)
+
+
 def _hook(self, original, x, *args, **kwargs):
     y = original(self, x, *args, **kwargs)
     log = _LOG.get()
     if log is not None:
         kernel = tuple(self.kernel.get_value().shape)
         bias = self.bias.get_value().size if self.bias is not None else 0
-        log.append((id(self), _kind(self, kernel), kernel, int(bias), tuple(x.shape[1:]),
-                    tuple(y.shape[1:])))
+        log.calls.append((log.names.get(id(self)), _kind(self, kernel), kernel, int(bias),
+                          tuple(x.shape[1:]), tuple(y.shape[1:])))
     return y
+
+
+def _stack_hook(self, original, x, *args, **kwargs):
+    """A registered stack that scans: its block is traced once, on slice 0 of the stacked
+    arrays (every iteration has the same shapes), and its calls are counted once per iteration
+    under that iteration's name; the stack's own call gives the output."""
+    log = _LOG.get()
+    spec = kind_of(self)
+    if log is None or not isinstance(spec, ScannedStack):
+        return original(self, x, *args, **kwargs)
+    block, n = spec.block(self), spec.length(self)
+    graphdef, state = nnx.split(block)
+    one = nnx.merge(graphdef, jax.tree.map(lambda a: a[0], state))
+    inner = _Log()
+    _install(one, inner)
+    token = _LOG.set(inner)
+    try:
+        one(x, *args, **kwargs)
+    finally:
+        _LOG.reset(token)
+    stack = log.names.get(id(self))
+    if spec.names is None:  # the block's own path, then the iteration
+        block_path = next(tuple(p) for p, m in nnx.iter_modules(self) if m is block)
+        prefix = lambda i: (*block_path, i)
+    else:
+        prefix = lambda i: tuple(spec.names(i))
+    for i in range(n):
+        head = None if stack is None else "/".join(filter(None, [stack, path_name(prefix(i))]))
+        for name, *rest in inner.calls:
+            full = None if head is None or name is None else "/".join(filter(None, [head, name]))
+            log.calls.append((full, *rest))
+    return original(self, x, *args, **kwargs)
 
 
 def _kind(layer, kernel: tuple) -> str:

@@ -15,6 +15,7 @@ from matplotlib.patches import Patch
 
 from .. import models
 from ..analysis.summary import summary
+from ..models.networks import CPU_UNROLL_MAX_DEPTH
 from ..report.page import Page
 from ..report.text import text_table
 
@@ -23,6 +24,25 @@ STAGES = 3  # the zoo CNNs are shown as a pyramid of three stages (width, 2x, 4x
 IMAGE = (16, 16, 3)  # the built-in data's images
 SEED_IMAGE = (32, 32, 3)  # the seed's Keras model input
 BLOCK_KINDS = ("Unit", "ResidualBlock", "SeedBlock", "UserBlock")
+
+
+def cnn_stack(depth: int) -> str:
+    """How the summarized CNNs run their repeated blocks, the same on every backend: unrolled
+    (a row per block) up to `CPU_UNROLL_MAX_DEPTH`, as stack="auto" builds them on CPU, and
+    scanned above (a row per stage's stack, "×n scanned"). The MLP is scanned, as "auto" always
+    builds it.
+
+    Args:
+      depth: the CNNs' depth.
+
+    Returns:
+      "unrolled" or "scan".
+
+    Example:
+      >>> cnn_stack(14), cnn_stack(1000)
+      ('unrolled', 'scan')
+    """
+    return "unrolled" if depth <= CPU_UNROLL_MAX_DEPTH else "scan"
 
 
 class UserBlock(nnx.Module):
@@ -87,15 +107,18 @@ def _zoo(depth, width, archs, seed):
     out = [("seed_resnet", "seed_resnet(): the seed paper's Keras ResNet",
             lambda: models.seed_resnet(rngs=rngs()), SEED_IMAGE)]
     stages = {a: max(1, min(STAGES, models.hidden_blocks(a, depth))) for a in archs}
+    stack = cnn_stack(depth)
     for arch in archs:
-        out.append((f"cnn_{arch}", f"cnn({arch!r}, {depth}, width={width}, stages={stages[arch]})",
+        out.append((f"cnn_{arch}", f"cnn({arch!r}, {depth}, width={width}, stages={stages[arch]}, "
+                                   f"stack={stack!r})",
                     lambda a=arch: models.cnn(a, depth, width=width, stages=stages[a],
-                                              rngs=rngs()), IMAGE))
+                                              stack=stack, rngs=rngs()), IMAGE))
     sep = archs[-1]
     out.append((f"cnn_{sep}_separable",
-                f"cnn({sep!r}, {depth}, width={width}, stages={stages[sep]}, conv='separable')",
+                f"cnn({sep!r}, {depth}, width={width}, stages={stages[sep]}, conv='separable', "
+                f"stack={stack!r})",
                 lambda: models.cnn(sep, depth, width=width, stages=stages[sep], conv="separable",
-                                   rngs=rngs()), IMAGE))
+                                   stack=stack, rngs=rngs()), IMAGE))
     out.append((f"mlp_{sep}", f"mlp({sep!r}, {depth}, width={width * 8}) (scanned stack)",
                 lambda: models.mlp(sep, depth, width=width * 8, in_features=int(np.prod(IMAGE)),
                                    num_classes=10, rngs=rngs()), IMAGE))

@@ -103,9 +103,19 @@ def cost_table(archs, depth, width, image_shape, num_classes, seed):
 
 
 def _bias_layers(model):
+    """(row name, layer) of every biased conv and dense layer, named as `costs` names its rows:
+    a layer in a scanned Stack's block once per block (`<stack>/blocks/<i>/...`)."""
+    stacks = {tuple(p): m.n for p, m in nnx.iter_modules(model)
+              if isinstance(m, models.Stack) and m.scan}
     for path, m in nnx.iter_modules(model):
-        if isinstance(m, (nnx.Conv, nnx.Linear)) and m.bias is not None:
-            yield "/".join(map(str, path)), m
+        if not (isinstance(m, (nnx.Conv, nnx.Linear)) and m.bias is not None):
+            continue
+        path = tuple(path)
+        stack = next((s for s in stacks if path[:len(s) + 1] == (*s, "block")), None)
+        paths = [path] if stack is None else [
+            (*stack, "blocks", i, *path[len(stack) + 1:]) for i in range(stacks[stack])]
+        for p in paths:
+            yield "/".join(map(str, p)), m
 
 
 def timing(width: int, log) -> list[dict]:

@@ -6,8 +6,12 @@ when it is in inference mode and holds no trainable `nnx.Param`, which is what
 `freeze_batchnorm` leaves (`use_running_average=True`, scale and bias as `FrozenParam`)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from flax import nnx
+
+from ..instrument.registry import ScannedStack, kind_of
 
 
 class FrozenParam(nnx.Variable):
@@ -25,7 +29,8 @@ def freeze_batchnorm(model: nnx.Module) -> int:
       model: an NNX model.
 
     Returns:
-      The number of BatchNorm modules frozen.
+      The number of BatchNorm layers frozen: a BatchNorm in the block of a scanned stack (its
+      arrays stacked, one slice per block) counts once per block, as in the unrolled model.
 
     Example:
       >>> model = nnx.Sequential(nnx.Linear(4, 8, rngs=nnx.Rngs(0)),
@@ -45,7 +50,7 @@ def unfreeze_batchnorm(model: nnx.Module) -> int:
       model: an NNX model.
 
     Returns:
-      The number of BatchNorm modules unfrozen.
+      The number of BatchNorm layers unfrozen (counted as `freeze_batchnorm` counts them).
 
     Example:
       >>> bn = nnx.BatchNorm(8, rngs=nnx.Rngs(0))
@@ -82,9 +87,22 @@ def batchnorm_arrays(model: nnx.Module) -> dict:
     return out
 
 
+def _copies(model) -> dict[tuple, int]:
+    """{path of a scanning registered stack's block: how many blocks it stands for}."""
+    return {tuple(p) + _block_path(m, spec): spec.length(m)
+            for p, m in nnx.iter_modules(model)
+            if isinstance(spec := kind_of(m), ScannedStack)}
+
+
+def _block_path(stack, spec) -> tuple:
+    block = spec.block(stack)
+    return next(tuple(p) for p, m in nnx.iter_modules(stack) if m is block)
+
+
 def _set(model, *, frozen: bool) -> int:
+    copies = _copies(model)
     count = 0
-    for _, m in nnx.iter_modules(model):
+    for path, m in nnx.iter_modules(model):
         if not isinstance(m, nnx.BatchNorm):
             continue
         m.use_running_average = frozen
@@ -93,5 +111,6 @@ def _set(model, *, frozen: bool) -> int:
             v = getattr(m, name, None)
             if v is not None and not isinstance(v, new_type):
                 setattr(m, name, new_type(v.get_value()))
-        count += 1
+        # a stacked BatchNorm is one layer per block (of every scanned stack around it)
+        count += math.prod(n for block, n in copies.items() if tuple(path)[:len(block)] == block)
     return count
