@@ -16,7 +16,8 @@ imports only from its own layer or lower ones, and no modules import each other 
                              nothing of the zoo (modules plug in through its registration API)
     2  library               gradflow.grad (value_and_grad), history, losses, distributed, probe,
                              train, checkpoint;
-                             the zoo (gradflow.models, with freezing) and gradflow.data
+                             the zoo (gradflow.models, with freezing), gradflow.data, and
+                             gradflow.quantities (gradient noise, curvature, histograms)
     3  gradflow.analysis     diagnose, divergence, theory, summary, flops
     4  gradflow.plot         every figure (matplotlib)
     5  gradflow.report       HTML pages, run and sweep reports, text tables, progress display
@@ -51,7 +52,7 @@ _LAYERS = {
     "gradflow.instrument": 1,
     "gradflow.history": 2, "gradflow.snapshot": 2, "gradflow.losses": 2, "gradflow.distributed": 2,
     "gradflow.probe": 2, "gradflow.train": 2, "gradflow.checkpoint": 2, "gradflow.grad": 2,
-    "gradflow.models": 2, "gradflow.data": 2,
+    "gradflow.models": 2, "gradflow.data": 2, "gradflow.quantities": 2,
     "gradflow.analysis": 3,
     "gradflow.plot": 4,
     "gradflow.report": 5,

@@ -3,10 +3,12 @@ are not 0..K-1, npz layouts (channels first, greyscale, half a test split), file
 .npz at all, and values float32 cannot hold — through `gf.data.load`, and twice through the CLI."""
 from __future__ import annotations
 
+import os
 import pickle
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -175,7 +177,13 @@ def test_values_float32_cannot_hold_are_one_line_without_warnings(tmp_path):
     # a real process: what reaches its stderr is exactly one line, no RuntimeWarning before it
     proc = subprocess.run([sys.executable, "-m", "gradflow.run", "--dataset", "npz", "--data-dir",
                            "huge.npz", "--out", "o"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, env=_importable_env())
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "too large for float32" in proc.stderr and "Warning" not in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def _importable_env() -> dict:
+    """The environment with this checkout on PYTHONPATH (gradflow need not be installed)."""
+    root = str(Path(__file__).resolve().parent.parent)
+    return {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}

@@ -21,7 +21,8 @@ FILES = ("history.npz", "heatmap_error_norm.png", "profile_error_norm.png",
 def _run(script: str, out: Path) -> str:
     # The quick runs are mostly compilation: XLA's -O0 halves it and leaves the results finite.
     flags = os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags.strip()}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags.strip(),  # gradflow importable
+           "PYTHONPATH": str(EXAMPLES.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run([sys.executable, str(EXAMPLES / script), "--quick", "--out", str(out)],
                           env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]

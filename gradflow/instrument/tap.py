@@ -116,8 +116,9 @@ def activation_stats(a) -> jax.Array:
       A (3,) float32 array [mean, std, dead fraction].
 
     Example:
-      >>> gf.instrument.activation_stats(jnp.array([[0.0, 1.0], [0.0, 3.0]]))  # unit 0 is dead
-      Array([1.       , 1.2247449, 0.5      ], dtype=float32)
+      >>> stats = gf.instrument.activation_stats(jnp.array([[0.0, 1.0], [0.0, 3.0]]))
+      >>> [round(float(v), 4) for v in stats]  # std sqrt(1.5); unit 0 is dead
+      [1.0, 1.2247, 0.5]
     """
     a = a.astype(jnp.float32).reshape(-1, a.shape[-1])
     n = a.shape[0]
