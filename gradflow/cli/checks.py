@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import os
+import uuid
 import sys
 from pathlib import Path
 
@@ -191,8 +192,9 @@ def claim_dir(path: Path, *, resume: bool = False) -> Claim:
     """Makes this process the only owner of the run directory `path`, atomically.
 
     A new directory is created with `os.mkdir` (only one process can create it); then the
-    ownership file `.gradflow-owner` ("<pid> <host>") is created with O_CREAT | O_EXCL (only one
-    process can create it, also in an existing empty directory). The loser of either race gets a
+    ownership file `.gradflow-owner` ("<pid> <host>") is written to a private temporary file and
+    hard-linked into place (only one process can create the link, also in an existing empty
+    directory, and a loser always reads a complete owner). The loser of either race gets a
     one-line usage error naming the directory and its owner (exit 2). A resumed run claims its
     own directory; an ownership file left by a run that no longer exists (`kill -9`) is taken
     over, one left by a live process is refused.
@@ -228,7 +230,7 @@ def claim_dir(path: Path, *, resume: bool = False) -> Claim:
     me = f"{os.getpid()} {socket.gethostname()}"
     for attempt in range(2):
         try:
-            fd = os.open(path / OWNER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            _link_owner(path, me)
         except FileExistsError:
             owner = _owner(path)
             if resume and attempt == 0 and not _alive(owner):
@@ -243,14 +245,37 @@ def claim_dir(path: Path, *, resume: bool = False) -> Claim:
                         f"another run (pid and host: {owner}; {path / OWNER})")
         except OSError as e:
             sys.exit(write_error(WriteError(path, e)))
-        try:
-            os.write(fd, (me + "\n").encode())
-        finally:
-            os.close(fd)
         break
     claim = Claim(path, created)
-    if not resume and any(p.name != OWNER for p in path.iterdir()):
+    if not resume and any(p.name != OWNER and not _claiming(p.name) for p in path.iterdir()):
         claim.release()
         usage_error(f"argument --out: {path} is not empty (gradflow never overwrites a run)")
     return claim
 
+
+def _claiming(name: str) -> bool:
+    """Whether `name` is another claim's temporary owner file (`_link_owner`), there for an
+    instant."""
+    return name.startswith(OWNER + ".") and name.endswith(".tmp")
+
+
+def _link_owner(path: Path, me: str) -> None:
+    """Creates `path/OWNER` holding `me`, complete from its first moment.
+
+    Raises:
+      FileExistsError: if another run owns `path`.
+      OSError: if the directory cannot be written.
+    """
+    tmp = path / f"{OWNER}.{os.getpid()}.{uuid.uuid4().hex}.tmp"  # private to this call
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        try:
+            os.write(fd, (me + "\n").encode())
+        finally:
+            os.close(fd)
+        os.link(tmp, path / OWNER)
+    finally:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
