@@ -195,6 +195,23 @@ def divergence(s: Setup) -> str:
                 + ["gradient clipping"], "")
 
 
+def edge_of_stability(stable_lr: float) -> str:
+    """Advice for a sharpness at or past the edge of stability.
+
+    Args:
+      stable_lr: the learning rate that puts the measured sharpness at the edge.
+
+    Returns:
+      The suggestion.
+
+    Example:
+      >>> edge_of_stability(0.0213)
+      'lower the learning rate (below 0.021 the measured sharpness is under the edge) or use warm-up'
+    """
+    return (f"lower the learning rate (below {stable_lr:.2g} the measured sharpness is under the "
+            "edge) or use warm-up")
+
+
 def not_learning(others: bool) -> str:
     """Advice for a run whose accuracy stayed at chance (or whose loss did not fall).
 

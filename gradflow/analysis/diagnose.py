@@ -14,6 +14,11 @@ Thresholds (each a plain rule of thumb, stated so a reader can disagree):
 - CHANCE_MARGIN = 0.05: accuracy less than 5 points above chance (1 / classes) is "did not
   learn"; without the number of classes, a loss that fell by less than LOSS_FALL = 2% from the
   first record to the last WINDOW = 10% of the records is.
+- Edge of stability: gradient descent with learning rate lr is unstable along a direction whose
+  curvature exceeds 2 / lr ((2 + 2β) / lr with heavy-ball momentum β); training tends to rise to
+  that sharpness and hover there (Cohen et al. 2021). `hess_max_ev` at or above it, at the last
+  record that measured it, is "edge_of_stability". Adaptive optimizers (adam) are not judged:
+  their edge concerns the preconditioned Hessian, not the one measured.
 """
 from __future__ import annotations
 
@@ -34,7 +39,9 @@ CHANCE_MARGIN = 0.05
 LOSS_FALL = 0.02
 WINDOW = 0.1
 KINDS = ("vanishing", "exploding", "dead_units", "saturation", "unstable_updates", "divergence",
-         "not_learning", "degenerate_input", "healthy")
+         "not_learning", "degenerate_input", "healthy", "edge_of_stability")
+MOMENTUM = {"sgd": 0.0, "momentum": 0.9}  # heavy-ball β of the command line's optimizers
+ADAPTIVE = ("adam",)  # optimizers whose edge of stability the raw Hessian does not give
 INPUT_FIX = "check the data pipeline (loading, scaling, augmentation) before the network"
 
 
@@ -46,14 +53,16 @@ class Finding:
 
     Attributes:
       kind: one of `KINDS`: "vanishing", "exploding", "dead_units", "saturation",
-        "unstable_updates", "divergence", "not_learning", "degenerate_input" or "healthy".
+        "unstable_updates", "divergence", "not_learning", "degenerate_input", "healthy" or
+        "edge_of_stability".
       layers: the names of the layers concerned, in network order (may be empty).
       evidence: the measurement behind the finding, in words.
       suggestion: what to try.
       value: the number judged: the error ratio layer 1 / output layer (vanishing, exploding;
         the activation-std ratio when only the forward signal explodes), the worst dead
         fraction, the largest activation std (saturation), the worst update ratio, the step
-        of divergence, the accuracy (not_learning; without classes the final loss); else NaN.
+        of divergence, the accuracy (not_learning; without classes the final loss), the
+        largest Hessian eigenvalue over the edge of stability (edge_of_stability); else NaN.
       moment: the record judged (`moment`): "init", "step N", "end (step N)", or "" when
         unknown (a Snapshot without a step, the input).
 
@@ -101,9 +110,69 @@ def moment(step: int | None, *, last: bool = False) -> str:
     return f"end (step {step})" if last else f"step {step}"
 
 
+def stability_edge(lr: float, momentum: float = 0.0) -> float:
+    """The sharpness above which gradient descent is unstable: (2 + 2β) / lr, 2 / lr for β = 0.
+
+    Along a Hessian eigendirection with eigenvalue λ, a step of (heavy-ball) gradient descent
+    multiplies the distance to the minimum by a factor whose size exceeds 1 once λ > (2 + 2β) /
+    lr (Cohen et al. 2021, "Gradient descent on neural networks typically occurs at the edge of
+    stability", who also state the momentum case).
+
+    Args:
+      lr: the learning rate, > 0.
+      momentum: the heavy-ball momentum β, 0 <= β < 1.
+
+    Returns:
+      The edge, in units of the loss's curvature.
+
+    Example:
+      >>> stability_edge(0.05), round(stability_edge(0.01, 0.9), 6)
+      (40.0, 380.0)
+    """
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    if not 0 <= momentum < 1:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+    return (2 + 2 * momentum) / lr
+
+
+def edge_setting(meta: dict, lr: float | None = None,
+                 momentum: float | None = None) -> tuple[float, float] | None:
+    """The learning rate and momentum that place the edge of stability, or None if unknown.
+
+    Args:
+      meta: a Snapshot's or History's meta: "lr", and "momentum" or "optimizer" (the command
+        line's names: "sgd" β = 0, "momentum" β = 0.9; "adam" is not judged).
+      lr: the learning rate (None: `meta["lr"]`).
+      momentum: the heavy-ball momentum β (None: from meta; 0 when it says nothing).
+
+    Returns:
+      (lr, β); None without a learning rate, or for an adaptive optimizer unless `momentum`
+      is given.
+
+    Example:
+      >>> edge_setting({"lr": 0.01, "optimizer": "momentum"})
+      (0.01, 0.9)
+      >>> edge_setting({"optimizer": "sgd"}, lr=0.1)
+      (0.1, 0.0)
+      >>> edge_setting({"lr": 1e-3, "optimizer": "adam"}) is None
+      True
+    """
+    lr = meta.get("lr") if lr is None else lr
+    if lr is None:
+        return None
+    if momentum is None:
+        optimizer = meta.get("optimizer")
+        if optimizer in ADAPTIVE:
+            return None
+        momentum = meta.get("momentum", MOMENTUM.get(optimizer, 0.0))
+    return float(lr), float(momentum)
+
+
 def diagnose(records, *, activation: str | None = None, init: str | None = None,
              norm: bool | None = None, skip: bool | None = None, num_classes: int | None = None,
-             held_out_accuracy: float | None = None, inputs=None) -> list[Finding]:
+             held_out_accuracy: float | None = None, inputs=None, lr: float | None = None,
+             momentum: float | None = None) -> list[Finding]:
     """Judges the gradient flow of a Snapshot or History by the thresholds in this module.
 
     A History is judged at its last finite record (checked for divergence, and for learning).
@@ -124,10 +193,17 @@ def diagnose(records, *, activation: str | None = None, init: str | None = None,
         accuracy.
       inputs: examples the network is fed (an array, e.g. a batch); degenerate input
         (`inputs.degenerate_input`) is then the only finding, as it explains all others.
+      lr: the learning rate, for the edge of stability (`hess_max_ev`, `gf.train(...,
+        curvature_every=k)`); default `records.meta["lr"]`.
+      momentum: the heavy-ball momentum β of the optimizer; default from `records.meta`
+        (`edge_setting`), else 0 (plain SGD).
 
     Returns:
       A list of Findings, each with its moment: one per problem found ("divergence" alone when
-      no record is finite), or a single "healthy" one (never when the run did not learn).
+      no record is finite), or a single "healthy" one (never when the run did not learn); then
+      "edge_of_stability" when `hess_max_ev` at the last record that measured it is at or above
+      the edge (`stability_edge`), the learning rate known (it does not count against
+      "healthy", which is about the gradient flow).
 
     Example:
       >>> snap = gf.probe(gf.models.cnn("plain", 50, rngs=nnx.Rngs(0)), (x, y))  # doctest: +SKIP
@@ -166,7 +242,35 @@ def diagnose(records, *, activation: str | None = None, init: str | None = None,
                              "or saturated layers, moderate updates",
                              "nothing to fix in the gradient flow"))
     when = _moment_of(records, index)
-    return findings + [dataclasses.replace(f, moment=when) for f in found]
+    edge = edge_setting(records.meta, lr, momentum)
+    sharp = _edge_of_stability(records, index, *edge) if edge is not None else None
+    return findings + [dataclasses.replace(f, moment=when) for f in found] + (
+        [sharp] if sharp is not None else [])
+
+
+def _edge_of_stability(records, index: int, lr: float, momentum: float) -> Finding | None:
+    """"edge_of_stability" when the largest Hessian eigenvalue at the last record (up to
+    `index`) that measured it is at or above `stability_edge(lr, momentum)`."""
+    if "hess_max_ev" not in records:
+        return None
+    values = np.asarray(records["hess_max_ev"], dtype=np.float64)
+    if values.ndim == 0:  # a Snapshot
+        at, value = -1, float(values)
+    else:
+        measured = np.flatnonzero(np.isfinite(values[:index + 1]))
+        if not measured.size:
+            return None
+        at = int(measured[-1])
+        value = float(values[at])
+    edge = stability_edge(lr, momentum)
+    if not (math.isfinite(value) and value >= edge):
+        return None
+    what = "2/lr" if momentum == 0 else f"(2 + 2·{momentum:g})/lr"
+    return Finding("edge_of_stability", (), f"largest Hessian eigenvalue {value:.3g} ≥ {what} = "
+                   f"{edge:.3g} (lr {lr:g}): training sits at or past the edge of stability "
+                   "(Cohen et al. 2021), where the loss oscillates along the sharpest direction",
+                   advice.edge_of_stability((2 + 2 * momentum) / value), value / edge,
+                   _moment_of(records, at))
 
 
 def _row(records, index: int) -> dict:

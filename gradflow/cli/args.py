@@ -12,6 +12,9 @@ from ..models.options import ARCH_CHOICES, ARCHS, SEPARABLE, base_arch
 from .checks import Parser, archs_list, out_dir
 from .experiments import validate
 
+QUANTITIES_EVERY = 10  # --every's default
+QUANTITY_FLAGS = {"noise": "noise_every", "curvature": "curvature_every"}  # flag -> gf.train's
+
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
     """Shows defaults, except where there is none to show."""
@@ -136,6 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
       help="multi-process run: number of processes")
     a("--process-id", type=_int_at_least(0), default=None,
       help="multi-process run: this process's id, 0 .. --num-processes - 1")
+    a("--noise", action="store_true", help="also take the gradient noise quantities (mean "
+      "GSNR, norm, inner-product and orthogonality tests, whole network and per layer, and "
+      "per-layer histograms of per-example gradients) every --every steps; one device only")
+    a("--curvature", action="store_true", help="also take the curvature (largest Hessian "
+      "eigenvalue, compared with the edge of stability 2/lr, and the Hessian trace, whole "
+      "network and per layer) every --every steps; one device only")
+    a("--every", type=_int_at_least(1), default=None, metavar="K", help="the interval in "
+      f"steps of --noise and --curvature: steps 0, K, 2K, ... (default: {QUANTITIES_EVERY})")
     a("--quiet", action="store_true", help="no progress output on stderr")
     a("--resume", metavar="RUN_DIR", default=None, help="continue the interrupted run in RUN_DIR "
       "from its last checkpoint, with the options it was started with (other options must "
@@ -155,7 +166,9 @@ def parse(argv=None) -> argparse.Namespace:
     Returns:
       The options as a Namespace, `out` a Path. For a run or sweep, `--depth` gives `depth`,
       `depths` (sorted) and `sweep` (several depths), `lr` defaults per optimizer and
-      `devices` is a count. With `--experiment`, `options` holds the experiment's options;
+      `devices` is a count (1 with --noise or --curvature unless given), `train_options` the
+      keyword arguments of `gf.train` the quantity flags ask for (e.g. {"noise_every": 10}).
+      With `--experiment`, `options` holds the experiment's options;
       with `--resume`, `resume` is the run's RunRecord and the options are the run's own.
 
     Example:
@@ -205,9 +218,38 @@ def parse(argv=None) -> argparse.Namespace:
         p.error(f"argument --image-size: only used by --dataset folder, not {args.dataset}")
     args.archs = archs
     args.lr = DEFAULT_LR[args.optimizer] if args.lr is None else args.lr
+    args.train_options = _train_options(p, args)
     args.out = out_dir(p, args.out)
     args.devices = _devices(p, args)
     return args
+
+
+def _train_options(p, args) -> dict:
+    """The keyword arguments of `gf.train` the quantity flags ask for, e.g. {"noise_every": 10};
+    a flag this gf.train does not take, --every alone, a depth sweep or several devices is a
+    usage error. With a quantity flag and no --devices, the run uses one device."""
+    import inspect
+
+    from ..train import train
+
+    wanted = [flag for flag in QUANTITY_FLAGS if getattr(args, flag)]
+    if not wanted:
+        if args.every is not None:
+            p.error("argument --every: the interval of --noise and --curvature; give one of them")
+        return {}
+    if args.sweep:
+        p.error(f"argument --{wanted[0]}: for a run at one depth, not a depth sweep")
+    if args.devices is not None and args.devices > 1:
+        p.error(f"argument --{wanted[0]}: runs on one device; give --devices 1, not "
+                f"--devices {args.devices}")
+    args.devices = 1 if args.devices is None else args.devices
+    accepted = inspect.signature(train).parameters
+    every = QUANTITIES_EVERY if args.every is None else args.every
+    for flag in wanted:
+        if QUANTITY_FLAGS[flag] not in accepted:
+            p.error(f"argument --{flag}: this version of gf.train does not take "
+                    f"{QUANTITY_FLAGS[flag]}")
+    return {QUANTITY_FLAGS[flag]: every for flag in wanted}
 
 
 def _devices(p, args) -> int:

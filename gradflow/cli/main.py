@@ -99,7 +99,7 @@ def main(argv=None) -> int:
 
     cfg = experiment.Config(**{k: getattr(args, k) for k in (
         "depth", "width", "archs", "model", "steps", "batch_size", "lr", "optimizer", "init",
-        "activation", "dataset", "data_dir", "seed", "log_every", "devices")})
+        "activation", "dataset", "data_dir", "seed", "log_every", "devices", "train_options")})
     from .interrupt import catch_signals
 
     try:  # outside catch_signals: Ctrl-C interrupts the load itself

@@ -82,7 +82,8 @@ def subset(x, y, classes, *, relabel: bool = True, limit: int | None = None, see
 
 
 def fit(model, name: str, x, y, *, steps: int, batch_size: int, optimizer: str, lr: float,
-        log_every: int, seed: int, loss=None, progress=None) -> ArchResult:
+        log_every: int, seed: int, loss=None, progress=None,
+        train_options: dict | None = None) -> ArchResult:
     """Trains `model` in place on (x, y) with `gf.train` (batches drawn from `seed`).
 
     Args:
@@ -94,6 +95,7 @@ def fit(model, name: str, x, y, *, steps: int, batch_size: int, optimizer: str, 
       seed: the seed of the batch order.
       loss: `gf.train`'s loss (None: cross-entropy).
       progress: `gf.train`'s progress callback.
+      train_options: further keyword arguments of `gf.train`, e.g. {"noise_every": 10}.
 
     Returns:
       An ArchResult named `name` (not evaluated: the experiment evaluates as it needs). A
@@ -109,7 +111,7 @@ def fit(model, name: str, x, y, *, steps: int, batch_size: int, optimizer: str, 
     t0 = time.perf_counter()
     hist = train(model, data.batches(x, y, batch_size, seed), steps=steps,
                  optimizer=shared_optimizer(optimizer, lr), log_every=log_every, loss=loss,
-                 progress=progress)
+                 progress=progress, **(train_options or {}))
     hist, where = divergence.cut(hist)
     hist.meta.update(arch=name, steps=steps, batch_size=batch_size, optimizer=optimizer, lr=lr,
                      seed=seed)

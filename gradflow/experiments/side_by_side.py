@@ -52,6 +52,8 @@ class Config:
       dataset, data_dir: the data, as `gradflow.data.load` takes them.
       seed: the seed of the data, the initialization and the batch order.
       devices: data-parallel devices (None: every visible one), as in `gf.train`.
+      train_options: further keyword arguments of `gf.train` for every architecture, e.g.
+        {"noise_every": 10} (`python -m gradflow.run --noise`); recorded in summary.json.
       extra: free-form settings, left out of summary.json and sweep.json.
 
     Example:
@@ -74,6 +76,7 @@ class Config:
     seed: int = 0
     log_every: int = 5
     devices: int | None = None
+    train_options: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -254,7 +257,8 @@ def train_arch(arch: str, cfg: Config, ds, progress=None, *, saver=None,
                 devices=1 if mesh is None else mesh.size)
     hooks = saver.hooks(meta) if saver is not None else {}
     hist = train(model, batches, steps=cfg.steps, optimizer=make_optimizer(cfg.optimizer, cfg.lr),
-                 log_every=cfg.log_every, progress=progress, mesh=mesh, stop=stop, **hooks)
+                 log_every=cfg.log_every, progress=progress, mesh=mesh, stop=stop, **hooks,
+                 **cfg.train_options)
     res.train_s = time.perf_counter() - t0
     hist.meta.update(meta)
     if hist.meta.get("stopped_at_step") is not None:

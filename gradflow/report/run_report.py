@@ -10,10 +10,12 @@ import html
 
 from .._io import write_atomic, write_json
 from ..analysis.diagnose import INPUT_FIX, Finding
-from ..plot import comparison_grid, curves, heatmap, png_bytes, profiles
+from ..plot import comparison_grid, curves, grad_histograms, heatmap, png_bytes, profiles
+from ..plot import training_quantities
 from ..plot._style import label
+from ..plot.quantities import CURVATURE, HISTOGRAMS, NOISE, measured_records
 from .page import document, figure_html, table_html, write_text
-from .text import fmt, text_table
+from .text import fmt, quantity_sentences, text_table
 
 
 def write_run(out, histories: dict, summary: dict) -> list[str]:
@@ -27,7 +29,10 @@ def write_run(out, histories: dict, summary: dict) -> list[str]:
 
     Returns:
       The names written: `<arch>_history.npz`, `<arch>_heatmap.png`, the comparison grids,
-      profiles, curves, summary.json and report.html.
+      profiles, curves, summary.json and report.html; where the Histories hold gradient noise
+      or curvature (`--noise`, `--curvature`), also `quantities.png` and, per architecture
+      with a measured gradient histogram, `<arch>_grad_hist.png`, in the report's section
+      "Gradient noise and curvature".
 
     Example:
       >>> results = [side_by_side.train_arch(a, cfg, ds) for a in cfg.archs]  # doctest: +SKIP
@@ -46,11 +51,11 @@ def write_run(out, histories: dict, summary: dict) -> list[str]:
     steps = summary["config"]["steps"]
     num_classes = summary["data"]["num_classes"]
 
-    def save(name, fig, title, caption):
+    def save(name, fig, title, caption, to=figures):
         png = png_bytes(fig)
         write_atomic(out / name, png)
         written.append(name)
-        figures.append(figure_html(title, caption, png))
+        to.append(figure_html(title, caption, png))
 
     for arch, h in histories.items():
         written.append(h.save(out / f"{arch}_history.npz").name)
@@ -77,9 +82,46 @@ def write_run(out, histories: dict, summary: dict) -> list[str]:
         save(f"{arch}_heatmap.png", heatmap(h, "error_norm", title=title),
              f"{arch}: error-signal heatmap",
              "On its own colour scale (compare architectures on the grid above).")
+    section = _quantities(histories, summary, save)
     write_json(out / "summary.json", summary)
-    write_text(out / "report.html", html_report(summary, figures))
+    write_text(out / "report.html", html_report(summary, figures, section))
     return written + ["summary.json", "report.html"]
+
+
+def _quantities(histories: dict, summary: dict, save) -> str:
+    """The report's "Gradient noise and curvature" section (HTML, "" without such quantities):
+    one sentence per quantity, the figure over training and the gradient histograms, saved
+    with `save(name, fig, title, caption, to)`."""
+    e = html.escape
+    runs = {a: h for a, h in histories.items() if any(k in h for k in NOISE + CURVATURE)}
+    if not runs:
+        return ""
+    cfg = summary.get("config", {})
+    figures: list[str] = []
+    curvature = any("hess_max_ev" in h for h in runs.values())
+    save("quantities.png", training_quantities(runs, lr=cfg.get("lr")),
+         "Gradient noise and curvature over training",
+         "One panel per quantity, one line per architecture, at the steps that measured it "
+         "(other records hold NaN and are not drawn); the noise tests and the GSNR on log "
+         "scales." + (" The dashed line is the edge of stability, 2/lr for plain SGD, "
+                      "(2 + 2β)/lr with momentum β." if curvature else ""), figures)
+    for arch, h in runs.items():
+        metric = next((m for m in HISTOGRAMS if m in h), None)
+        if metric is None or not measured_records(h[metric]).size:
+            continue
+        save(f"{arch}_grad_hist.png", grad_histograms(h, metric),
+             f"{arch}: gradient histograms per layer",
+             "Left: how many gradient elements of each layer fall in each decade of magnitude, "
+             "at the last step that measured them (log colour scale; the dot marks the layer's "
+             "median). Right: each layer's median magnitude over the measured steps. Layers "
+             "run up from the input at the bottom.", figures)
+    items = "".join(f"<li><b>{e(name)}</b>: {e(text)}</li>" for name, text in quantity_sentences(
+        runs, batch_size=cfg.get("batch_size"), lr=cfg.get("lr")))
+    every = [f"{what} every {k} steps" for what, key in (("gradient noise", "noise_every"),
+                                                          ("curvature", "curvature_every"))
+             for k in sorted({h.meta[key] for h in runs.values() if h.meta.get(key)})]
+    taken = (f"<p>Measured at steps 0, k, 2k, …: {e('; '.join(every))}.</p>" if every else "")
+    return f"{taken}<ul>{items}</ul>{''.join(figures)}"
 
 
 _HEAD = ("arch", "params", "train loss", "train acc", "held-out acc", "error ratio at init",
@@ -128,12 +170,14 @@ def table(summary: dict) -> str:
                              "at init and at the end (≪ 1: vanishing, ≫ 1: exploding)")
 
 
-def html_report(summary: dict, figures: list[str]) -> str:
-    """The run's standalone report.html: settings, summary table, diagnosis and figures.
+def html_report(summary: dict, figures: list[str], quantities: str = "") -> str:
+    """The run's standalone report.html: settings, summary table, diagnosis, the section
+    "Gradient noise and curvature" (when there is one) and figures.
 
     Args:
       summary: summary.json's content, with its "run" entry (command, start, device, time).
       figures: HTML figure sections (`page.figure_html`), in page order.
+      quantities: the body of the gradient noise and curvature section ("": none).
 
     Returns:
       The page as a string.
@@ -147,6 +191,7 @@ def html_report(summary: dict, figures: list[str]) -> str:
     d = summary["definitions"]
     run = summary.get("run", {})
     title = f"depth {cfg['depth']} {cfg['model']}: {cfg['archs']}"
+    section = f"\n<h2>Gradient noise and curvature</h2>{quantities}" if quantities else ""
     return document(title, f"""<h1>Gradient flow through a depth-{cfg['depth']} \
 {e(cfg['model'].upper())}</h1>
 <p>Command: <code>{e(run.get('command', ''))}</code><br>Settings: {e(conf)}<br>
@@ -158,7 +203,7 @@ Started {e(run.get('started', ''))} on {e(run.get('device', ''))}; training and 
 millionth of the error signal the top layer gets (vanishing); far above 1 it grows toward the input
 (exploding). <b>Train loss/acc</b>: {e(d['final_train'])}. <b>Held-out acc</b>: {e(d['held_out'])}.
 </p>
-<h2>Diagnosis</h2>{diagnosis_html(summary)}
+<h2>Diagnosis</h2>{diagnosis_html(summary)}{section}
 <h2>Figures</h2>{figs}""")
 
 
