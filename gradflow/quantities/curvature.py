@@ -1,0 +1,489 @@
+"""Curvature of the loss from Hessian-vector products, for the whole network and per row.
+
+Every function takes the loss as a function of the parameters, `loss(params) -> scalar`, and
+the parameters as a pytree (an `nnx.State` from `gradflow.probe.split_model`, or any pytree of
+float arrays; per-row results need an `nnx.State`, whose paths `row_segments` names). Nothing
+leaves the device: all of it runs under `jax.jit`, iterations as `lax.while_loop`s, samples as
+chunked `vmap`s (or, with `unroll=True`, in straight-line code: XLA:CPU runs convolutions
+inside control flow several times slower, see `max_eigenvalue`).
+
+Hessian-vector products are reverse-over-reverse (the vector-Jacobian product of the
+gradient), see `hvp`. The loss is linearized once per call and every later product reuses that
+linearization: one product costs about one backward pass through the backward pass.
+
+Definitions follow Cockpit (Schneider, Dangel & Hennig, 2021): `max_eigenvalue` is HessMaxEV
+(power iteration), `trace` estimates HessTrace (Hutchinson, 1990; exact for tiny models).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.flatten_util import ravel_pytree
+
+from ..instrument.norms import flat_arrays
+from .rows import row_sum
+
+Loss = Callable  # params -> scalar
+
+
+class Eigen(NamedTuple):
+    """A power-iteration result.
+
+    Attributes:
+      value: the eigenvalue of largest magnitude, with its sign (float32; NaN, see
+        `max_eigenvalue`).
+      vector: its unit eigenvector, a pytree like the parameters; pass it back as `v0`.
+      iterations: Hessian-vector products used (int32).
+      converged: whether consecutive estimates agreed to `rtol` before `max_iter`.
+    """
+    value: jax.Array
+    vector: object
+    iterations: jax.Array
+    converged: jax.Array
+
+
+class Trace(NamedTuple):
+    """A Hessian-trace estimate.
+
+    Attributes:
+      value: tr(H) (float32; NaN, see `trace`).
+      stderr: its standard error (0 where exact).
+      rows: (n_rows,) traces of the rows' diagonal blocks, tr(H_rr); None without segments.
+      rows_stderr: (n_rows,) their standard errors; None without segments.
+    """
+    value: jax.Array
+    stderr: jax.Array
+    rows: jax.Array | None
+    rows_stderr: jax.Array | None
+
+
+def check_scalar(loss: Loss, params) -> None:
+    """Raises unless `loss(params)` is a real scalar (checked on shapes only, no computation).
+
+    Args:
+      loss: the loss function.
+      params: its argument.
+
+    Raises:
+      ValueError: if the loss is not a 0-d floating-point array.
+    """
+    out = jax.eval_shape(loss, params)
+    shape = getattr(out, "shape", None)
+    if shape != () or not jnp.issubdtype(out.dtype, jnp.floating):
+        what = f"shape {shape} {out.dtype}" if shape is not None else type(out).__name__
+        raise ValueError(f"curvature needs a scalar loss(params), got {what}; reduce it "
+                         f"(e.g. mean over the batch)")
+
+
+def vdot(a, b) -> jax.Array:
+    """⟨a, b⟩ over every leaf of two pytrees of the same structure, in float32.
+
+    Args:
+      a, b: pytrees of arrays.
+
+    Returns:
+      A float32 scalar.
+    """
+    return sum((jnp.vdot(x.astype(jnp.float32), y.astype(jnp.float32))
+                for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))), jnp.float32(0))
+
+
+def _scale(tree, s):
+    return jax.tree.map(lambda a: (a * s).astype(a.dtype), tree)
+
+
+def _like(v, params):
+    return jax.tree.map(lambda a, p: jnp.asarray(a, p.dtype), v, params)
+
+
+def hvp_fn(loss: Loss, params) -> Callable:
+    """The map v -> H v at `params`, linearized once.
+
+    Reverse-over-reverse: the vector-Jacobian product of `jax.grad(loss)` (H is symmetric, so
+    vᵀH = (Hv)ᵀ). The forward and backward passes run once, here; each call of the returned
+    function runs only the transposed (second) backward pass.
+
+    Args:
+      loss: params -> scalar.
+      params: the point.
+
+    Returns:
+      A function of a direction `v` (same pytree as `params`) returning H v (same pytree).
+
+    Raises:
+      ValueError: if the loss is not a scalar.
+    """
+    check_scalar(loss, params)
+    _, pullback = jax.vjp(jax.grad(loss), params)
+    return lambda v: pullback(_like(v, params))[0]
+
+
+def hvp(loss: Loss, params, v):
+    """Hessian-vector product H v of a scalar loss at `params`.
+
+    Reverse-over-reverse (`jax.vjp` of `jax.grad`), not forward-over-reverse (`jax.jvp` of
+    `jax.grad`, the usual recommendation): forward mode cannot differentiate a `jax.custom_vjp`
+    function in general. Forward-over-reverse passes one only in special cases (the forward
+    rule does not call the function itself, as in gradflow's own `gf.models.materialize`, used
+    by its residual models on CPU); the standard pattern, where the forward rule returns
+    `f(x), residuals`, fails with "can't apply forward-mode autodiff (jvp) to a custom_vjp
+    function". Reverse-over-reverse needs only that the backward rule is differentiable, so it
+    works on any model `jax.grad` works on whose custom backward rules are JAX code. It costs
+    about the same (a few times a gradient).
+
+    Args:
+      loss: params -> scalar, e.g.
+        `lambda p: gf.losses.cross_entropy(nnx.merge(graphdef, p, rest)(x), y)`.
+      params: the point, a pytree of float arrays.
+      v: the direction, the same pytree (cast to the parameters' dtypes).
+
+    Returns:
+      H v, the same pytree as `params`.
+
+    Raises:
+      ValueError: if the loss is not a scalar.
+
+    Example:
+      >>> hvp(lambda w: jnp.sum(w ** 3), jnp.array([1.0, 2.0]), jnp.array([1.0, 1.0]))
+      Array([ 6., 12.], dtype=float32)
+    """
+    return hvp_fn(loss, params)(v)
+
+
+def _normalize(v):
+    """v / ‖v‖ and ‖v‖; a zero (or non-finite) v gives zeros, not NaN."""
+    n = jnp.sqrt(vdot(v, v))
+    ok = (n > 0) & jnp.isfinite(n)
+    return _scale(v, jnp.where(ok, 1 / jnp.where(ok, n, 1), 0)), n, ok
+
+
+def _power(matvec, v0, rtol: float, max_iter: int, unroll: bool) -> Eigen:
+    """Power iteration on a symmetric operator: the eigenvalue of largest magnitude."""
+    v, _, _ = _normalize(v0)
+
+    def body(s):
+        i, v, prev, _, _ = s
+        w = matvec(v)
+        lam = vdot(v, w)  # the Rayleigh quotient vᵀHv of the unit vector v
+        w, _, ok = _normalize(w)  # ok: Hv is nonzero and finite
+        lam = jnp.where(ok, lam, jnp.nan)
+        conv = ok & (jnp.abs(lam - prev) <= rtol * jnp.abs(lam))
+        v = jax.tree.map(lambda a, b: jnp.where(ok, a, b), w, v)
+        return i + 1, v, lam, conv | ~ok, conv
+
+    s = (jnp.int32(0), v, jnp.float32(jnp.inf), jnp.bool_(False), jnp.bool_(False))
+    if unroll:  # every product computed, the state frozen once done: no control flow
+        for _ in range(max_iter):
+            s = jax.tree.map(lambda old, new, done=s[3]: jnp.where(done, old, new), s, body(s))
+    else:
+        s = lax.while_loop(lambda s: (s[0] < max_iter) & ~s[3], body, s)
+    i, v, lam, _, conv = s
+    return Eigen(lam, v, i, conv)
+
+
+def _batched(fn, xs, chunk: int, unroll: bool):
+    """`vmap(fn)(xs)`, `chunk` elements at a time: one `vmap` when they fit, else a `lax.map`
+    over chunks (or, with `unroll`, the chunks in straight-line code)."""
+    n = jax.tree.leaves(xs)[0].shape[0]
+    if n <= chunk:
+        return jax.vmap(fn)(xs)
+    if not unroll:
+        return lax.map(fn, xs, batch_size=chunk)
+    parts = [jax.vmap(fn)(jax.tree.map(lambda a, i=i: a[i:i + chunk], xs))
+             for i in range(0, n, chunk)]
+    return jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
+
+
+def _random(key, params, kind: str):
+    """A random pytree like `params`: one draw of the flat vector (one generator call)."""
+    flat, unravel = ravel_pytree(params)
+    draw = jax.random.rademacher if kind == "rademacher" else jax.random.normal
+    return unravel(draw(key, flat.shape, flat.dtype))
+
+
+def _key(key):
+    return jax.random.key(0) if key is None else key
+
+
+def _check_chunk(chunk):
+    if not (isinstance(chunk, int) and chunk >= 1):
+        raise ValueError(f"chunk must be an int >= 1, got {chunk!r}")
+
+
+def _check_power_args(rtol, max_iter):
+    if not (isinstance(max_iter, int) and max_iter >= 1):
+        raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
+    if not rtol >= 0:
+        raise ValueError(f"rtol must be >= 0, got {rtol!r}")
+
+
+def max_eigenvalue(loss: Loss, params, *, v0=None, rtol: float = 1e-3, max_iter: int = 100,
+                   key: jax.Array | None = None, unroll: bool = False) -> Eigen:
+    """The Hessian's eigenvalue of largest magnitude, by power iteration (Cockpit's HessMaxEV).
+
+    Power iteration finds the eigenvalue of largest |λ|, returned with its sign: the largest
+    eigenvalue when the most negative one is smaller in magnitude, as is usual in training;
+    a large negative value means strong negative curvature dominates. Each iteration is one
+    Hessian-vector product; the estimate is the Rayleigh quotient vᵀHv of the unit vector v,
+    as in Cockpit. The loop stops when consecutive estimates agree to `rtol`,
+    |λₖ − λₖ₋₁| ≤ rtol |λₖ|, or after `max_iter` products. `rtol` bounds the last change, not
+    the error: the error shrinks like (λ₂/λ₁)²ᵏ, so with a small gap between the two largest
+    magnitudes the estimate can still be a few times `rtol` below λ₁ (and when λ and −λ are
+    both eigenvalues of largest magnitude the iteration does not converge; `converged` says
+    so). Cockpit also stops at an absolute change of 1e-6; here only the relative test is used,
+    so small eigenvalues are resolved too.
+
+    Warm start: pass the previous measurement's `vector` as `v0`; while the top eigenvector
+    changes slowly, a few products suffice instead of tens.
+
+    NaN: when a Hessian-vector product is exactly zero (or not finite), the value is NaN,
+    `converged` is False and the loop stops. An exactly zero H v means the loss, as autodiff
+    sees it, has no curvature along v: the parameters reach it only through operations whose
+    derivative is zero (`jnp.round`, integer casts, `lax.stop_gradient`), or it is linear in
+    them. No eigenvector can be found from zero products, and 0 would be a number no training
+    curvature gives, so NaN says the quantity is undefined for this loss. A non-finite loss
+    (diverged training) gives NaN too.
+
+    Args:
+      loss: params -> scalar.
+      params: the point, a pytree of float arrays.
+      v0: the starting direction (same pytree; normalized here); default a standard normal
+        draw from `key`.
+      rtol: the relative tolerance between consecutive estimates (Cockpit's 1e-3).
+      max_iter: the most Hessian-vector products (Cockpit's 100).
+      key: the PRNG key for the random start; default `jax.random.key(0)`.
+      unroll: False: a `lax.while_loop` that stops at convergence. True: exactly `max_iter`
+        products in straight-line code, the result frozen once converged (the same value,
+        iterations and flag). For convolutional models on CPU with a small `max_iter` (a
+        warm start): XLA:CPU runs convolutions inside control flow several times slower
+        (JAX issue 12868); compile time grows with `max_iter`.
+
+    Returns:
+      An `Eigen`: (value, vector, iterations, converged).
+
+    Raises:
+      ValueError: if the loss is not a scalar, or `rtol` / `max_iter` are invalid.
+
+    Example:
+      >>> loss = lambda w: 0.5 * (3.0 * w[0] ** 2 - 1.0 * w[1] ** 2)
+      >>> ev = max_eigenvalue(loss, jnp.array([1.0, 1.0]), rtol=1e-6)
+      >>> round(float(ev.value), 4), bool(ev.converged)
+      (3.0, True)
+    """
+    _check_power_args(rtol, max_iter)
+    matvec = hvp_fn(loss, params)
+    v0 = _random(_key(key), params, "normal") if v0 is None else _like(v0, params)
+    return _power(matvec, v0, rtol, max_iter, unroll)
+
+
+def _leaf_paths(params) -> list[tuple]:
+    """The `flat_arrays` path of each leaf of `params`, in `jax.tree.leaves` order."""
+    def entry(k):
+        for attr in ("key", "idx", "name"):
+            if hasattr(k, attr):
+                return getattr(k, attr)
+        return k
+
+    known = set(flat_arrays(params))
+    out = []
+    for kp, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
+        path = tuple(entry(k) for k in kp)
+        if path not in known and path[:-1] in known:  # an nnx.Variable's `value`
+            path = path[:-1]
+        if path not in known:
+            raise ValueError(f"cannot match parameter leaf {path} to a row segment path")
+        out.append(path)
+    return out
+
+
+def _row_owner(params, segments):
+    """Per leaf, an int32 array of its shape: the block each element belongs to (-1: none).
+
+    Rows with identical segments (a layer called twice) share one block.
+
+    Returns:
+      (owner pytree, blocks: tuple of unique segments, row_block: np.ndarray row -> block).
+    """
+    blocks = tuple(dict.fromkeys(segments))
+    row_block = np.array([blocks.index(s) for s in segments], np.int32)
+    leaves, treedef = jax.tree.flatten(params)
+    owners = {path: np.full(np.shape(p), -1, np.int32)
+              for path, p in zip(_leaf_paths(params), leaves)}
+    for b, seg in enumerate(blocks):
+        for path, index in seg:
+            where = slice(None) if index is None else index
+            if np.any(owners[path][where] != -1):
+                raise ValueError(f"parameter {path} belongs to two different rows' blocks")
+            owners[path][where] = b
+    owner = [owners[path] for path in _leaf_paths(params)]
+    return jax.tree.unflatten(treedef, [jnp.asarray(o) for o in owner]), blocks, row_block
+
+
+def block_max_eigenvalues(loss: Loss, params, segments, *, v0=None, rtol: float = 1e-3,
+                          max_iter: int = 100, key: jax.Array | None = None,
+                          chunk: int = 8, unroll: bool = False) -> Eigen:
+    """Each row's largest-magnitude eigenvalue of its diagonal Hessian block H_rr.
+
+    H_rr is the Hessian restricted to row r's parameters (kernel and bias; see `row_segments`).
+    Power iteration as in `max_eigenvalue`, with directions supported on row r only:
+    v ← P_r H P_r v, P_r zeroing every other parameter. Opt-in and costly: every iteration is
+    one Hessian-vector product per row (n_rows products, vmapped over `chunk` rows at a
+    time), and the state holds n_rows parameter-sized vectors. NaN for a row whose block
+    products are zero (see `max_eigenvalue`), e.g. a row no gradient reaches.
+
+    Args:
+      loss: params -> scalar.
+      params: the point, an `nnx.State`.
+      segments: `row_segments(params, layout)`.
+      v0: the previous result's `vector` (a pytree of (n_rows, ...) leaves) to warm-start;
+        default a standard normal draw from `key`.
+      rtol: the relative tolerance between consecutive estimates.
+      max_iter: the most iterations per row.
+      key: the PRNG key for the random start; default `jax.random.key(0)`.
+      chunk: rows whose products are computed together (memory: `chunk` times the
+        products' working set).
+      unroll: as in `max_eigenvalue`; the row chunks too run in straight-line code.
+
+    Returns:
+      An `Eigen` with a leading row axis: values, iterations and converged (n_rows,);
+      vector, a pytree like `params` with (n_rows, ...) leaves, row r's supported on row r.
+
+    Raises:
+      ValueError: if the loss is not a scalar, or the arguments are invalid.
+    """
+    _check_power_args(rtol, max_iter)
+    _check_chunk(chunk)
+    matvec = hvp_fn(loss, params)
+    n_rows = len(segments)
+    if n_rows == 0:
+        empty = jax.tree.map(lambda p: jnp.zeros((0, *p.shape), p.dtype), params)
+        return Eigen(jnp.zeros((0,), jnp.float32), empty, jnp.zeros((0,), jnp.int32),
+                     jnp.zeros((0,), bool))
+    owner, _, row_block = _row_owner(params, segments)
+    if v0 is None:
+        keys = jax.random.split(_key(key), n_rows)
+        v0 = jax.vmap(lambda k: _random(k, params, "normal"))(keys)
+    else:
+        v0 = jax.tree.map(lambda a, p: jnp.asarray(a, p.dtype), v0, params)
+
+    def one(args):
+        block, start = args
+
+        def project(v):
+            return jax.tree.map(lambda a, o: jnp.where(o == block, a, 0).astype(a.dtype),
+                                v, owner)
+
+        return _power(lambda v: project(matvec(project(v))), project(start), rtol, max_iter,
+                      unroll)
+
+    return _batched(one, (jnp.asarray(row_block), v0), chunk, unroll)
+
+
+def trace(loss: Loss, params, *, samples: int = 32, key: jax.Array | None = None,
+          segments=None, exact_below: int = 64, chunk: int = 8, unroll: bool = False) -> Trace:
+    """tr(H), by Hutchinson's estimator with its standard error; exact for tiny models.
+
+    Hutchinson: tr(H) = E[vᵀHv] for v with independent Rademacher (±1) entries; the estimate is
+    the mean of `samples` draws and its standard error the draws' standard deviation over
+    √samples (the variance of one draw is 2 Σ_{i≠j} H_ij², so the error is small when H is
+    nearly diagonal). Per row, the same products give tr(H_rr) = E[v_rᵀ(Hv)_r], v_r being v
+    on row r's parameters, with standard errors likewise. Draws are vmapped `chunk` at a time,
+    so memory holds `chunk` products, whatever `samples` is.
+
+    Exact when the model has at most `exact_below` parameters: Σᵢ eᵢᵀHeᵢ over the basis
+    vectors, one product each (standard errors 0).
+
+    NaN (value, stderr and rows): when every product H v is exactly zero, as for a loss that
+    reaches the parameters only through zero-derivative operations (see `max_eigenvalue`);
+    autodiff then sees no curvature at all and 0 would hide that. A row whose own block is
+    zero while others are not gets its true trace, 0.
+
+    Args:
+      loss: params -> scalar.
+      params: the point, a pytree of float arrays (an `nnx.State` with `segments`).
+      samples: Rademacher draws (at least 2).
+      key: the PRNG key; default `jax.random.key(0)`.
+      segments: `row_segments(params, layout)` for per-row traces; None for the whole only.
+      exact_below: parameter count up to which the trace is computed exactly.
+      chunk: products computed together (one `vmap`); more samples than `chunk` run as a
+        `lax.map` over chunks.
+      unroll: run the chunks in straight-line code instead of a `lax.map` (on CPU,
+        convolutions inside control flow are slow; see `max_eigenvalue`).
+
+    Returns:
+      A `Trace`: (value, stderr, rows, rows_stderr).
+
+    Raises:
+      ValueError: if the loss is not a scalar, or `samples` / `chunk` are invalid.
+
+    Example:
+      >>> loss = lambda w: 0.5 * (3.0 * w[0] ** 2 - 1.0 * w[1] ** 2) + w[0] * w[1]
+      >>> t = trace(loss, jnp.array([1.0, 1.0]))
+      >>> float(t.value), float(t.stderr)
+      (2.0, 0.0)
+    """
+    _check_chunk(chunk)
+    matvec = hvp_fn(loss, params)
+    flat, unravel = ravel_pytree(params)
+    size = flat.size
+    exact = size <= exact_below
+    if not exact and not (isinstance(samples, int) and samples >= 2):
+        raise ValueError(f"samples must be an int >= 2, got {samples!r}")
+
+    def draw(v):
+        w = matvec(v)
+        rows = (row_sum(jnp.multiply, flat_arrays(v), segments, flat_arrays(w))
+                if segments else jnp.zeros((1,), jnp.float32))  # (a (0,) cannot be chunked)
+        return vdot(v, w), rows, vdot(w, w) > 0
+
+    if exact:
+        basis = lambda i: unravel(jax.nn.one_hot(i, size, dtype=flat.dtype))
+        s, rows, nonzero = _batched(lambda i: draw(basis(i)), jnp.arange(size), chunk, unroll)
+        value, stderr = jnp.sum(s), jnp.float32(0)
+        rows_value, rows_stderr = jnp.sum(rows, 0), jnp.zeros(rows.shape[1:], jnp.float32)
+    else:
+        keys = jax.random.split(_key(key), samples)
+        s, rows, nonzero = _batched(lambda k: draw(_random(k, params, "rademacher")), keys,
+                                    chunk, unroll)
+        root = math.sqrt(samples)
+        value, stderr = jnp.mean(s), jnp.std(s, ddof=1) / root
+        rows_value, rows_stderr = jnp.mean(rows, 0), jnp.std(rows, 0, ddof=1) / root
+    seen = jnp.any(nonzero)
+    nan = lambda a: jnp.where(seen, a, jnp.nan)
+    if segments is None:
+        return Trace(nan(value), nan(stderr), None, None)
+    if not segments:
+        rows_value = rows_stderr = jnp.zeros((0,), jnp.float32)
+    return Trace(nan(value), nan(stderr), nan(rows_value), nan(rows_stderr))
+
+
+def edge_of_stability(max_ev, lr):
+    """How far the sharpness is from the edge of stability: max_ev / (2 / lr).
+
+    Gradient descent with learning rate lr is unstable along a direction whose curvature
+    exceeds 2 / lr; full-batch training drifts up to that value and hovers there (Cohen et
+    al. 2021, "Gradient descent on neural networks typically occurs at the edge of
+    stability"). A ratio ≥ 1 means training is at or past the edge; NaN stays NaN.
+
+    Args:
+      max_ev: the Hessian's largest eigenvalue (`max_eigenvalue(...).value`), any shape.
+      lr: the learning rate, > 0 (a scalar or an array broadcasting with `max_ev`).
+
+    Returns:
+      max_ev * lr / 2, a float32 array.
+
+    Raises:
+      ValueError: if `lr` is a Python number that is not positive.
+
+    Example:
+      >>> float(edge_of_stability(40.0, 0.05))
+      1.0
+    """
+    if isinstance(lr, (int, float)) and not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    return jnp.asarray(max_ev, jnp.float32) * lr / 2
