@@ -50,8 +50,8 @@ def split_model(model, wrt=nnx.Param):
     return nnx.split(model, wrt, ...)
 
 
-def probe(model, batch, loss=None, *, noise=False, histograms=False, init=None,
-          noise_chunk=None, devices=None, mesh=None) -> Snapshot:
+def probe(model, batch, loss=None, *, noise=False, curvature=False, histograms=False,
+          init=None, noise_chunk=None, devices=None, mesh=None) -> Snapshot:
     """Measures every layer of `model` on one batch, without changing the model.
 
     BatchNorm uses batch statistics as in training; no parameter or running statistic of `model`
@@ -68,6 +68,11 @@ def probe(model, batch, loss=None, *, noise=False, histograms=False, init=None,
         `layer_norm_test`, `layer_inner_test`, `layer_ortho_test`, and `example_grad_hist`
         (n_layers, bins) counts of per-example gradient elements (docs/quantities.md). BatchNorm
         statistics are held fixed at the batch's for these (`gradflow.quantities.examples`).
+      curvature: also measure the loss's curvature from Hessian-vector products: scalars
+        `hess_max_ev` (the Hessian eigenvalue of largest magnitude; compare with 2/lr, the edge
+        of stability), `hess_max_ev_converged`, `hess_trace`, `hess_trace_se` (Hutchinson's
+        estimate and its standard error), per-row `layer_hess_trace`, `layer_hess_trace_se`
+        (docs/quantities.md).
       histograms: also count |gradient element| per row in fixed log-spaced bins: `grad_hist`,
         (n_layers, bins) (`gradflow.quantities.histograms`).
       init: the model (or its `nnx.Param` state) at initialization: adds `init_distance` and
@@ -112,9 +117,12 @@ def probe(model, batch, loss=None, *, noise=False, histograms=False, init=None,
     out = jax.device_get(step(params, rest, x, y))
     metrics = {k: out.pop(k) for k in LAYER_METRICS}
     scalars = {k: out.pop(k) for k in ("loss", "accuracy")} | out  # out: norm layers' grad norms
-    if noise or histograms or init is not None:
+    if noise or curvature or histograms or init is not None:
+        if mesh is not None:
+            raise ValueError("noise, curvature, histograms and init run on one device: pass "
+                             "devices=1")
         more, more_scalars = measure_extras(graphdef, params, rest, layout, loss_fn, x, y,
-                                            noise=noise, histograms=histograms, init=init,
-                                            chunk=noise_chunk)
+                                            noise=noise, curvature=curvature,
+                                            histograms=histograms, init=init, chunk=noise_chunk)
         metrics, scalars = metrics | more, scalars | more_scalars
     return Snapshot(layout.names, metrics, scalars, {"probed": layout.probed})

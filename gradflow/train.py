@@ -62,8 +62,8 @@ class TrainState(NamedTuple):
 
 def train(model, batches, *, steps: int, optimizer, log_every: int = 1, loss=None,
           progress=None, stop_on_nonfinite: bool = True, devices=None, mesh=None,
-          resume=None, on_record=None, stop=None, noise_every=None, noise_chunk=None
-          ) -> History:
+          resume=None, on_record=None, stop=None, noise_every=None, noise_chunk=None,
+          curvature_every=None) -> History:
     """Trains `model` in place and measures every layer at the steps `recorded_steps` gives.
 
     A record at step s describes the gradients at the parameters before update s. Unrecorded
@@ -100,6 +100,9 @@ def train(model, batches, *, steps: int, optimizer, log_every: int = 1, loss=Non
         device.
       noise_chunk: examples per chunk of per-example gradients (default: as many as fit
         256 MiB).
+      curvature_every: also take the curvature (as `gf.probe(..., curvature=True)`, warm-started:
+        `gradflow.quantities.training.Extras`) at steps 0, k, 2k, ...; NaN between. None: never.
+        Runs on one device.
 
     Returns:
       A History: (n_records, n_layers) arrays of `gf.instrument.TRAIN_METRICS` (the probe's
@@ -135,12 +138,13 @@ def train(model, batches, *, steps: int, optimizer, log_every: int = 1, loss=Non
     layout = layout_for(graphdef, params, rest, x, model)
     losses.check_labels(loss, first[1], layout.output)
     instrumented, bare = train_steps(graphdef, layout, loss_fn, acc_fn, optimizer)
-    if noise_every is not None:
-        check_positive_int("noise_every", noise_every)
-        if mesh is not None:
-            raise ValueError("noise_every runs on one device: pass devices=1")
+    for name, every in (("noise_every", noise_every), ("curvature_every", curvature_every)):
+        if every is not None:
+            check_positive_int(name, every)
+            if mesh is not None:
+                raise ValueError(f"{name} runs on one device: pass devices=1")
     extras = Extras(graphdef, params, layout, loss_fn, x.shape[0], noise_every=noise_every,
-                    chunk=noise_chunk)
+                    chunk=noise_chunk, curvature_every=curvature_every)
     opt_state = optimizer.init(params)
     begin, records, at = 0, [], []
     if resume is not None:
@@ -183,8 +187,10 @@ def train(model, batches, *, steps: int, optimizer, log_every: int = 1, loss=Non
         raise ValueError(f"batches ran out after {done} of steps={steps}")
     nnx.update(model, params, rest)
     meta = {"probed": layout.probed, "metrics": list(TRAIN_METRICS)}
-    if extras.active:
+    if noise_every is not None:
         meta["noise_every"] = noise_every
+    if curvature_every is not None:
+        meta["curvature_every"] = curvature_every
     if diverged is not None:
         meta["diverged_at_step"] = diverged
     if stopped:

@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 from jax.flatten_util import ravel_pytree
 
+from _backend import cpu_only
 import gradflow as gf
 from gradflow.instrument.norms import flat_arrays
 from gradflow.instrument.steps import layout_for
@@ -189,6 +190,7 @@ def test_everything_runs_under_jit(mlp, dense):
     assert blocks.shape == (3,) and float(eos) == pytest.approx(float(ev) * 0.05)
 
 
+@cpu_only  # the residual barrier, with its custom_vjp, exists on CPU only
 def test_hvp_passes_the_custom_vjp_of_gradflows_residual_cnn():
     model = gf.models.cnn("residual", 4, width=4, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))

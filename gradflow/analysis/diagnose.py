@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..quantities.curvature import stability_edge  # noqa: F401 (re-exported)
 from . import advice, divergence
 from .inputs import degenerate_input
 
@@ -108,32 +109,6 @@ def moment(step: int | None, *, last: bool = False) -> str:
     if step == 0:
         return "init"
     return f"end (step {step})" if last else f"step {step}"
-
-
-def stability_edge(lr: float, momentum: float = 0.0) -> float:
-    """The sharpness above which gradient descent is unstable: (2 + 2β) / lr, 2 / lr for β = 0.
-
-    Along a Hessian eigendirection with eigenvalue λ, a step of (heavy-ball) gradient descent
-    multiplies the distance to the minimum by a factor whose size exceeds 1 once λ > (2 + 2β) /
-    lr (Cohen et al. 2021, "Gradient descent on neural networks typically occurs at the edge of
-    stability", who also state the momentum case).
-
-    Args:
-      lr: the learning rate, > 0.
-      momentum: the heavy-ball momentum β, 0 <= β < 1.
-
-    Returns:
-      The edge, in units of the loss's curvature.
-
-    Example:
-      >>> stability_edge(0.05), round(stability_edge(0.01, 0.9), 6)
-      (40.0, 380.0)
-    """
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
-    if not 0 <= momentum < 1:
-        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
-    return (2 + 2 * momentum) / lr
 
 
 def edge_setting(meta: dict, lr: float | None = None,

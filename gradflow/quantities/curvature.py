@@ -462,28 +462,53 @@ def trace(loss: Loss, params, *, samples: int = 32, key: jax.Array | None = None
     return Trace(nan(value), nan(stderr), nan(rows_value), nan(rows_stderr))
 
 
-def edge_of_stability(max_ev, lr):
-    """How far the sharpness is from the edge of stability: max_ev / (2 / lr).
+def stability_edge(lr: float, momentum: float = 0.0) -> float:
+    """The sharpness above which gradient descent is unstable: (2 + 2β) / lr, 2 / lr for β = 0.
+
+    Along a Hessian eigendirection with eigenvalue λ, a step of (heavy-ball) gradient descent
+    multiplies the distance to the minimum by a factor whose size exceeds 1 once λ > (2 + 2β) /
+    lr (Cohen et al. 2021, "Gradient descent on neural networks typically occurs at the edge of
+    stability", who also state the momentum case).
+
+    Args:
+      lr: the learning rate, > 0.
+      momentum: the heavy-ball momentum β, 0 <= β < 1.
+
+    Returns:
+      The edge, in units of the loss's curvature.
+
+    Example:
+      >>> stability_edge(0.05), round(stability_edge(0.01, 0.9), 6)
+      (40.0, 380.0)
+    """
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    if not 0 <= momentum < 1:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+    return (2 + 2 * momentum) / lr
+
+
+def edge_of_stability(max_ev, lr, momentum: float = 0.0):
+    """How far the sharpness is from the edge of stability: max_ev / stability_edge(lr, β).
 
     Gradient descent with learning rate lr is unstable along a direction whose curvature
-    exceeds 2 / lr; full-batch training drifts up to that value and hovers there (Cohen et
-    al. 2021, "Gradient descent on neural networks typically occurs at the edge of
-    stability"). A ratio ≥ 1 means training is at or past the edge; NaN stays NaN.
+    exceeds 2 / lr ((2 + 2β) / lr with heavy-ball momentum β); full-batch training drifts up to
+    that value and hovers there (Cohen et al. 2021). A ratio ≥ 1 means training is at or past
+    the edge; NaN stays NaN.
 
     Args:
       max_ev: the Hessian's largest eigenvalue (`max_eigenvalue(...).value`), any shape.
-      lr: the learning rate, > 0 (a scalar or an array broadcasting with `max_ev`).
+      lr: the learning rate, > 0.
+      momentum: the heavy-ball momentum β, 0 <= β < 1.
 
     Returns:
-      max_ev * lr / 2, a float32 array.
+      max_ev / stability_edge(lr, momentum), a float32 array.
 
     Raises:
-      ValueError: if `lr` is a Python number that is not positive.
+      ValueError: if `lr` is not positive or `momentum` is outside [0, 1).
 
     Example:
-      >>> float(edge_of_stability(40.0, 0.05))
-      1.0
+      >>> float(edge_of_stability(40.0, 0.05)), float(edge_of_stability(380.0, 0.01, 0.9))
+      (1.0, 1.0)
     """
-    if isinstance(lr, (int, float)) and not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
-    return jnp.asarray(max_ev, jnp.float32) * lr / 2
+    return jnp.asarray(max_ev, jnp.float32) / stability_edge(lr, momentum)

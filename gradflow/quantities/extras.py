@@ -13,11 +13,12 @@ from ..instrument.probes import use_batch_statistics
 from .histograms import log_bin_counts, HIST_BINS
 from .noise import NOISE_METRICS, NOISE_SCALARS, chunk_size, whole_segments
 from .rows import row_segments, row_sum
-from .steps import noise_step
+from .steps import CURVATURE_METRICS, CURVATURE_SCALARS, curvature_step, noise_step
 
 
 def measure_extras(graphdef, params, rest, layout, loss_fn, x, y, *, noise=False,
-                   histograms=False, init=None, chunk=None) -> tuple[dict, dict]:
+                   curvature=False, histograms=False, init=None, chunk=None
+                   ) -> tuple[dict, dict]:
     """Per-row metrics and scalars of the requested quantities on one batch (eager).
 
     Args:
@@ -27,6 +28,10 @@ def measure_extras(graphdef, params, rest, layout, loss_fn, x, y, *, noise=False
       x, y: the batch.
       noise: add `mean_gsnr`, `norm_test`, `inner_test`, `ortho_test` (scalars), their
         `layer_<name>` rows and `example_grad_hist` (`noise.noise`).
+      curvature: add `hess_max_ev` (power iteration to rtol 1e-3, at most 100 products; 20,
+        unrolled, on CPU), `hess_max_ev_converged`, `hess_trace` and `hess_trace_se`
+        (Hutchinson, 8 samples; exact up to 64 parameters) and per-row `layer_hess_trace`,
+        `layer_hess_trace_se` (`curvature_step`).
       histograms: add `grad_hist`, the (n_rows, HIST_BINS) counts of |gradient element|.
       init: parameters at initialization (an `nnx.State` like `params`, or a model of the same
         structure): add `init_distance` (scalar) and `layer_init_distance`, ‖θ − θ₀‖ / ‖θ₀‖.
@@ -55,6 +60,14 @@ def measure_extras(graphdef, params, rest, layout, loss_fn, x, y, *, noise=False
                              "the mean of the per-example losses")
         scalars |= {k: out[k] for k in NOISE_SCALARS}
         metrics |= {k: out[k] for k in NOISE_METRICS + ("example_grad_hist",)}
+    if curvature:
+        cpu = jax.default_backend() == "cpu"
+        step = curvature_step(graphdef, segments, loss_fn, samples=8, unroll=cpu,
+                              max_iter=20 if cpu else 100)
+        out, _ = jax.device_get(step(params, rest, x, y, start_vector(params),
+                                     jax.random.key(0)))
+        scalars |= {k: out[k] for k in CURVATURE_SCALARS}
+        metrics |= {k: out[k] for k in CURVATURE_METRICS}
     if histograms:
         metrics["grad_hist"] = jax.device_get(
             _hist_step(graphdef, segments, loss_fn)(params, rest, x, y))
@@ -97,3 +110,20 @@ def _distance(params, init_params, segments):
     whole = (jnp.sqrt(jnp.sum(row_sum(jnp.square, diff, every)))
              / jnp.sqrt(jnp.sum(row_sum(jnp.square, then, every))))
     return jnp.sqrt(moved) / jnp.sqrt(size), whole
+
+
+def start_vector(params, seed: int = 0):
+    """A random unit direction like `params`, the power iteration's first vector.
+
+    Args:
+      params: the parameters (a pytree of float arrays).
+      seed: the random seed.
+
+    Returns:
+      A pytree like `params`, float32, of unit norm over all leaves.
+    """
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed), max(len(leaves), 1))
+    v = [jax.random.normal(k, jnp.shape(a), jnp.float32) for k, a in zip(keys, leaves)]
+    norm = jnp.sqrt(sum(jnp.sum(a * a) for a in v))
+    return jax.tree.unflatten(treedef, [a / norm for a in v])

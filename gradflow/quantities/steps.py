@@ -3,7 +3,11 @@ model structure."""
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
+from flax import nnx
 
+from ..instrument.probes import use_batch_statistics
+from . import curvature
 from .examples import (batch_value_and_grad, example_value_and_grads, fixed_statistics,
                        mean_reduced)
 from .noise import noise
@@ -38,3 +42,53 @@ def noise_step(graphdef, segments, loss_fn, chunk: int):
             _NOISE_STEPS.clear()
         _NOISE_STEPS[key] = step
     return _NOISE_STEPS[key]
+
+
+_CURVATURE_STEPS: dict = {}
+CURVATURE_SCALARS = ("hess_max_ev", "hess_max_ev_converged", "hess_trace", "hess_trace_se")
+CURVATURE_METRICS = ("layer_hess_trace", "layer_hess_trace_se")
+
+
+def curvature_step(graphdef, segments, loss_fn, *, samples: int, max_iter: int, unroll: bool,
+                   rtol: float = 1e-3):
+    """A jitted `step(params, rest, x, y, v0, key) -> (dict, eigenvector)`: the largest-magnitude
+    Hessian eigenvalue (power iteration from `v0`), the Hutchinson trace with its standard
+    error, and each row's block trace, of the training loss (BatchNorm on batch statistics,
+    as `gf.probe` measures).
+
+    Args:
+      graphdef: the model's structure.
+      segments: `rows.row_segments`.
+      loss_fn: `(outputs, labels) -> scalar`.
+      samples: Hutchinson samples.
+      max_iter: power iterations at most (with `unroll`, exactly).
+      unroll: straight-line iterations (faster on CPU, see `curvature.max_eigenvalue`).
+      rtol: the power iteration's relative tolerance.
+
+    Returns:
+      The compiled step (cached). Its dict holds `CURVATURE_SCALARS` (0-d) and
+      `CURVATURE_METRICS` ((n_rows,)).
+    """
+    key_ = (graphdef, segments, loss_fn, samples, max_iter, unroll, rtol)
+    if key_ not in _CURVATURE_STEPS:
+        @jax.jit
+        def step(params, rest, x, y, v0, key):
+            def loss(p):
+                model = nnx.merge(graphdef, p, rest, copy=True)  # fresh Variables in this trace
+                use_batch_statistics(model)
+                return loss_fn(model(x), y)
+
+            k1, k2 = jax.random.split(key)
+            eig = curvature.max_eigenvalue(loss, params, v0=v0, rtol=rtol, max_iter=max_iter,
+                                           key=k1, unroll=unroll)
+            tr = curvature.trace(loss, params, samples=samples, key=k2, segments=segments,
+                                 chunk=1 if unroll else 8, unroll=unroll)
+            out = {"hess_max_ev": eig.value,
+                   "hess_max_ev_converged": eig.converged.astype(jnp.float32),
+                   "hess_trace": tr.value, "hess_trace_se": tr.stderr,
+                   "layer_hess_trace": tr.rows, "layer_hess_trace_se": tr.rows_stderr}
+            return out, eig.vector
+        if len(_CURVATURE_STEPS) >= 64:
+            _CURVATURE_STEPS.clear()
+        _CURVATURE_STEPS[key_] = step
+    return _CURVATURE_STEPS[key_]

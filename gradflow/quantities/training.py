@@ -2,17 +2,24 @@
 they add (NaN, or -1 for histogram counts, in records where they were not taken)."""
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from ..instrument.norms import flat_arrays
 from .histograms import HIST_BINS
 from .noise import NOISE_METRICS, NOISE_SCALARS, chunk_size
 from .rows import row_segments
-from .steps import noise_step
+from .extras import start_vector
+from .steps import CURVATURE_METRICS, CURVATURE_SCALARS, curvature_step, noise_step
+
+CURVATURE_FIRST = 20  # power iterations of the first measurement (from a random vector)
+CURVATURE_ITERATIONS = 4  # of each later one, warm-started from the previous eigenvector
+CURVATURE_SAMPLES = 2  # Hutchinson samples per measurement
 
 
 class Extras:
-    """Noise quantities every `noise_every` steps of a training run.
+    """Noise quantities every `noise_every` steps and curvature every `curvature_every` steps
+    of a training run.
 
     Args:
       graphdef, params: the model's structure and parameters.
@@ -21,15 +28,26 @@ class Extras:
       batch: the batch size.
       noise_every: take the noise quantities at steps 0, k, 2k, ... (None: never).
       chunk: examples per chunk of per-example gradients (None: as many as fit 256 MiB).
+      curvature_every: take the curvature at steps 0, k, 2k, ... (None: never): the power
+        iteration starts from the previous measurement's eigenvector and runs
+        `CURVATURE_ITERATIONS` products (the first measurement `CURVATURE_FIRST`); the trace
+        takes `CURVATURE_SAMPLES` Hutchinson samples.
 
     Raises:
       ValueError: for noise on batches of one example.
     """
 
     def __init__(self, graphdef, params, layout, loss_fn, batch: int, *, noise_every=None,
-                 chunk=None):
-        self.noise_every = noise_every
+                 chunk=None, curvature_every=None):
+        self.noise_every, self.curvature_every = noise_every, curvature_every
         self.n_rows = len(layout.rows)
+        if curvature_every is not None:
+            cpu = jax.default_backend() == "cpu"
+            segments = row_segments(params, layout)
+            self._curvature = [curvature_step(graphdef, segments, loss_fn, unroll=cpu,
+                                              samples=CURVATURE_SAMPLES, max_iter=n)
+                               for n in (CURVATURE_FIRST, CURVATURE_ITERATIONS)]
+            self._vector, self._measured = start_vector(params), 0
         if noise_every is None:
             return
         if batch < 2:
@@ -42,11 +60,12 @@ class Extras:
     @property
     def active(self) -> bool:
         """Whether any quantity is taken."""
-        return self.noise_every is not None
+        return self.noise_every is not None or self.curvature_every is not None
 
     def due(self, step: int) -> bool:
         """Whether `step` takes any quantity (such steps are always records)."""
-        return self.noise_every is not None and step % self.noise_every == 0
+        return any(k is not None and step % k == 0
+                   for k in (self.noise_every, self.curvature_every))
 
     def measure(self, step: int, params, rest, x, y) -> dict:
         """The record fields of `step` (device arrays; nothing waits on the device).
@@ -60,16 +79,27 @@ class Extras:
           {name: array}: `NOISE_SCALARS` (0-d), `NOISE_METRICS` ((n_rows,)), "example_grad_hist"
           ((n_rows, HIST_BINS)), "noise_mean_reduced" (0-d, 1.0 or 0.0; NaN where not taken).
         """
-        if not self.active:
-            return {}
-        if not self.due(step):
-            return self.blank()
-        out = dict(self._noise(params, rest, x, y))
-        out["noise_mean_reduced"] = out.pop("mean_reduced").astype(jnp.float32)
+        out = {}
+        if self.noise_every is not None:
+            if step % self.noise_every == 0:
+                out |= self._noise(params, rest, x, y)
+                out["noise_mean_reduced"] = out.pop("mean_reduced").astype(jnp.float32)
+            else:
+                out |= self._blank_noise()
+        if self.curvature_every is not None:
+            if step % self.curvature_every == 0:
+                step_fn = self._curvature[min(self._measured, 1)]
+                taken, self._vector = step_fn(params, rest, x, y, self._vector,
+                                              jax.random.fold_in(jax.random.key(0), step))
+                self._measured += 1
+                out |= taken
+            else:
+                nan = jnp.float32(jnp.nan)
+                out |= {k: nan for k in CURVATURE_SCALARS} | {
+                    k: jnp.full(self.n_rows, nan) for k in CURVATURE_METRICS}
         return out
 
-    def blank(self) -> dict:
-        """The fields of a record where nothing was taken."""
+    def _blank_noise(self) -> dict:
         nan = jnp.float32(jnp.nan)
         out = {k: nan for k in NOISE_SCALARS} | {k: jnp.full(self.n_rows, nan)
                                                   for k in NOISE_METRICS}
