@@ -272,17 +272,17 @@ def test_edge_of_stability_is_sharpness_over_two_over_lr():
 
 
 def test_unrolled_loops_give_the_while_loops_results(mlp):
-    for kw in (dict(rtol=1e-2, max_iter=12), dict(rtol=0.0, max_iter=4)):
+    for kw in (dict(rtol=1e-2, max_iter=6), dict(rtol=0.0, max_iter=3)):
         loop = mlp.run(cv.max_eigenvalue, **kw)
         flat = mlp.run(cv.max_eigenvalue, unroll=True, **kw)
         assert int(flat.iterations) == int(loop.iterations)
         assert bool(flat.converged) == bool(loop.converged)
         assert float(flat.value) == pytest.approx(float(loop.value), rel=1e-5)
-    kw = dict(samples=20, chunk=8, exact_below=0, segments=mlp.segments)
+    kw = dict(samples=6, chunk=3, exact_below=0, segments=mlp.segments)
     loop, flat = mlp.run(cv.trace, **kw), mlp.run(cv.trace, unroll=True, **kw)
     np.testing.assert_allclose(np.asarray(flat.rows), np.asarray(loop.rows), rtol=1e-5)
     assert float(flat.stderr) == pytest.approx(float(loop.stderr), rel=1e-5)
-    kw = dict(segments=mlp.segments, rtol=1e-3, max_iter=8, chunk=2)
+    kw = dict(segments=mlp.segments, rtol=1e-3, max_iter=4, chunk=2)
     loop = mlp.run(cv.block_max_eigenvalues, **kw)
     flat = mlp.run(cv.block_max_eigenvalues, unroll=True, **kw)
     np.testing.assert_array_equal(np.asarray(flat.iterations), np.asarray(loop.iterations))

@@ -28,8 +28,8 @@ def measure_extras(graphdef, params, rest, layout, loss_fn, x, y, *, noise=False
       x, y: the batch.
       noise: add `mean_gsnr`, `norm_test`, `inner_test`, `ortho_test` (scalars), their
         `layer_<name>` rows and `example_grad_hist` (`noise.noise`).
-      curvature: add `hess_max_ev` (power iteration to rtol 1e-3, at most 100 products; 20,
-        unrolled, on CPU), `hess_max_ev_converged`, `hess_trace` and `hess_trace_se`
+      curvature: add `hess_max_ev` (power iteration to rtol 1e-3, at most 100 products),
+        `hess_max_ev_converged`, `hess_trace` and `hess_trace_se`
         (Hutchinson, 8 samples; exact up to 64 parameters) and per-row `layer_hess_trace`,
         `layer_hess_trace_se` (`curvature_step`).
       histograms: add `grad_hist`, the (n_rows, HIST_BINS) counts of |gradient element|.
@@ -61,9 +61,8 @@ def measure_extras(graphdef, params, rest, layout, loss_fn, x, y, *, noise=False
         scalars |= {k: out[k] for k in NOISE_SCALARS}
         metrics |= {k: out[k] for k in NOISE_METRICS + ("example_grad_hist",)}
     if curvature:
-        cpu = jax.default_backend() == "cpu"
-        step = curvature_step(graphdef, segments, loss_fn, samples=8, unroll=cpu,
-                              max_iter=20 if cpu else 100)
+        step = curvature_step(graphdef, segments, loss_fn, samples=8, unroll=False,
+                              max_iter=100)
         out, _ = jax.device_get(step(params, rest, x, y, start_vector(params),
                                      jax.random.key(0)))
         scalars |= {k: out[k] for k in CURVATURE_SCALARS}

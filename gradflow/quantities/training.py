@@ -42,11 +42,15 @@ class Extras:
         self.noise_every, self.curvature_every = noise_every, curvature_every
         self.n_rows = len(layout.rows)
         if curvature_every is not None:
+            # the first measurement iterates in a loop (compiles once at any length); the
+            # later, short ones run straight-line on CPU, where XLA runs convolutions inside
+            # loops several times slower (`curvature.max_eigenvalue`)
             cpu = jax.default_backend() == "cpu"
             segments = row_segments(params, layout)
-            self._curvature = [curvature_step(graphdef, segments, loss_fn, unroll=cpu,
+            self._curvature = [curvature_step(graphdef, segments, loss_fn, unroll=unroll,
                                               samples=CURVATURE_SAMPLES, max_iter=n)
-                               for n in (CURVATURE_FIRST, CURVATURE_ITERATIONS)]
+                               for n, unroll in ((CURVATURE_FIRST, False),
+                                                 (CURVATURE_ITERATIONS, cpu))]
             self._vector, self._measured = start_vector(params), 0
         if noise_every is None:
             return
