@@ -15,6 +15,7 @@ from .steps import CURVATURE_METRICS, CURVATURE_SCALARS, curvature_step, noise_s
 CURVATURE_FIRST = 20  # power iterations of the first measurement (from a random vector)
 CURVATURE_ITERATIONS = 4  # of each later one, warm-started from the previous eigenvector
 CURVATURE_SAMPLES = 2  # Hutchinson samples per measurement
+UNROLL_ABOVE = 50_000  # parameters above which the short measurements run straight-line on CPU
 
 
 class Extras:
@@ -43,9 +44,11 @@ class Extras:
         self.n_rows = len(layout.rows)
         if curvature_every is not None:
             # the first measurement iterates in a loop (compiles once at any length); the
-            # later, short ones run straight-line on CPU, where XLA runs convolutions inside
-            # loops several times slower (`curvature.max_eigenvalue`)
-            cpu = jax.default_backend() == "cpu"
+            # later, short ones run straight-line on CPU for models large enough that it pays:
+            # XLA:CPU runs convolutions inside loops several times slower
+            # (`curvature.max_eigenvalue`), while small models compile faster as loops
+            n_params = sum(a.size for a in flat_arrays(params).values())
+            cpu = jax.default_backend() == "cpu" and n_params > UNROLL_ABOVE
             segments = row_segments(params, layout)
             self._curvature = [curvature_step(graphdef, segments, loss_fn, unroll=unroll,
                                               samples=CURVATURE_SAMPLES, max_iter=n)
