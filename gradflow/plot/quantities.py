@@ -196,6 +196,14 @@ def measured_records(counts) -> np.ndarray:
     return np.flatnonzero(np.all(counts >= 0, axis=(1, 2)))
 
 
+def _measured_or_raise(counts, metric) -> np.ndarray:
+    """`measured_records`, or ValueError where no record measured `metric`."""
+    measured = measured_records(counts)
+    if not measured.size:
+        raise ValueError(f"no record measured {metric!r}")
+    return measured
+
+
 def median_bins(counts) -> np.ndarray:
     """The bin holding the median element of each histogram.
 
@@ -256,11 +264,8 @@ def grad_histogram(records, metric: str | None = None, *, record: int | None = N
     metric, counts = _histogram_metric(records, metric)
     step = records.meta.get("step")
     if counts.ndim == 3:
-        measured = measured_records(counts)
         if record is None:
-            if not measured.size:
-                raise ValueError(f"no record measured {metric!r}")
-            record = int(measured[-1])
+            record = int(_measured_or_raise(counts, metric)[-1])
         counts = counts[record]
         step = int(records.steps[record])
         if np.any(counts < 0):
@@ -321,9 +326,7 @@ def histogram_medians(history, metric: str | None = None, *, ax=None):
     if counts.ndim != 3:
         raise ValueError("histogram_medians needs a History (a Snapshot is one record: use "
                          "grad_histogram)")
-    measured = measured_records(counts)
-    if not measured.size:
-        raise ValueError(f"no record measured {metric!r}")
+    measured = _measured_or_raise(counts, metric)
     med = median_bins(counts[measured])  # (n_measured, n_layers)
     lower = 10.0 ** (LOG10_LOW + med.astype(np.float64) - 1)  # bins 1..32: [10^(L+i-1), ...)
     values = np.where((med >= 1) & (med <= HIST_BINS - 2), lower, np.nan)

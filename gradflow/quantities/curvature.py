@@ -206,6 +206,20 @@ def _random(key, params, kind: str):
     return unravel(draw(key, flat.shape, flat.dtype))
 
 
+def random_direction(params, key=None):
+    """A random direction like `params`, to start the power iteration from (it normalizes);
+    a training loop passes arrays every time, so its compiled step is traced once.
+
+    Args:
+      params: the parameters (a pytree of float arrays).
+      key: a JAX random key; default `jax.random.key(0)`.
+
+    Returns:
+      A pytree like `params` of standard-normal draws.
+    """
+    return _random(_key(key), params, "normal")
+
+
 def _key(key):
     return jax.random.key(0) if key is None else key
 

@@ -89,3 +89,22 @@ def mean_reduced(batch_loss, example_loss_mean, rtol: float = 1e-3) -> jax.Array
     """
     return jnp.abs(batch_loss - example_loss_mean) <= rtol * jnp.maximum(
         jnp.abs(batch_loss), 1e-12)
+
+
+def training_loss(graphdef, rest, loss_fn, x, y):
+    """The batch loss as a function of the parameters, BatchNorm on batch statistics (frozen
+    ones excepted), as `gf.probe` measures; for use inside a trace.
+
+    Args:
+      graphdef, rest: the split model without its parameters.
+      loss_fn: `(outputs, labels) -> scalar`.
+      x, y: the batch.
+
+    Returns:
+      `loss(params) -> scalar`.
+    """
+    def loss(params):
+        model = nnx.merge(graphdef, params, rest, copy=True)  # fresh Variables in this trace
+        use_batch_statistics(model)
+        return loss_fn(model(x), y)
+    return loss

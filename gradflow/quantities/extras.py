@@ -9,9 +9,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ..instrument.norms import flat_arrays
-from ..instrument.probes import use_batch_statistics
-from .histograms import log_bin_counts, HIST_BINS
-from .noise import NOISE_METRICS, NOISE_SCALARS, chunk_size, whole_segments
+from .curvature import random_direction
+from .examples import training_loss
+from .histograms import row_histograms
+from .noise import NOISE_METRICS, NOISE_SCALARS, noise_chunk, whole_segments
 from .rows import row_segments, row_sum
 from .steps import CURVATURE_METRICS, CURVATURE_SCALARS, curvature_step, noise_step
 
@@ -48,12 +49,7 @@ def measure_extras(graphdef, params, rest, layout, loss_fn, x, y, *, noise=False
     metrics, scalars = {}, {}
     segments = row_segments(params, layout)
     if noise:
-        batch = x.shape[0]
-        if batch < 2:
-            raise ValueError("noise quantities need a batch of at least 2 examples: they are "
-                             "variances over the batch")
-        n_params = sum(a.size for a in flat_arrays(params).values())
-        size = chunk_size(batch, n_params) if chunk is None else chunk_size(batch, 1, 4 * chunk)
+        size = noise_chunk(params, x.shape[0], chunk)
         out = jax.device_get(noise_step(graphdef, segments, loss_fn, size)(params, rest, x, y))
         if not out.pop("mean_reduced"):
             raise ValueError("noise quantities need a mean-reduced loss: the batch loss is not "
@@ -63,7 +59,7 @@ def measure_extras(graphdef, params, rest, layout, loss_fn, x, y, *, noise=False
     if curvature:
         step = curvature_step(graphdef, segments, loss_fn, samples=8, unroll=False,
                               max_iter=100)
-        out, _ = jax.device_get(step(params, rest, x, y, start_vector(params),
+        out, _ = jax.device_get(step(params, rest, x, y, random_direction(params),
                                      jax.random.key(0)))
         scalars |= {k: out[k] for k in CURVATURE_SCALARS}
         metrics |= {k: out[k] for k in CURVATURE_METRICS}
@@ -83,16 +79,8 @@ def _hist_step(graphdef, segments, loss_fn):
     BatchNorm in training mode as in `gf.probe`."""
     @jax.jit
     def step(params, rest, x, y):
-        def loss(p):
-            model = nnx.merge(graphdef, p, rest, copy=True)  # fresh Variables in this trace
-            use_batch_statistics(model)
-            return loss_fn(model(x), y)
-
-        grads = jax.grad(loss)(params)
-        flat = flat_arrays(grads)
-        rows = [sum((log_bin_counts(flat[p] if i is None else flat[p][i]) for p, i in seg),
-                    jnp.zeros(HIST_BINS, jnp.int32)) for seg in segments]
-        return jnp.stack(rows) if rows else jnp.zeros((0, HIST_BINS), jnp.int32)
+        grads = jax.grad(training_loss(graphdef, rest, loss_fn, x, y))(params)
+        return row_histograms(flat_arrays(grads), segments)
     return step
 
 
@@ -109,20 +97,3 @@ def _distance(params, init_params, segments):
     whole = (jnp.sqrt(jnp.sum(row_sum(jnp.square, diff, every)))
              / jnp.sqrt(jnp.sum(row_sum(jnp.square, then, every))))
     return jnp.sqrt(moved) / jnp.sqrt(size), whole
-
-
-def start_vector(params, seed: int = 0):
-    """A random unit direction like `params`, the power iteration's first vector.
-
-    Args:
-      params: the parameters (a pytree of float arrays).
-      seed: the random seed.
-
-    Returns:
-      A pytree like `params`, float32, of unit norm over all leaves.
-    """
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(seed), max(len(leaves), 1))
-    v = [jax.random.normal(k, jnp.shape(a), jnp.float32) for k, a in zip(keys, leaves)]
-    norm = jnp.sqrt(sum(jnp.sum(a * a) for a in v))
-    return jax.tree.unflatten(treedef, [a / norm for a in v])

@@ -42,3 +42,23 @@ def bin_labels() -> tuple[str, ...]:
     """
     return ((f"<1e{LOG10_LOW:+03d}",) + tuple(f"1e{k:+03d}" for k in range(LOG10_LOW, LOG10_HIGH))
             + (f"≥1e{LOG10_HIGH:+03d}",))
+
+
+def row_histograms(flat: dict, segments, batched: bool = False) -> jax.Array:
+    """`log_bin_counts` over each row's parameters (`rows.row_segments`).
+
+    Args:
+      flat: {path: array} of gradients, as `flat_arrays` gives them.
+      segments: each row's `(path, index)` pairs.
+      batched: the arrays carry a leading axis of examples (counted too).
+
+    Returns:
+      An (n_rows, HIST_BINS) int32 array.
+    """
+    def part(path, index):
+        a = flat[path]
+        return log_bin_counts(a if index is None else (a[:, index] if batched else a[index]))
+
+    rows = [sum((part(p, i) for p, i in seg), jnp.zeros(HIST_BINS, jnp.int32))
+            for seg in segments]
+    return jnp.stack(rows) if rows else jnp.zeros((0, HIST_BINS), jnp.int32)

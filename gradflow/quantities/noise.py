@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..instrument.norms import flat_arrays
-from .histograms import log_bin_counts, HIST_BINS
+from .histograms import HIST_BINS, row_histograms
 
 EPSILON = 1e-5  # Cockpit's MeanGSNR stabiliser
 NOISE_SCALARS = ("mean_gsnr", "norm_test", "inner_test", "ortho_test")
@@ -93,6 +93,29 @@ def chunk_size(batch: int, n_params: int, budget_bytes: int = 256 << 20) -> int:
     return max(d for d in range(1, batch + 1) if batch % d == 0 and d <= fit)
 
 
+def noise_chunk(params, batch: int, chunk: int | None = None) -> int:
+    """The chunk of per-example gradients for a batch, checking the batch can have noise.
+
+    Args:
+      params: the model's parameters (their count sizes the default chunk).
+      batch: the batch size B.
+      chunk: the chunk asked for (rounded down to a divisor of B); None: as many examples as
+        fit 256 MiB of per-example gradients (`chunk_size`).
+
+    Returns:
+      The chunk size, a divisor of `batch`.
+
+    Raises:
+      ValueError: for a batch of one example (the quantities are variances over the batch).
+    """
+    if batch < 2:
+        raise ValueError("noise quantities need batches of at least 2 examples: they are "
+                         "variances over the batch")
+    if chunk is not None:
+        return chunk_size(batch, 1, 4 * chunk)
+    return chunk_size(batch, sum(a.size for a in flat_arrays(params).values()))
+
+
 def noise(example_grads, params_g, segments, examples, *, chunk: int, epsilon: float = EPSILON):
     """The four noise quantities, whole-network and per row, and per-example histograms.
 
@@ -136,9 +159,7 @@ def noise(example_grads, params_g, segments, examples, *, chunk: int, epsilon: f
             sq.append(s_k), dots.append(d_k), e2.append(e_k)
         sq, dots = jnp.stack(sq), jnp.stack(dots)  # (n_segments, c)
         total_dot = jnp.sum(dots * to_global[:, None], 0)
-        hist = jnp.stack([sum((log_bin_counts(_slice(flat[p], i, batched=True)) for p, i in seg),
-                              jnp.zeros(HIST_BINS, jnp.int32)) for seg in segments]
-                         ) if segments else jnp.zeros((0, HIST_BINS), jnp.int32)
+        hist = row_histograms(flat, segments, batched=True)
         s1, p2, e2_acc, h, lsum, t1, t2 = acc
         return (s1 + jnp.sum(sq, 1), p2 + jnp.sum(dots * dots, 1),
                 jax.tree.map(jnp.add, e2_acc, e2), h + hist, lsum + jnp.sum(losses),

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
-
-from ..instrument.probes import use_batch_statistics
 from . import curvature
 from .examples import (batch_value_and_grad, example_value_and_grads, fixed_statistics,
-                       mean_reduced)
+                       mean_reduced, training_loss)
 from .noise import noise
 
 _NOISE_STEPS: dict = {}
@@ -73,11 +70,7 @@ def curvature_step(graphdef, segments, loss_fn, *, samples: int, max_iter: int, 
     if key_ not in _CURVATURE_STEPS:
         @jax.jit
         def step(params, rest, x, y, v0, key):
-            def loss(p):
-                model = nnx.merge(graphdef, p, rest, copy=True)  # fresh Variables in this trace
-                use_batch_statistics(model)
-                return loss_fn(model(x), y)
-
+            loss = training_loss(graphdef, rest, loss_fn, x, y)
             k1, k2 = jax.random.split(key)
             eig = curvature.max_eigenvalue(loss, params, v0=v0, rtol=rtol, max_iter=max_iter,
                                            key=k1, unroll=unroll)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ..instrument.norms import flat_arrays
 from .histograms import HIST_BINS
-from .noise import NOISE_METRICS, NOISE_SCALARS, chunk_size
+from .noise import NOISE_METRICS, NOISE_SCALARS, noise_chunk
 from .rows import row_segments
-from .extras import start_vector
+from . import curvature
 from .steps import CURVATURE_METRICS, CURVATURE_SCALARS, curvature_step, noise_step
 
 CURVATURE_FIRST = 20  # power iterations of the first measurement (from a random vector)
@@ -41,7 +42,13 @@ class Extras:
     def __init__(self, graphdef, params, layout, loss_fn, batch: int, *, noise_every=None,
                  chunk=None, curvature_every=None):
         self.noise_every, self.curvature_every = noise_every, curvature_every
-        self.n_rows = len(layout.rows)
+        n, nan = len(layout.rows), np.float32(np.nan)
+        self._blank = {  # the fields of records that did not take them (host arrays, made once)
+            "noise": {k: nan for k in NOISE_SCALARS + ("noise_mean_reduced",)}
+            | {k: np.full(n, nan) for k in NOISE_METRICS}
+            | {"example_grad_hist": np.full((n, HIST_BINS), -1, np.int32)},
+            "curvature": {k: nan for k in CURVATURE_SCALARS}
+            | {k: np.full(n, nan) for k in CURVATURE_METRICS}}
         if curvature_every is not None:
             # the first measurement iterates in a loop (compiles once at any length); the
             # later, short ones run straight-line on CPU for models large enough that it pays:
@@ -54,15 +61,10 @@ class Extras:
                                               samples=CURVATURE_SAMPLES, max_iter=n)
                                for n, unroll in ((CURVATURE_FIRST, False),
                                                  (CURVATURE_ITERATIONS, cpu))]
-            self._vector, self._measured = start_vector(params), 0
-        if noise_every is None:
-            return
-        if batch < 2:
-            raise ValueError("noise quantities need batches of at least 2 examples: they are "
-                             "variances over the batch")
-        n_params = sum(a.size for a in flat_arrays(params).values())
-        size = chunk_size(batch, n_params) if chunk is None else chunk_size(batch, 1, 4 * chunk)
-        self._noise = noise_step(graphdef, row_segments(params, layout), loss_fn, size)
+            self._vector, self._measured = curvature.random_direction(params), 0
+        if noise_every is not None:
+            self._noise = noise_step(graphdef, row_segments(params, layout), loss_fn,
+                                     noise_chunk(params, batch, chunk))
 
     @property
     def active(self) -> bool:
@@ -92,7 +94,7 @@ class Extras:
                 out |= self._noise(params, rest, x, y)
                 out["noise_mean_reduced"] = out.pop("mean_reduced").astype(jnp.float32)
             else:
-                out |= self._blank_noise()
+                out |= self._blank["noise"]
         if self.curvature_every is not None:
             if step % self.curvature_every == 0:
                 step_fn = self._curvature[min(self._measured, 1)]
@@ -101,17 +103,7 @@ class Extras:
                 self._measured += 1
                 out |= taken
             else:
-                nan = jnp.float32(jnp.nan)
-                out |= {k: nan for k in CURVATURE_SCALARS} | {
-                    k: jnp.full(self.n_rows, nan) for k in CURVATURE_METRICS}
-        return out
-
-    def _blank_noise(self) -> dict:
-        nan = jnp.float32(jnp.nan)
-        out = {k: nan for k in NOISE_SCALARS} | {k: jnp.full(self.n_rows, nan)
-                                                  for k in NOISE_METRICS}
-        out["example_grad_hist"] = jnp.full((self.n_rows, HIST_BINS), -1, jnp.int32)
-        out["noise_mean_reduced"] = nan
+                out |= self._blank["curvature"]
         return out
 
 
