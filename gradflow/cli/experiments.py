@@ -14,8 +14,7 @@ import time
 
 from ..experiments import EXPERIMENTS
 from ..experiments.common import Log
-from .._io import WriteError
-from .checks import archs_list, claim_dir, command, write_error
+from .checks import archs_list, claim_dir, command
 
 ALWAYS = ("experiment", "out", "quiet")  # options every experiment takes
 
@@ -108,38 +107,26 @@ def main(args, argv=None) -> int:
       files when it ends; stopped before, it leaves nothing), 1 a file that could not be
       written.
     """
-    from .interrupt import abandon, catch_signals, nothing_kept
+    from .interrupt import all_or_nothing
 
     t0 = time.perf_counter()
     started = _dt.datetime.now().isoformat(timespec="seconds")
-    what = f"experiment {args.experiment}"
-    claim = None
-    try:  # a signal is acted on at the next progress event: nothing is left
-        with catch_signals(action=nothing_kept(what)) as stop:
-            claim = claim_dir(args.out)
-            stop.check()
-            import jax
 
-            meta = {"experiment": args.experiment, "command": command(argv),
-                    "started": started,
-                    "device": f"{jax.default_backend()} ({os.cpu_count()} cores)",
-                    "options": {k: list(v) if isinstance(v, tuple) else v
-                                for k, v in args.options.items()}}
-            text = EXPERIMENTS[args.experiment].run(
-                args.out, log=StoppingLog(stop, enabled=not args.quiet), meta=meta,
-                **args.options)
-    except KeyboardInterrupt as e:
-        code, claim = abandon(claim, what, e), None
-        return code
-    except WriteError as e:
-        return write_error(e)
-    finally:
-        if claim is not None:
-            claim.release()
-    print(text)
-    print(f"\nwrote {args.out}/ in {time.perf_counter() - t0:.0f}s — open "
-          f"{args.out / 'report.html'}")
-    return stop.exit_code  # a signal while the files were written waited for them
+    def run(stop) -> int:  # a signal is acted on at the next progress event: nothing is left
+        import jax
+
+        meta = {"experiment": args.experiment, "command": command(argv), "started": started,
+                "device": f"{jax.default_backend()} ({os.cpu_count()} cores)",
+                "options": {k: list(v) if isinstance(v, tuple) else v
+                            for k, v in args.options.items()}}
+        text = EXPERIMENTS[args.experiment].run(
+            args.out, log=StoppingLog(stop, enabled=not args.quiet), meta=meta, **args.options)
+        print(text)
+        print(f"\nwrote {args.out}/ in {time.perf_counter() - t0:.0f}s — open "
+              f"{args.out / 'report.html'}")
+        return stop.exit_code  # a signal while the files were written waited for them
+
+    return all_or_nothing(f"experiment {args.experiment}", lambda: claim_dir(args.out), run)
 
 
 class StoppingLog(Log):

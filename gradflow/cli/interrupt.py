@@ -177,3 +177,39 @@ def abandon(claim, what: str, err: KeyboardInterrupt, stream=None) -> int:
         stream.write(f"gradflow: interrupted by {name} before the {what} wrote its files; "
                      "nothing was written\n")
     return 128 + signum
+
+
+def all_or_nothing(what: str, claim, body, install: bool = True) -> int:
+    """Runs a depth sweep or experiment that writes its files only when it ends: inside
+    `catch_signals` (the first signal reporting `nothing_kept(what)`), claims its run directory
+    with `claim()` and returns `body(stop)`. A signal before the files are written ends it
+    through `abandon`, a file that cannot be written in one line (`checks.write_error`); the
+    claim is released either way.
+
+    Args:
+        what: the run ("depth sweep", "experiment residual").
+        claim: returns the run directory's `checks.Claim` (None in a process that writes
+            nothing).
+        body: runs it, given the StopRequest (to `check()` at every step); returns the exit code.
+        install: as for `catch_signals`.
+
+    Returns:
+        The exit code: `body`'s, 128 + the signal's number, or 1.
+    """
+    from .._io import WriteError
+    from .checks import write_error
+
+    claimed = None
+    try:
+        with catch_signals(action=nothing_kept(what), install=install) as stop:
+            claimed = claim()
+            stop.check()
+            return body(stop)
+    except KeyboardInterrupt as e:
+        code, claimed = abandon(claimed, what, e), None
+        return code
+    except WriteError as e:
+        return write_error(e)
+    finally:
+        if claimed is not None:
+            claimed.release()

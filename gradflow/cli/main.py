@@ -250,23 +250,12 @@ def sweep_main(args, argv=None) -> int:
         return _nothing_written("while loading the data")
     import jax
 
-    from .interrupt import abandon, catch_signals, nothing_kept
+    from .interrupt import all_or_nothing
 
-    claim = None
-    try:  # a signal is acted on at the next step or cell: stopped before the end, nothing is left
-        with catch_signals(action=nothing_kept("depth sweep"),
-                           install=jax.process_count() == 1) as stop:
-            claim = _claim(args)
-            stop.check()
-            return _sweep(args, argv, cfg, ds, started, t_start, stop)
-    except KeyboardInterrupt as e:
-        code, claim = abandon(claim, "depth sweep", e), None
-        return code
-    except WriteError as e:
-        return write_error(e)
-    finally:
-        if claim is not None:
-            claim.release()
+    # a signal is acted on at the next step or cell: stopped before the end, nothing is left
+    return all_or_nothing("depth sweep", lambda: _claim(args),
+                          lambda stop: _sweep(args, argv, cfg, ds, started, t_start, stop),
+                          install=jax.process_count() == 1)
 
 
 def _sweep(args, argv, cfg, ds, started, t_start, stop) -> int:

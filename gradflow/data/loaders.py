@@ -238,13 +238,13 @@ def _read_npz(path: Path) -> dict:
                         raise DataError(f"{path}: array '{k}' holds Python objects, not "
                                         f"numbers ({_NPZ_EXPECTED})") from None
             return arrays
+    except DataError:
+        raise
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a directory, not an .npz file ({_NPZ_EXPECTED})") from None
     except (ValueError, EOFError, zipfile.BadZipFile, OSError) as e:
-        if isinstance(e, DataError):
-            raise
         reason = f"{e.strerror}; " if isinstance(e, OSError) and e.strerror else ""
         raise DataError(f"{path}: not a readable .npz file ({reason}{_NPZ_EXPECTED})") from None
 
