@@ -257,6 +257,18 @@ def test_safe_norm_matches_float64_from_1e_36_to_1e_18():
     assert np.isnan(float(safe_norm(jnp.array([1.0, jnp.nan]))))
 
 
+def test_underflow_safe_norms_exact_on_both_branches():
+    """One plain pass when every norm is healthy; the rescaled pass for all when one is tiny."""
+    from gradflow.instrument.norms import underflow_safe_norms
+    base = np.asarray(jax.random.normal(jax.random.PRNGKey(5), (4, 6, 3)), np.float64)
+    fn = jax.jit(lambda a, b: underflow_safe_norms([(a, (1, 2)), (b, None)]))
+    for scale_a, scale_b in ((1.0, 1e3), (1.0, 1e-25), (1e-30, 1e10), (0.0, 1.0)):
+        a, b = base * scale_a, base[0] * scale_b
+        got_a, got_b = fn(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32))
+        np.testing.assert_allclose(got_a, np.sqrt(np.sum(a ** 2, axis=(1, 2))), rtol=1e-5)
+        np.testing.assert_allclose(got_b, [np.sqrt(np.sum(b ** 2))], rtol=1e-5)
+
+
 @gf.instrument.register_activation
 class ShiftedReLU(nnx.Module):
     """A user's activation module, registered: relu(x - shift), so some units die."""

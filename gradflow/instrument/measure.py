@@ -12,8 +12,9 @@ from flax import nnx
 from .probes import run_probed, use_batch_statistics
 from .registry import WEIGHT_LAYERS
 from .recorder import Row, UnreachableLayer, path_name
-from .norms import flat_arrays, row_norms, update_ratios  # noqa: F401 (re-exported)
-from .tap import error_norm_from, safe_norm
+from .norms import (flat_arrays, row_norms, underflow_safe_norms,  # noqa: F401 (re-exported)
+                    update_ratios)
+from .tap import error_norm_from
 
 LAYER_METRICS = ("grad_norm", "error_norm", "act_mean", "act_std", "dead_frac", "weight_norm")
 TRAIN_METRICS = LAYER_METRICS + ("update_ratio",)
@@ -216,6 +217,8 @@ def measure_call(graphdef, layout: Layout, objective, params, rest, *, batch_sta
     stats = {"grad_norm": row_norms(grads, layout), "error_norm": error,
              "act_mean": acts[:, 0], "act_std": acts[:, 1], "dead_frac": acts[:, 2],
              "weight_norm": row_norms(params, layout)}
-    stats |= {f"grad_norm:{path_name(p)}": safe_norm(g) for p, g in flat_arrays(grads).items()
-              if p[:-1] in norm_layers}
+    norm_grads = {p: g for p, g in flat_arrays(grads).items() if p[:-1] in norm_layers}
+    if norm_grads:
+        norms = underflow_safe_norms([(g, None) for g in norm_grads.values()])
+        stats |= {f"grad_norm:{path_name(p)}": v[0] for p, v in zip(norm_grads, norms)}
     return loss, out, grads, new_rest, stats

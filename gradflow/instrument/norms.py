@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from .tap import error_norm_from, square_sums
+from .tap import _TINY, error_norm_from, square_sums
 
 
 def flat_arrays(state) -> dict[tuple, jax.Array]:
@@ -56,21 +56,45 @@ def row_norms(state, layout) -> jax.Array:
             members.append((r.kernel_path, a, lead))
     if not groups:
         return jnp.zeros((0,), jnp.float32)
-    start, offsets, norms = 0, {}, []
+    start, offsets, operands = 0, {}, []
     for key, members in groups.items():
         for path, a, lead in members:
             offsets[path] = start
             start += a.shape[0] if lead else 1
-        if isinstance(key, int):  # small kernels: one (k, size) matrix, one pair of sums
-            flat = jnp.concatenate([a.reshape(a.shape[0] if lead else 1, -1)
-                                    for _, a, lead in members])
-            norms.append(error_norm_from(square_sums(flat, 1)))
+        if isinstance(key, int):  # small kernels: one (k, size) matrix, reduced along axis 1
+            operands.append((jnp.concatenate([a.reshape(a.shape[0] if lead else 1, -1)
+                                              for _, a, lead in members]), (1,)))
         else:  # in place, whatever its sharding
             (_, a, lead), = members
-            norms.append(error_norm_from(square_sums(a, tuple(range(int(lead), a.ndim))))
-                         .reshape(-1))
-    return jnp.concatenate(norms)[np.asarray([offsets[r.kernel_path] + (r.index or 0)
-                                              for r in layout.rows])]
+            operands.append((a, tuple(range(int(lead), a.ndim))))
+    norms = jnp.concatenate(underflow_safe_norms(operands))
+    return norms[np.asarray([offsets[r.kernel_path] + (r.index or 0) for r in layout.rows])]
+
+
+def underflow_safe_norms(operands) -> list[jax.Array]:
+    """Norms of several arrays, each over some axes, with one pass over each in the common case.
+
+    The plain float32 sums of squares are taken first; only when one of them is below the level
+    where underflow may have dropped terms (`tap._TINY`: a vanishing or zero gradient) does one
+    `lax.cond` take the 2^80-rescaled sums of every operand as well (`tap.square_sums`), so
+    healthy layers cost one read of each kernel and tiny ones stay exact.
+
+    Args:
+      operands: [(array, axes reduced)].
+
+    Returns:
+      One flat float32 array of norms per operand.
+    """
+    arrays = [a.astype(jnp.float32) for a, _ in operands]
+    plain = [jnp.sum(jnp.square(a), axis=axes).reshape(-1)
+             for a, (_, axes) in zip(arrays, operands)]
+
+    def rescaled(arrays):
+        return [error_norm_from(jnp.stack([p, square_sums(a, axes)[..., 1].reshape(-1)], -1))
+                for p, a, (_, axes) in zip(plain, arrays, operands)]
+
+    tiny = jnp.any(jnp.stack([jnp.min(p) for p in plain]) <= _TINY)
+    return jax.lax.cond(tiny, rescaled, lambda _: [jnp.sqrt(p) for p in plain], arrays)
 
 
 def _unsharded(a) -> bool:
