@@ -45,7 +45,8 @@ from .train import recorded_steps, train
 __version__ = "0.1.0"
 __all__ = ["value_and_grad", "update_ratio", "probe", "train", "recorded_steps", "Snapshot", "History", "diagnose", "Finding",
            "summary", "Summary", "freeze_batchnorm", "unfreeze_batchnorm", "models", "data",
-           "losses", "theory", "flops", "distributed", "instrument", "plot"]
+           "losses", "theory", "flops", "distributed", "instrument", "plot",
+           "report"]
 
 _LAYERS = {
     "gradflow._io": 0,
@@ -60,12 +61,20 @@ _LAYERS = {
     "gradflow.cli": 7, "gradflow.run": 7,
 }
 
+# The name `report` is the function gf.report (through __getattr__), not the subpackage
+# gradflow.report: the subpackage is loaded now, so that importing its modules later never
+# rebinds the name, and unbound here.
+importlib.import_module(".report", __name__)
+del globals()["report"]
+
 
 def __getattr__(name: str):
     if name == "plot":  # matplotlib only when a figure is asked for
         return importlib.import_module(".plot", __name__)
+    if name == "report":  # gf.report, the function; matplotlib only when a report is asked for
+        return importlib.import_module(".report.any_history", __name__).report
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | {"plot"})
+    return sorted(set(globals()) | {"plot", "report"})

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import html
 
+import numpy as np
+
 from .._io import write_atomic, write_json
 from ..analysis.diagnose import INPUT_FIX, Finding
 from ..plot import comparison_grid, curves, grad_histograms, heatmap, png_bytes, profiles
@@ -45,12 +47,6 @@ def write_run(out, histories: dict, summary: dict) -> list[str]:
 
     out = Path(out)
     written, figures = [], []
-    archs = {a["arch"]: a for a in summary["archs"]}
-    diverged = {k: a["diverged_at"] for k, a in archs.items() if a.get("diverged_at") is not None}
-    held_out = {k: a.get("held_out_accuracy") for k, a in archs.items()}
-    steps = summary["config"]["steps"]
-    num_classes = summary["data"]["num_classes"]
-
     def save(name, fig, title, caption, to=figures):
         png = png_bytes(fig)
         write_atomic(out / name, png)
@@ -59,33 +55,96 @@ def write_run(out, histories: dict, summary: dict) -> list[str]:
 
     for arch, h in histories.items():
         written.append(h.save(out / f"{arch}_history.npz").name)
-    if histories:
-        save("comparison_error_norm.png", comparison_grid(histories, "error_norm", diverged, steps),
+    section = run_figures(histories, summary, save)
+    write_json(out / "summary.json", summary)
+    write_text(out / "report.html", html_report(summary, figures, section))
+    return written + ["summary.json", "report.html"]
+
+
+def run_figures(histories: dict, summary: dict, save, skipped: list | None = None) -> str:
+    """Draws the figures of a run's report, in page order, through `save`.
+
+    A History that lacks a figure's metric (absent, or NaN throughout where its model could not
+    be probed) is left out of that figure, and a figure none has is not drawn; curves need
+    "loss" (without "accuracy" that panel stays empty). Each omission is named in `skipped`.
+
+    Args:
+      histories: arch -> History.
+      summary: summary.json's content, or a dict with the parts used here ("archs" with their
+        "diverged_at" and "held_out_accuracy"; "config" "steps", "lr", "batch_size"; "data"
+        "num_classes" and "held_out_class_shares"); missing parts are None.
+      save: `save(name, fig, title, caption, to=...)` keeps one figure, in the page's list of
+        figures or, given `to`, in that list (the noise and curvature section's).
+      skipped: a list that gets one sentence per figure not drawn; default none kept.
+
+    Returns:
+      The body of the section "Gradient noise and curvature" ("" without such quantities).
+    """
+    skipped = [] if skipped is None else skipped
+    archs = {a["arch"]: a for a in summary.get("archs", [])}
+    diverged = {k: a["diverged_at"] for k, a in archs.items() if a.get("diverged_at") is not None}
+    held_out = {k: a.get("held_out_accuracy") for k, a in archs.items()}
+    steps = summary.get("config", {}).get("steps")
+    data = summary.get("data", {})
+
+    def measured(metric):  # unprobed models' error norms are NaN
+        runs = {a: h for a, h in histories.items() if metric in h and (
+            h.meta.get("probed", True) or not np.isnan(np.asarray(h[metric], float)).all())}
+        left = [a for a in histories if a not in runs]
+        if left:
+            skipped.append(f"{label(metric)} was not measured for {', '.join(left)}; its "
+                           "figures leave them out.")
+        return runs
+
+    errors, grads = measured("error_norm"), measured("grad_norm")
+    if errors:
+        save("comparison_error_norm.png", comparison_grid(errors, "error_norm", diverged, steps),
              "Error signal in every layer, all architectures",
              "Each panel: layers (input at the bottom) × training steps; colour is the error "
              "signal ‖∂L/∂z‖ on ONE log scale shared by all panels, so a darker band is a weaker "
              "signal. Black: exactly zero. Grey: non-finite or never reached (diverged).")
-        shares = summary["data"].get("held_out_class_shares")
-        save("curves.png", curves(histories, num_classes, held_out, steps, class_shares=shares),
+    losses = {a: h if "accuracy" in h else _with_nan(h, "accuracy")
+              for a, h in histories.items() if "loss" in h}
+    if histories and len(losses) < len(histories):
+        skipped.append(f"No loss recorded for {', '.join(a for a in histories if a not in losses)}"
+                       ": not in the loss and accuracy curves.")
+    if [a for a, h in histories.items() if "loss" in h and "accuracy" not in h]:
+        skipped.append("No accuracy recorded for " + ", ".join(
+            a for a, h in histories.items() if "loss" in h and "accuracy" not in h)
+            + ": its accuracy panel is empty.")
+    if losses:
+        save("curves.png", curves(losses, data.get("num_classes"), held_out, steps,
+                                  class_shares=data.get("held_out_class_shares")),
              "Loss and accuracy", "Training loss and accuracy of each recorded batch (thin) and "
              "their moving average (thick); the star is the held-out accuracy after training.")
-        save("profiles.png", profiles(histories, diverged=diverged),
+    both = tuple(m for m, runs in (("error_norm", errors), ("grad_norm", grads))
+                 if runs and len(runs) == len(histories))
+    if both:
+        save("profiles.png", profiles(histories, both, diverged=diverged),
              "Per-layer profiles at init and at the end",
              "One line per architecture, layer 1 on the input side, log scale. Top: the error "
-             "signal ‖∂L/∂z‖; bottom: the weight-gradient norm ‖∂L/∂W‖.")
-        save("comparison_grad_norm.png", comparison_grid(histories, "grad_norm", diverged, steps),
+             "signal ‖∂L/∂z‖; bottom: the weight-gradient norm ‖∂L/∂W‖."
+             if len(both) == 2 else f"One line per architecture, layer 1 on the input side, log "
+             f"scale: {label(both[0])}.")
+    if grads:
+        save("comparison_grad_norm.png", comparison_grid(grads, "grad_norm", diverged, steps),
              "Weight-gradient norm in every layer, all architectures",
              "‖∂L/∂W‖ per layer and step on one shared log scale.")
-    for arch, h in histories.items():
+    for arch, h in errors.items():
         title = (f"{label('error_norm')} — {arch}, diverged at step {diverged[arch]}"
                  if arch in diverged else None)
         save(f"{arch}_heatmap.png", heatmap(h, "error_norm", title=title),
              f"{arch}: error-signal heatmap",
              "On its own colour scale (compare architectures on the grid above).")
-    section = _quantities(histories, summary, save)
-    write_json(out / "summary.json", summary)
-    write_text(out / "report.html", html_report(summary, figures, section))
-    return written + ["summary.json", "report.html"]
+    return _quantities(histories, summary, save)
+
+
+def _with_nan(h, scalar: str):
+    """`h`'s scalars (no metrics) plus `scalar`, NaN at every record."""
+    from ..history import History
+
+    scalars = {k: h[k] for k in h.scalars} | {scalar: np.full(len(h), np.nan)}
+    return History(h.layers, {}, scalars, h.meta, steps=h.steps)
 
 
 def _quantities(histories: dict, summary: dict, save) -> str:
