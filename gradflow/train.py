@@ -10,8 +10,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from . import distributed, losses
-from .history import History, finite_record
+from . import distributed, history as _history, losses
+from .history import FLUSH_S, History, finite_record
 from .instrument import TRAIN_METRICS
 from .instrument.steps import layout_for, train_steps
 from .models.options import check_positive_int
@@ -63,7 +63,7 @@ class TrainState(NamedTuple):
 def train(model, batches, *, steps: int, optimizer, log_every: int = 1, loss=None,
           progress=None, stop_on_nonfinite: bool = True, devices=None, mesh=None,
           resume=None, on_record=None, stop=None, noise_every=None, noise_chunk=None,
-          curvature_every=None) -> History:
+          curvature_every=None, loggers=()) -> History:
     """Trains `model` in place and measures every layer at the steps `recorded_steps` gives.
 
     A record at step s describes the gradients at the parameters before update s. Unrecorded
@@ -103,6 +103,10 @@ def train(model, batches, *, steps: int, optimizer, log_every: int = 1, loss=Non
       curvature_every: also take the curvature (as `gf.probe(..., curvature=True)`, warm-started:
         `gradflow.quantities.training.Extras`) at steps 0, k, 2k, ...; NaN between. None: never.
         Runs on one device.
+      loggers: objects with a `write(history)` method, e.g. `gf.integrations.TensorBoardWriter`:
+        each is given the History so far after a recorded step (at the first one, then at most
+        every `gradflow.history.FLUSH_S` seconds) and the final History at the end; they are
+        not closed here.
 
     Returns:
       A History: (n_records, n_layers) arrays of `gf.instrument.TRAIN_METRICS` (the probe's
@@ -157,6 +161,7 @@ def train(model, batches, *, steps: int, optimizer, log_every: int = 1, loss=Non
     record_at = set(recorded_steps(steps, log_every)) | {s for s in range(steps)
                                                           if extras.due(s)}
     done, diverged, stopped = begin, None, False
+    host, logged_at = [], None  # the records fetched for the loggers; when they last wrote
     for step, batch in enumerate(itertools.chain([first], it)):
         if step == steps:
             break
@@ -181,18 +186,39 @@ def train(model, batches, *, steps: int, optimizer, log_every: int = 1, loss=Non
         if on_record is not None and (stopped or step in record_at):
             on_record(TrainState(done, params, rest, opt_state, at, records, layout.names),
                       stopped)
+        if loggers and step in record_at and (
+                logged_at is None or _history._clock() - logged_at >= FLUSH_S):
+            _write_loggers(loggers, layout.names, at, records, host, _meta(layout, extras))
+            logged_at = _history._clock()
         if stopped:
             break
     if done < steps and diverged is None and not stopped:
         raise ValueError(f"batches ran out after {done} of steps={steps}")
     nnx.update(model, params, rest)
-    meta = {"probed": layout.probed, "metrics": list(TRAIN_METRICS)}
-    if noise_every is not None:
-        meta["noise_every"] = noise_every
-    if curvature_every is not None:
-        meta["curvature_every"] = curvature_every
+    meta = _meta(layout, extras)
     if diverged is not None:
         meta["diverged_at_step"] = diverged
     if stopped:
         meta["stopped_at_step"] = done
-    return History.from_records(layout.names, at, jax.device_get(records), meta)
+    host += jax.device_get(records[len(host):])
+    hist = History.from_records(layout.names, at, host, meta)
+    for logger in loggers:
+        logger.write(hist)
+    return hist
+
+
+def _meta(layout, extras) -> dict:
+    """The History's meta: the probed layers, the metrics and the quantities' intervals."""
+    meta = {"probed": layout.probed, "metrics": list(TRAIN_METRICS)}
+    for key in ("noise_every", "curvature_every"):
+        if getattr(extras, key, None) is not None:
+            meta[key] = getattr(extras, key)
+    return meta
+
+
+def _write_loggers(loggers, layers, at, records, host: list, meta: dict) -> None:
+    """Gives each logger the History so far; `host` keeps the records already fetched."""
+    host += jax.device_get(records[len(host):])
+    hist = History.from_records(layers, at, list(host), meta)
+    for logger in loggers:
+        logger.write(hist)

@@ -1,0 +1,158 @@
+"""gf.integrations: TensorBoard event files and W&B offline runs hold every layer's values, a
+growing History is written without duplicates, gf.train(loggers=...) writes as it trains, the
+CLI's --tensorboard / --wandb and its live report.html, and a missing extra is one line."""
+from __future__ import annotations
+
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import gradflow as gf
+from gradflow.integrations._base import LOG10_EDGES, layer_tags
+from gradflow.quantities.histograms import HIST_BINS
+
+pytest.importorskip("tensorboardX")
+pytest.importorskip("tensorboard")
+
+SIZES = {"scalars": 0, "histograms": 0, "images": 0, "tensors": 0}
+
+
+def _events(logdir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(logdir), size_guidance=SIZES)
+    acc.Reload()
+    return acc
+
+
+def _trained(steps=6, log_every=2, loggers=()):
+    model = gf.models.mlp("plain", 4, width=8, in_features=6, num_classes=3, rngs=nnx.Rngs(0))
+    x, y = jnp.linspace(-1, 1, 16 * 6).reshape(16, 6), jnp.arange(16) % 3
+    return gf.train(model, [(x, y)] * steps, steps=steps, optimizer=optax.sgd(0.1),
+                    log_every=log_every, loggers=loggers)
+
+
+@pytest.fixture(scope="module")
+def history():
+    """A trained History with a gradient histogram metric added (-1 counts at step 2)."""
+    h = _trained()
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 50, (len(h), len(h.layers), HIST_BINS)).astype(np.int32)
+    counts[1] = -1  # not measured at this record
+    return gf.History(h.layers, {**{m: h[m] for m in h.metrics}, "grad_hist": counts},
+                      {s: h[s] for s in h.scalars}, h.meta, steps=h.steps)
+
+
+def _check_scalars(acc, h, prefix=""):
+    tags = layer_tags(h.layers)
+    per_layer = [m for m in h.metrics if h[m].ndim == 2]
+    assert {"grad_norm", "error_norm", "act_std", "weight_norm", "update_ratio"} <= set(per_layer)
+    for m in per_layer:
+        for j, t in enumerate(tags):
+            events = acc.Scalars(f"{prefix}{m}/{t}")
+            want = h[m][:, j]
+            keep = ~np.isnan(want)
+            assert [e.step for e in events] == h.steps[keep].tolist(), (m, t)
+            np.testing.assert_allclose([e.value for e in events], want[keep], rtol=1e-6)
+    for s in ("loss", "accuracy"):
+        np.testing.assert_allclose([e.value for e in acc.Scalars(prefix + s)], h[s], rtol=1e-6)
+
+
+def test_tensorboard_writes_every_layer_histograms_and_heatmaps(history, tmp_path):
+    h = history
+    with gf.integrations.TensorBoardWriter(tmp_path) as tb:
+        assert tb.write(h) == len(h)
+    acc = _events(tmp_path)
+    _check_scalars(acc, h)
+    tags = layer_tags(h.layers)
+    for j, t in enumerate(tags):
+        events = acc.Histograms(f"grad_hist/{t}")
+        assert [e.step for e in events] == [s for i, s in enumerate(h.steps) if i != 1]
+        for e, r in zip(events, [0, 2, 3]):
+            v = e.histogram_value
+            np.testing.assert_array_equal(v.bucket, h["grad_hist"][r, j])
+            np.testing.assert_array_equal(v.bucket_limit, LOG10_EDGES[1:])
+            assert v.num == h["grad_hist"][r, j].sum()
+    images = acc.Tags()["images"]
+    assert sorted(images) == ["heatmap/error_norm", "heatmap/grad_norm"]
+    img = acc.Images("heatmap/grad_norm")
+    assert len(img) == 1 and img[0].step == h.steps[-1] and img[0].width > 100
+
+
+def test_a_growing_history_is_written_once_per_record(history, tmp_path):
+    tb = gf.integrations.TensorBoardWriter(tmp_path, heatmaps=())
+    assert tb.write(history.truncated(2)) == 2
+    assert tb.write(history.truncated(2)) == 0  # nothing new
+    assert tb.write(history) == len(history) - 2
+    tb.close()
+    events = _events(tmp_path).Scalars("grad_norm/" + layer_tags(history.layers)[1])
+    assert [e.step for e in events] == history.steps.tolist()
+    assert not _events(tmp_path).Tags()["images"]
+
+
+def test_snapshots_from_a_user_loop(tmp_path):
+    h = _trained(steps=3, log_every=1)
+    with gf.integrations.TensorBoardWriter(tmp_path) as tb:
+        for i in range(len(h)):
+            tb.write(h.snapshot(i))  # its meta carries the step
+        with pytest.raises(ValueError, match="steps must increase"):
+            tb.write(h.snapshot(0), step=1)
+        tb.write(h.snapshot(0), step=10)
+        with pytest.raises(TypeError, match="gf.History or gf.Snapshot"):
+            tb.write({"grad_norm": 1.0})
+    acc = _events(tmp_path)
+    assert [e.step for e in acc.Scalars("loss")] == [0, 1, 2, 10]
+    assert acc.Images("heatmap/grad_norm")[0].step == 10
+
+
+def test_train_writes_to_loggers_as_it_trains(tmp_path, monkeypatch):
+    from gradflow import history as history_module
+
+    seen = []
+
+    class Recorder:
+        def write(self, h):
+            seen.append(h.steps.tolist())
+
+    now = iter(range(0, 1000, 5))  # every record is a flush (5 s apart > FLUSH_S)
+    monkeypatch.setattr(history_module, "_clock", lambda: next(now))
+    tb = gf.integrations.TensorBoardWriter(tmp_path)
+    h = _trained(steps=5, log_every=2, loggers=(Recorder(), tb))
+    tb.close()
+    assert seen == [[0], [0, 2], [0, 2, 4], [0, 2, 4]]  # each recorded step, then the end
+    _check_scalars(_events(tmp_path), h)
+
+
+def test_train_loggers_wait_for_the_flush_interval(monkeypatch):
+    from gradflow import history as history_module
+
+    seen = []
+
+    class Recorder:
+        def write(self, h):
+            seen.append(len(h))
+
+    monkeypatch.setattr(history_module, "_clock", lambda: 0.0)  # time stands still
+    _trained(steps=5, log_every=1, loggers=(Recorder(),))
+    assert seen == [1, 5]  # the first record, then the end
+
+
+def test_missing_tensorboardx_is_one_line(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)
+    with pytest.raises(ImportError) as err:
+        gf.integrations.TensorBoardWriter(tmp_path)
+    assert str(err.value) == ("gf.integrations.TensorBoardWriter needs tensorboardX: pip install "
+                              "'gradflow-diagnostics[tensorboard]'")
+
+
+def test_importing_gradflow_imports_no_tracker():
+    import subprocess
+
+    code = ("import sys, gradflow as gf; gf.integrations.TensorBoardWriter; "
+            "print(sorted(m for m in ('tensorboardX', 'tensorboard', 'wandb') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
