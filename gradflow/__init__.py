@@ -21,6 +21,7 @@ imports only from its own layer or lower ones, and no modules import each other 
     3  gradflow.analysis     diagnose, divergence, theory, summary, flops
     4  gradflow.plot         every figure (matplotlib)
     5  gradflow.report       HTML pages, run and sweep reports, text tables, progress display
+       gradflow.integrations TensorBoard and Weights & Biases loggers
     6  gradflow.experiments  the side-by-side run, the depth sweep, the seed paper's studies
     7  gradflow.cli          options, main, interruption, resume (`python -m gradflow.run`)
 
@@ -45,7 +46,7 @@ from .train import recorded_steps, train
 __version__ = "0.1.0"
 __all__ = ["value_and_grad", "update_ratio", "probe", "train", "recorded_steps", "Snapshot", "History", "diagnose", "Finding",
            "summary", "Summary", "freeze_batchnorm", "unfreeze_batchnorm", "models", "data",
-           "losses", "theory", "flops", "distributed", "instrument", "plot",
+           "losses", "theory", "flops", "distributed", "instrument", "plot", "integrations",
            "report"]
 
 _LAYERS = {
@@ -56,7 +57,7 @@ _LAYERS = {
     "gradflow.models": 2, "gradflow.data": 2, "gradflow.quantities": 2,
     "gradflow.analysis": 3,
     "gradflow.plot": 4,
-    "gradflow.report": 5,
+    "gradflow.report": 5, "gradflow.integrations": 5,
     "gradflow.experiments": 6,
     "gradflow.cli": 7, "gradflow.run": 7,
 }
@@ -71,10 +72,12 @@ del globals()["report"]
 def __getattr__(name: str):
     if name == "plot":  # matplotlib only when a figure is asked for
         return importlib.import_module(".plot", __name__)
+    if name == "integrations":  # the trackers' packages only when a logger is made
+        return importlib.import_module(".integrations", __name__)
     if name == "report":  # gf.report, the function; matplotlib only when a report is asked for
         return importlib.import_module(".report.any_history", __name__).report
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | {"plot", "report"})
+    return sorted(set(globals()) | {"plot", "integrations", "report"})
