@@ -73,8 +73,13 @@ def make_conv(kind: str, in_features, out_features, kernel_size=(3, 3), *, strid
 
     Args:
       kind: "separable" for a `SeparableConv`; anything else ("standard") gives an `nnx.Conv`.
-      in_features, out_features, kernel_size, strides, use_bias, kernel_init, rngs: as for
-        `nnx.Conv`.
+      in_features: the input channels.
+      out_features: the output channels.
+      kernel_size: the kernel's spatial size (a separable conv's depthwise kernel).
+      strides: the stride (a separable conv's depthwise conv).
+      use_bias: whether the conv has a bias (a separable conv's pointwise conv).
+      kernel_init: the initializer of the kernel(s).
+      rngs: the `nnx.Rngs` to initialize from.
 
     Returns:
       The conv module.

@@ -84,7 +84,8 @@ def vdot(a, b) -> jax.Array:
     """⟨a, b⟩ over every leaf of two pytrees of the same structure, in float32.
 
     Args:
-      a, b: pytrees of arrays.
+      a: a pytree of arrays.
+      b: a pytree of arrays with the structure of `a`.
 
     Returns:
       A float32 scalar.
