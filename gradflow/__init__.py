@@ -62,10 +62,15 @@ _LAYERS = {
     "gradflow.cli": 7, "gradflow.run": 7,
 }
 
+# How Snapshot and History show in Jupyter: HTML built in gradflow.report.notebook (no
+# matplotlib until a History is shown), plugged into the lower layer's `_repr_html_`.
+from .report import notebook as _notebook
+from .snapshot import HTML as _HTML
+
+_HTML.update(_notebook.RENDERERS)
 # The name `report` is the function gf.report (through __getattr__), not the subpackage
-# gradflow.report: the subpackage is loaded now, so that importing its modules later never
-# rebinds the name, and unbound here.
-importlib.import_module(".report", __name__)
+# gradflow.report: the subpackage is loaded above, so importing its modules later never
+# rebinds the name, and is unbound here.
 del globals()["report"]
 
 

@@ -18,6 +18,8 @@ import numpy as np
 from ._io import write_atomic
 
 _FORMAT = "gradflow-records-1"
+HTML = {}  # kind -> the function that shows it in Jupyter (gradflow.report.notebook's, plugged
+#            in by the package at import: the HTML and its figure belong to a higher layer)
 
 
 class _Records:
@@ -121,6 +123,10 @@ class _Records:
 
     def __repr__(self):
         return f"{type(self).__name__}({len(self.layers)} layers, metrics={list(self.metrics)})"
+
+    def _repr_html_(self) -> str | None:
+        """Jupyter's view: the per-layer table, and for a History a heatmap over steps."""
+        return HTML[self.kind](self) if self.kind in HTML else None
 
 
 @jax.tree_util.register_pytree_with_keys_class
