@@ -8,7 +8,9 @@ becomes its text followed by the file's repository path.
 
 `ExampleSections` (a griffe extension, for mkdocstrings): gradflow's docstrings head their
 doctests "Example:", as the Google style guide does; griffe's Google parser knows only
-"Examples:" as a code section and would render "Example:" as prose (`>>>` as block quotes)."""
+"Examples:" as a code section and would render "Example:" as prose (`>>>` as block quotes).
+Literal blocks introduced by "::" (reStructuredText's marker, "Example::") become fenced
+Python code."""
 from __future__ import annotations
 
 import logging
@@ -57,10 +59,56 @@ def on_page_markdown(markdown, page, config, files):
 
 
 class ExampleSections(griffe.Extension):
-    """Reads a docstring's "Example:" heading as "Examples:"."""
+    """Reads a docstring's "Example:" heading as "Examples:" and its "::" literal blocks as
+    fenced code."""
 
     HEADING = re.compile(r"^(\s*)Example:[ \t]*$", re.MULTILINE)
 
     def on_object(self, *, obj, **kwargs):
         if obj.docstring is not None:
-            obj.docstring.value = self.HEADING.sub(r"\1Examples:", obj.docstring.value)
+            text = literal_blocks(obj.docstring.value)
+            obj.docstring.value = self.HEADING.sub(r"\1Examples:", text)
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def literal_blocks(text: str) -> str:
+    """Turns each "::"-introduced, more deeply indented block into a fenced code block.
+
+    A marker alone on its line ("Example::") is a section heading: it becomes "Example:" and the
+    fence keeps the block's indentation (the section's). A marker ending a sentence ("as the
+    zoo's do::") becomes ":" and the block is fenced at the sentence's indentation.
+    """
+    lines, out, i = text.split("\n"), [], 0
+    while i < len(lines):
+        line = lines[i]
+        out.append(line)
+        i += 1
+        if not line.rstrip().endswith("::") or line.lstrip().startswith((">>>", "...")):
+            continue
+        j = i
+        while j < len(lines) and not lines[j].strip():
+            j += 1
+        if j == len(lines) or _indent(lines[j]) <= _indent(line):
+            continue  # no indented block follows
+        end = j
+        while end < len(lines) and (not lines[end].strip() or _indent(lines[end]) > _indent(line)):
+            end += 1
+        while not lines[end - 1].strip():
+            end -= 1
+        block = lines[j:end]
+        heading = re.fullmatch(r"\s*\w[\w ]*::\s*", line) is not None
+        out[-1] = line.rstrip()[:-1]
+        if heading:
+            pad = " " * _indent(lines[j])
+            body = block
+        else:
+            pad = " " * _indent(line)
+            cut = min(_indent(b) for b in block if b.strip())
+            body = [pad + b[cut:] if b.strip() else "" for b in block]
+            out.append("")
+        out += [pad + "```python", *body, pad + "```"]
+        i = end
+    return "\n".join(out)
