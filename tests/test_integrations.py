@@ -156,3 +156,85 @@ def test_importing_gradflow_imports_no_tracker():
             "print(sorted(m for m in ('tensorboardX', 'tensorboard', 'wandb') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _wandb_records(path):
+    """The records of a `.wandb` file: W&B's own record protobufs in a LevelDB-style log (a
+    7-byte file header, then 32 KiB blocks of chunks, each with a 7-byte header: checksum,
+    length, type FULL/FIRST/MIDDLE/LAST)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, pos, part, records = path.read_bytes(), 7, b"", []
+    assert data[:4] == b":W&B"
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
+            pos += 32768 - pos % 32768
+            continue
+        length, kind = struct.unpack("<HB", data[pos + 4:pos + 7])
+        part, pos = part + data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):  # FULL or LAST: a record is complete
+            records.append(pb.Record())
+            records[-1].ParseFromString(part)
+            part = b""
+    return records
+
+
+def _wandb_history(run_dir):
+    """The `run.log` rows of an offline run, once W&B's service has written its last record
+    (it writes the file in the background, after `finish` returns)."""
+    import json
+    import time
+
+    (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    for _ in range(600):
+        records = _wandb_records(path)
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            break
+        time.sleep(0.1)
+    return [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+            for r in records if r.WhichOneof("record_type") == "history"]
+
+
+def test_wandb_offline_run_holds_every_layer(history, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    for var, value in (("WANDB_MODE", "offline"), ("WANDB_SILENT", "true"),
+                       ("WANDB_CONFIG_DIR", tmp_path / "config"),
+                       ("WANDB_CACHE_DIR", tmp_path / "cache"),
+                       ("WANDB_DATA_DIR", tmp_path / "data")):
+        monkeypatch.setenv(var, str(value))
+    h = history
+    with gf.integrations.WandbLogger(project="gradflow-test", dir=tmp_path) as wb:
+        wb.write(h.truncated(2))
+        wb.write(h)
+    rows = [r for r in _wandb_history(tmp_path) if any(k.startswith("grad_norm/") for k in r)]
+    assert rows and all(isinstance(v, (int, float, str, list)) for r in rows for v in r.values())
+    assert [r["_step"] for r in rows] == h.steps.tolist()  # no record twice
+    tags = layer_tags(h.layers)
+    for i, row in enumerate(rows):
+        for m in (m for m in h.metrics if h[m].ndim == 2):
+            for j, t in enumerate(tags):
+                if not np.isnan(h[m][i, j]):
+                    assert row[f"{m}/{t}"] == pytest.approx(h[m][i, j], rel=1e-6), (m, t)
+        assert row["loss"] == pytest.approx(h["loss"][i], rel=1e-6)
+        for j, t in enumerate(tags):
+            key = f"grad_hist/{t}"  # W&B stores a histogram as key/values, key/bins
+            if i == 1:
+                assert key + "/values" not in row  # -1 counts: not measured
+            else:
+                assert row[key + "/_type"] == "histogram"
+                assert row[key + "/values"] == h["grad_hist"][i, j].tolist()
+                np.testing.assert_allclose(row[key + "/bins"], LOG10_EDGES)
+    for m in ("grad_norm", "error_norm"):
+        images = [r for r in rows if f"heatmap/{m}/_type" in r]
+        assert len(images) == 1 and images[0][f"heatmap/{m}/_type"] == "image-file"
+        assert images[0]["_step"] == h.steps[-1]
+
+
+def test_missing_wandb_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    with pytest.raises(ImportError) as err:
+        gf.integrations.WandbLogger()
+    assert str(err.value) == ("gf.integrations.WandbLogger needs wandb: pip install "
+                              "'gradflow-diagnostics[wandb]'")
