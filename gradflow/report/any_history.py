@@ -33,7 +33,8 @@ _DEFINITIONS = {
                    "network it covers",
     "diagnosis": "gf.diagnose findings at the first record and at the last, each naming its "
                  "moment (init, step N, end (step N))",
-    "verdict": "the gradient flow in short, at the first record and at the last",
+    "verdict": "the gradient flow in short, at the first record and at the last, and \"did "
+               "not learn\" when the loss did not fall (gf.diagnose's not_learning)",
 }
 
 
@@ -123,10 +124,13 @@ def _entry(name: str, h: History) -> dict:
     diverged = h.meta.get("diverged_at_step")
     init = diagnose(h.snapshot(0))
     end = diagnose(h) if len(h) > 1 else []
-    moments = [(init[0].moment if init else "init", flow(init))]
-    if end and flow(end) != moments[0][1]:
-        moments.append((end[0].moment, flow(end)))
-    verdict = "; ".join(f"at {m}: {p}" for m, p in moments)
+    first = init[0].moment if init else "init"
+    if not end or flow(end) == flow(init):
+        verdict = f"at {first}{f' and {end[0].moment}' if end else ''}: {flow(init)}"
+    else:
+        verdict = f"at {first}: {flow(init)}; at {end[0].moment}: {flow(end)}"
+    if any(f.kind == "not_learning" for f in end):
+        verdict += "; did not learn"
     if diverged is not None:
         verdict += f"; diverged at step {diverged}"
     return {"arch": name, "status": "diverged" if diverged is not None else "ok",

@@ -126,7 +126,7 @@ def _heatmap(history) -> str:
 
     from ..plot.heatmap import heatmap
 
-    fig = Figure(figsize=(5.5, 2.2 + min(len(history.layers), 30) * 0.06))
+    fig = Figure(figsize=(6, 3 + min(len(history.layers), 30) * 0.05))
     heatmap(history, HEATMAP, ax=fig.add_subplot())
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=72)
