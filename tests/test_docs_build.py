@@ -34,3 +34,15 @@ def test_the_site_builds_without_warnings(tmp_path):
     # a link out of docs/ becomes the file's repository path
     assert "benchmarks/RESULTS.md" in (site / "benchmarks" / "index.html").read_text()
     assert (site / "concepts" / "index.html").is_file() and (site / "tour" / "index.html").is_file()
+
+
+def _tour_code(path, heading):
+    lines = path.read_text().splitlines()
+    start = lines.index("```python", lines.index(heading))
+    return lines[start:lines.index("```", start + 1)]
+
+
+def test_the_sites_tour_shows_the_readmes_tour():
+    """docs/tour.md repeats the README's API tour for the site; the two stay the same."""
+    assert (_tour_code(ROOT / "docs" / "tour.md", "## The Python API in one screen")
+            == _tour_code(ROOT / "README.md", "## A short tour of the Python API"))
