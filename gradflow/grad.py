@@ -34,10 +34,12 @@ from .instrument import LAYER_METRICS, registry
 from .instrument.measure import Layout, discover_call, measure_call, update_ratios
 from .instrument.recorder import Row
 from .instrument.steps import abstract
+from .quantities.in_step import batch_leaves, step_quantities
 from .snapshot import Snapshot
 
 
-def value_and_grad(fn, *, has_aux: bool = False):
+def value_and_grad(fn, *, has_aux: bool = False, noise: bool = False, curvature: bool = False,
+                   histograms: bool = False, noise_chunk: int | None = None):
     """Like `nnx.value_and_grad(fn, has_aux=...)`, plus a Snapshot of every layer.
 
     Args:
@@ -47,6 +49,20 @@ def value_and_grad(fn, *, has_aux: bool = False):
         weight layer is one row. Other NNX objects among the arguments (an `nnx.Rngs`, say)
         are updated as `nnx.value_and_grad` updates them.
       has_aux: `fn` returns `(loss, aux)`.
+      noise: also take the gradient noise quantities of the batch (as `gf.probe(...,
+        noise=True)`: `mean_gsnr`, `norm_test`, `inner_test`, `ortho_test`, their `layer_<name>`
+        rows, `example_grad_hist` and `noise_mean_reduced`), from per-example gradients of
+        `fn`. The batch is every array argument whose leading axis has the first array
+        argument's size; `fn` must be mean-reduced over it (if not, the values are NaN and
+        `noise_mean_reduced` 0). Costs about one backward pass per example (chunked).
+      curvature: also take `hess_max_ev` (power iteration, rtol 1e-3, at most 100
+        Hessian-vector products), `hess_max_ev_converged`, `hess_trace`, `hess_trace_se`
+        (Hutchinson, 8 samples) and the rows' `layer_hess_trace(_se)`, of the loss `fn`
+        computes.
+      histograms: also take `grad_hist`, each row's (HIST_BINS,) counts of |gradient element|
+        in log bins (`gradflow.quantities.histograms`), from `grads` (nearly free).
+      noise_chunk: examples per chunk of per-example gradients (default: as many as fit
+        256 MiB).
 
     Returns:
       `grad_fn(model, *args, **kwargs) -> (value, grads, snapshot)`: `value` is the loss (or
@@ -69,7 +85,8 @@ def value_and_grad(fn, *, has_aux: bool = False):
         pass `jnp.asarray`; a tuple like `(3, 3)` is fine) — so a string is refused (bind it:
         `functools.partial(fn, mode=...)`); or a tuple, list or dict argument reaches flax,
         jax, optax or numpy code whole where an array is needed (found on the first call).
-      ValueError: if the model has no parameters or `fn` returns no scalar loss.
+      ValueError: if the model has no parameters or `fn` returns no scalar loss; with `noise`,
+        for a batch of one example or no array argument.
 
     Example:
       >>> model = gf.models.mlp("plain", 4, width=8, in_features=3, num_classes=2,
@@ -123,14 +140,28 @@ def value_and_grad(fn, *, has_aux: bool = False):
         layout = _LAYOUTS[key]
         loss, (aux, new_nodes), grads, new_rest, stats = measure_call(
             graphdef, layout, objective, params, rest)
+        extra_metrics, extra_scalars = {}, {}
+        if noise or curvature or histograms:
+            indices, batch = batch_leaves(args, kwargs) if noise else ([], [])
+
+            def loss_with(m, new_batch):
+                a, k = rebuild(nnx.merge(node_def, node_state, copy=True),
+                               dict(zip(indices, new_batch)))
+                out = fn(m, *a, **k)
+                return out[0] if has_aux else out
+
+            extra_metrics, extra_scalars = step_quantities(
+                loss_with, graphdef, params, rest, layout, grads, batch, noise_on=noise,
+                curvature_on=curvature, histograms_on=histograms, chunk=noise_chunk)
         nnx.update(model, new_rest)
         if nodes:
             nnx.update(tuple(nodes), new_nodes)
         if not layout.probed:
             warnings.warn(UNPROBED, stacklevel=2)
-        scalars = {"loss": loss} | {k: v for k, v in stats.items() if k not in LAYER_METRICS}
-        snapshot = Snapshot(layout.names, {k: stats[k] for k in LAYER_METRICS}, scalars,
-                            _meta(layout))
+        scalars = ({"loss": loss} | {k: v for k, v in stats.items() if k not in LAYER_METRICS}
+                   | extra_scalars)
+        snapshot = Snapshot(layout.names, {k: stats[k] for k in LAYER_METRICS} | extra_metrics,
+                            scalars, _meta(layout))
         return ((loss, aux) if has_aux else loss), grads, snapshot
 
     return grad_fn
@@ -176,10 +207,12 @@ def _graph_nodes(tree):
     leaves, treedef = jax.tree.flatten(tree, is_leaf=nnx.graph.is_graph_node)
     where = [i for i, leaf in enumerate(leaves) if nnx.graph.is_graph_node(leaf)]
 
-    def rebuild(copies):
+    def rebuild(copies, replace=None):  # replace: {leaf index: new value} (a batch's arrays)
         new = list(leaves)
         for i, c in zip(where, copies):
             new[i] = c
+        for i, v in (replace or {}).items():
+            new[i] = v
         return jax.tree.unflatten(treedef, new)
 
     signature = tuple(None if nnx.graph.is_graph_node(leaf)  # its state: in the key's node_state

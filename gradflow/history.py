@@ -83,7 +83,9 @@ class History(_Records):
           snapshot: a Snapshot with this History's names, e.g. as a jitted step returned it.
 
         Raises:
-          ValueError: if the step does not increase, or the names or shapes differ.
+          ValueError: if the step does not increase, or the names or shapes differ (the
+            occasional quantities, `OCCASIONAL`, may come and go: records without them hold
+            NaN, or -1 for histogram counts).
           TypeError: if `snapshot` is not a Snapshot.
 
         Example:
@@ -100,18 +102,21 @@ class History(_Records):
         for what, mine, theirs in (("layers", self.layers, snap.layers),
                                    ("metrics", self.metrics, snap.metrics),
                                    ("scalars", self.scalars, snap.scalars)):
-            if (n or mine and what == "layers") and mine != theirs:
-                new = [x for x in theirs if x not in mine][:3]
-                gone = [x for x in mine if x not in theirs][:3]
+            new = [x for x in theirs if x not in mine]
+            gone = [x for x in mine if x not in theirs]
+            occasional = what != "layers" and set(new + gone) <= OCCASIONAL
+            if (n or mine and what == "layers") and mine != theirs and not occasional:
                 raise ValueError(f"snapshot {what} differ from the History's ({len(theirs)} vs "
-                                 f"{len(mine)}): new {new}, missing {gone}")
+                                 f"{len(mine)}): new {new[:3]}, missing {gone[:3]}")
         values = {k: np.asarray(snap[k]) for k in snap.metrics + snap.scalars}
         for k, v in values.items():
             bad = (v.ndim < 1 or v.shape[0] != len(snap.layers)) if k in snap.metrics else v.ndim
-            if bad or (n and v.shape != self[k].shape[1:]):
+            if bad or (n and k in self and v.shape != self[k].shape[1:]):
                 want = (len(snap.layers),) if k in snap.metrics else ()
                 raise ValueError(f"snapshot {k!r} has shape {v.shape}, expected {want}"
                                  f"{'' if k in snap.scalars else ' (or (n_layers, ...))'}")
+        if n:
+            self._add_occasional(values, snap.metrics)
         if not n:  # the first record: names, meta and empty buffers from it
             self.layers, self.meta = snap.layers, {**snap.meta, **self.meta}
             self._metrics = {k: values[k][None][:0] for k in snap.metrics}
@@ -125,6 +130,18 @@ class History(_Records):
         self._steps[n], self._n = step, n + 1
         if self._path and (self._wrote_at is None or _clock() - self._wrote_at >= self._every_s):
             self.close()
+
+    def _add_occasional(self, values: dict, metrics) -> None:
+        """Blank fields for the occasional quantities a record lacks (NaN; -1 for counts), and
+        blank earlier records for those it is the first to bring (`OCCASIONAL`)."""
+        for k, v in values.items():
+            if k not in self:
+                d = self._metrics if k in metrics else self._scalars
+                d[k] = np.full((len(self._steps), *v.shape), _blank(v.dtype), v.dtype)
+        for d in (self._metrics, self._scalars):
+            for k, buf in d.items():
+                if k not in values:
+                    values[k] = np.full(buf.shape[1:], _blank(buf.dtype), buf.dtype)
 
     def _grow(self, values: dict) -> None:
         cap = max(16, 2 * self._n)
@@ -228,6 +245,24 @@ class History(_Records):
         return History(self.layers, {m: self[m][:k] for m in self.metrics},
                        {s: self[s][:k] for s in self.scalars}, dict(self.meta),
                        steps=self.steps[:k])
+
+
+def _blank(dtype):
+    """The value of a quantity a record did not take: NaN, or -1 for integer counts."""
+    return -1 if np.issubdtype(dtype, np.integer) else np.nan
+
+
+def _occasional() -> frozenset:
+    from .quantities.histograms import OCCASIONAL_HISTOGRAMS
+    from .quantities.noise import NOISE_METRICS, NOISE_SCALARS
+    from .quantities.steps import CURVATURE_METRICS, CURVATURE_SCALARS
+    return frozenset(NOISE_METRICS + NOISE_SCALARS + CURVATURE_METRICS + CURVATURE_SCALARS
+                     + OCCASIONAL_HISTOGRAMS + ("noise_mean_reduced", "hess_max_ev_converged",
+                                               "init_distance", "layer_init_distance",
+                                               "update_ratio"))
+
+
+OCCASIONAL = _occasional()  # quantities a record may lack (`append` leaves them blank)
 
 
 def finite_record(record: dict) -> bool:

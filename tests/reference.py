@@ -98,3 +98,15 @@ def unrolled_copy(model, make_unrolled):
             v.set_value(src[path])
     nnx.update(target, state)
     return target
+
+
+def noise_reference(G):
+    """The four noise quantities (Cockpit's definitions) from a (B, N) float64 matrix of
+    per-example gradients, written out directly."""
+    B, g = len(G), G.mean(0)
+    gg, P = g @ g, G @ g
+    orth = G - np.outer(P / gg, g)
+    return {"norm_test": np.sqrt(((G - g) ** 2).sum() / (B - 1) / B / gg),
+            "inner_test": np.sqrt(P.var(ddof=1) / B / gg ** 2),
+            "ortho_test": np.sqrt((orth ** 2).sum() / (B - 1) / B / gg),
+            "mean_gsnr": np.mean(g ** 2 / ((G ** 2).mean(0) - g ** 2 + 1e-5))}

@@ -11,6 +11,7 @@ from gradflow.probe import split_model
 from gradflow.quantities.histograms import EDGES, HIST_BINS
 from gradflow.quantities.rows import row_segments
 from gradflow.quantities.steps import noise_step
+from reference import noise_reference
 
 CE = gf.losses.cross_entropy
 X = jax.random.normal(jax.random.PRNGKey(1), (8, 3))
@@ -49,17 +50,6 @@ def _flat(tree):
                            for _, v in nnx.to_flat_state(tree)])
 
 
-def _reference(G):
-    """The four quantities from a (B, N) float64 matrix of per-example gradients."""
-    B, g = len(G), G.mean(0)
-    gg, P = g @ g, G @ g
-    orth = G - np.outer(P / gg, g)
-    return {"norm_test": np.sqrt(((G - g) ** 2).sum() / (B - 1) / B / gg),
-            "inner_test": np.sqrt(P.var(ddof=1) / B / gg ** 2),
-            "ortho_test": np.sqrt((orth ** 2).sum() / (B - 1) / B / gg),
-            "mean_gsnr": np.mean(g ** 2 / ((G ** 2).mean(0) - g ** 2 + 1e-5))}
-
-
 def _example_grads(model, loss_scale=1.0):
     graphdef, params, rest = split_model(model)
     rows = []
@@ -82,11 +72,11 @@ def test_whole_network_and_per_layer_values_equal_the_per_example_reference(stac
     model = _mlp(stack)
     G, params = _example_grads(model)
     got = _measured(model)
-    want = _reference(G)
+    want = noise_reference(G)
     for k, v in want.items():
         np.testing.assert_allclose(got[k], v, rtol=2e-3, err_msg=k)
     for r, idx in enumerate(_rows(model, params)):
-        want = _reference(G[:, idx])
+        want = noise_reference(G[:, idx])
         for k, v in want.items():
             np.testing.assert_allclose(got[f"layer_{k}"][r], v, rtol=2e-3, err_msg=f"{k} row {r}")
     assert bool(got["mean_reduced"])
@@ -113,7 +103,7 @@ def test_vanishing_gradients_keep_their_tests_and_gsnr_follows_its_absolute_epsi
     small = 1e-3  # g² ~ 1e-8, below ε: the GSNR shrinks with the gradients, as defined
     G, _ = _example_grads(model, loss_scale=small)
     got = _measured(model, loss=lambda o, y: small * CE(o, y))
-    np.testing.assert_allclose(got["mean_gsnr"], _reference(G)["mean_gsnr"], rtol=2e-3)
+    np.testing.assert_allclose(got["mean_gsnr"], noise_reference(G)["mean_gsnr"], rtol=2e-3)
     assert got["mean_gsnr"] < 0.1 * ref["mean_gsnr"]
 
 
@@ -155,5 +145,5 @@ def test_batchnorm_examples_use_the_batch_statistics_held_fixed():
     jac = jax.jacrev(losses)(params)
     G = np.concatenate([np.asarray(v.get_value(), np.float64).reshape(len(X), -1)
                         for _, v in nnx.to_flat_state(jac)], axis=1)
-    for k, v in _reference(G).items():
+    for k, v in noise_reference(G).items():
         np.testing.assert_allclose(got[k], v, rtol=2e-3, err_msg=k)
