@@ -238,3 +238,66 @@ def test_missing_wandb_is_one_line(monkeypatch):
         gf.integrations.WandbLogger()
     assert str(err.value) == ("gf.integrations.WandbLogger needs wandb: pip install "
                               "'gradflow-diagnostics[wandb]'")
+
+
+# -- python -m gradflow.run --tensorboard / --wandb, and the running report -----------------
+
+def test_cli_writes_tensorboard_wandb_and_a_live_report(tmp_path, monkeypatch):
+    """One tiny run in process: TensorBoard and W&B get the arch's History, report.html says
+    "running" with a reload while training (refreshes made due at once) and neither at the end."""
+    pytest.importorskip("wandb")
+    from gradflow import cli
+    from gradflow.cli import live
+
+    for var, value in (("WANDB_SILENT", "true"), ("WANDB_CONFIG_DIR", tmp_path / "config"),
+                       ("WANDB_CACHE_DIR", tmp_path / "cache"), ("WANDB_DATA_DIR", tmp_path)):
+        monkeypatch.setenv(var, str(value))
+    for var in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(var, raising=False)  # so --wandb runs offline
+    pages = []
+    refresh = live.Live.refresh
+
+    def capture(self, *args, **kwargs):
+        refresh(self, *args, **kwargs)
+        pages.append((tmp_path / "out" / "report.html").read_text())
+
+    monkeypatch.setattr(live, "LIVE_S", 0.0)
+    monkeypatch.setattr(live.Live, "refresh", capture)
+    code = cli.main(["--depth", "4", "--width", "4", "--steps", "3", "--log-every", "1",
+                     "--archs", "plain", "--out", str(tmp_path / "out"), "--tensorboard",
+                     str(tmp_path / "tb"), "--wandb", "--quiet"])
+    assert code == 0
+    assert pages and "running — plain (1 of 1 architectures) at step 1 of 3" in pages[0]
+    assert '<meta http-equiv="refresh" content="10">' in pages[0]
+    final = (tmp_path / "out" / "report.html").read_text()
+    assert "running —" not in final and "http-equiv" not in final
+    h = gf.History.load(tmp_path / "out" / "plain_history.npz")
+    acc = _events(tmp_path / "tb" / "plain")
+    _check_scalars(acc, h)
+    assert sorted(acc.Tags()["images"]) == ["heatmap/error_norm", "heatmap/grad_norm"]
+    rows = [r for r in _wandb_history(tmp_path / "out") if "loss" in r]
+    assert [r["_step"] for r in rows] == h.steps.tolist()
+
+
+def test_cli_refuses_an_unwritable_tensorboard_dir_or_a_missing_extra(tmp_path, monkeypatch,
+                                                                      capsys):
+    from gradflow.cli.args import parse
+
+    (tmp_path / "file").write_text("")
+    for argv, says in (
+            (["--tensorboard", str(tmp_path / "file" / "tb")], "cannot be written"),
+            (["--tensorboard", str(tmp_path / "file")], "is not a directory"),
+            (["--tensorboard", str(tmp_path / "tb"), "--depth", "4,8"], "not a depth sweep")):
+        with pytest.raises(SystemExit) as exit_:
+            parse([*argv, "--out", str(tmp_path / "out")])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and says in err and err.count("\n") == 1, err
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)
+    with pytest.raises(SystemExit) as exit_:
+        parse(["--tensorboard", str(tmp_path / "tb"), "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == (
+        "python -m gradflow.run: error: argument --tensorboard: gf.integrations."
+        "TensorBoardWriter needs tensorboardX: pip install 'gradflow-diagnostics[tensorboard]' "
+        "(see --help)\n")
+    assert not (tmp_path / "tb").exists() and not (tmp_path / "out").exists()

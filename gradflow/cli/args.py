@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -147,6 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
       "network and per layer) every --every steps; one device only")
     a("--every", type=_int_at_least(1), default=None, metavar="K", help="the interval in "
       f"steps of --noise and --curvature: steps 0, K, 2K, ... (default: {QUANTITIES_EVERY})")
+    a("--tensorboard", metavar="DIR", default=None, help="also write each architecture's "
+      "measurements into DIR/<arch>/ as TensorBoard event files while it trains (per-layer "
+      "scalars, gradient histograms; heatmaps at its end); view with tensorboard --logdir DIR. "
+      "Needs pip install 'gradflow-diagnostics[tensorboard]'")
+    a("--wandb", metavar="PROJECT", nargs="?", const="gradflow", default=None, help="also log "
+      "each architecture as a Weights & Biases run in PROJECT (default: gradflow), grouped by "
+      "the run directory's name; offline (files under the run directory's wandb/, upload "
+      "with wandb sync) unless WANDB_MODE or WANDB_API_KEY is set. Needs pip install "
+      "'gradflow-diagnostics[wandb]'")
     a("--quiet", action="store_true", help="no progress output on stderr")
     a("--resume", metavar="RUN_DIR", default=None, help="continue the interrupted run in RUN_DIR "
       "from its last checkpoint, with the options it was started with (other options must "
@@ -184,6 +194,7 @@ def parse(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.resume is not None:
         return _resume_args(p, argv)
+    _trackers(p, args, argv)
     if args.experiment:  # the seed's patterns: their own options and defaults
         args.options = validate(p, args, argv)
         args.out = out_dir(p, args.out)
@@ -222,6 +233,37 @@ def parse(argv=None) -> argparse.Namespace:
     args.out = out_dir(p, args.out)
     args.devices = _devices(p, args)
     return args
+
+
+def _trackers(p, args, argv) -> None:
+    """Checks --tensorboard and --wandb: a side-by-side run only, their package installed, the
+    TensorBoard directory writable (nothing is written here); makes that directory absolute."""
+    from ..integrations._base import require
+
+    given = [(flag, v) for flag, v in (("--tensorboard", args.tensorboard),
+                                       ("--wandb", args.wandb)) if v is not None]
+    for flag, _ in given:
+        depths = args.depth if isinstance(args.depth, list) else [args.depth]
+        if args.experiment or len(depths) > 1:
+            p.error(f"argument {flag}: for a side-by-side run at one depth, not "
+                    + ("--experiment" if args.experiment else "a depth sweep"))
+        module, who, extra = {"--tensorboard": ("tensorboardX", "TensorBoardWriter", "tensorboard"),
+                              "--wandb": ("wandb", "WandbLogger", "wandb")}[flag]
+        try:
+            require(module, who, extra)
+        except ImportError as e:
+            p.error(f"argument {flag}: {e}")
+    if args.tensorboard is not None:
+        path = Path(args.tensorboard).expanduser().absolute()
+        if path.exists() and not path.is_dir():
+            p.error(f"argument --tensorboard: {args.tensorboard} is not a directory")
+        parent = path
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            p.error(f"argument --tensorboard: {args.tensorboard} cannot be written ({parent} "
+                    f"is not a writable directory)")
+        args.tensorboard = str(path)
 
 
 def _train_options(p, args) -> dict:

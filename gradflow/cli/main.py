@@ -128,6 +128,7 @@ def _run(args, argv, cfg, ds, stop, claim, started, t_start) -> int:
     from ..experiments import side_by_side as experiment
     from ..experiments import verdict
     from ..report import run_report as report
+    from .live import Live
     from .resume import RUN_FILE, RunRecord
 
     primary = is_primary()  # in a multi-process run only process 0 reports and saves
@@ -138,6 +139,11 @@ def _run(args, argv, cfg, ds, stop, claim, started, t_start) -> int:
         record = RunRecord.create(args.out, sys.argv[1:] if argv is None else argv, started)
     progress = Progress(cfg.archs, cfg.steps, enabled=not args.quiet and primary)
     results, trained = [], False
+    run_command = command(argv) if args.resume is None else command(
+        [*args.resume.argv, "--out", str(args.out)])
+    device = f"{jax.default_backend()} ({os.cpu_count()} cores)"
+    live = Live(args, cfg, ds, results, {"command": run_command, "started": started,
+                                         "device": device}, report=primary)
     for i, arch in enumerate(cfg.archs):
         if stop.requested:
             break
@@ -148,7 +154,7 @@ def _run(args, argv, cfg, ds, stop, claim, started, t_start) -> int:
             continue
         progress.start(i)
         trained = True
-        saver = record.saver(arch) if record is not None else None
+        saver = live.saver(record, arch) if record is not None else None
         try:  # a multi-process run cannot stop at different steps: signals keep their effect
             res = experiment.train_arch(arch, cfg, ds, progress.step, saver=saver,
                                         stop=stop if jax.process_count() == 1 else None)
@@ -159,19 +165,19 @@ def _run(args, argv, cfg, ds, stop, claim, started, t_start) -> int:
             progress.finish(f"failed: {res.error}")
         else:
             progress.finish(_outcome(res), res.interrupted_at)
+        live.finished(res)  # its loggers write the final History and close
         if record is not None and res.interrupted_at is None:
             record.finish(res)
             saver.finish()
         results.append(res)
+    live.close()
     if stop.requested and not trained:  # stopped before the first step: leave nothing new
         if claim is not None and args.resume is None:
             claim.release(remove=[RUN_FILE])
         return _nothing_written("before training started", stop.signum)
     summary = verdict.summarize(results, cfg, ds)
     summary["run"] = {
-        "command": command(argv) if args.resume is None else command(
-            [*args.resume.argv, "--out", str(args.out)]),
-        "started": started, "device": f"{jax.default_backend()} ({os.cpu_count()} cores)",
+        "command": run_command, "started": started, "device": device,
         "devices": cfg.devices, "processes": jax.process_count(),
         "training_s": round(time.perf_counter() - t_start, 1),
         "output": str(args.out)}

@@ -58,15 +58,16 @@ class RunRecord:
 
         Args:
           directory: the (existing) run directory.
-          argv: the command-line options; --out and --quiet are dropped, --data-dir made
-            absolute.
+          argv: the command-line options; --out and --quiet are dropped, --data-dir and
+            --tensorboard made absolute.
           started: the start time.
 
         Returns:
           The RunRecord, status "running".
         """
         argv = strip_option(strip_option(argv, "--out"), "--quiet", value=False)
-        record = cls(directory, _absolute(argv, "--data-dir"), started=started)
+        record = cls(directory, _absolute(_absolute(argv, "--data-dir"), "--tensorboard"),
+                     started=started)
         record.save()
         return record
 

@@ -22,23 +22,28 @@ td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child,th:f
 td:last-child,th:last-child{text-align:left}th{background:#f2f2f2}img{max-width:100%;
 border:1px solid #eee;margin:.5em 0}code{background:#f4f4f4;padding:1px 4px}
 .bad td{color:#a00}.note{color:#555;font-size:14px}
+.live{background:#fff4d6;border:1px solid #e0c060;padding:.5em .8em}
 pre{background:#f7f7f7;padding:.6em;font-size:12.5px;overflow-x:auto}"""
 
 e = html.escape
+REFRESH_S = 10  # a page still being updated asks the browser to reload it this often
 
 
-def document(title: str, body: str) -> str:
+def document(title: str, body: str, refresh: int | None = None) -> str:
     """A complete HTML page with gradflow's style.
 
     Args:
       title: the page title (escaped here).
       body: the page's HTML body (already escaped by the caller).
+      refresh: ask the browser to reload the page every `refresh` seconds (a page that is
+        still being updated); default never.
 
     Returns:
       The page as a string.
     """
-    return (f'<!doctype html><html><head><meta charset="utf-8">\n<title>gradflow — {e(title)}'
-            f"</title>\n<style>{CSS}</style></head><body>\n{body}\n</body></html>\n")
+    reload = f'<meta http-equiv="refresh" content="{int(refresh)}">\n' if refresh else ""
+    return (f'<!doctype html><html><head><meta charset="utf-8">\n{reload}<title>gradflow — '
+            f"{e(title)}</title>\n<style>{CSS}</style></head><body>\n{body}\n</body></html>\n")
 
 
 def figure_html(title: str, caption: str, png: bytes) -> str:

@@ -16,11 +16,11 @@ from ..plot import comparison_grid, curves, grad_histograms, heatmap, png_bytes,
 from ..plot import training_quantities
 from ..plot._style import label
 from ..plot.quantities import CURVATURE, HISTOGRAMS, NOISE, measured_records
-from .page import document, figure_html, table_html, write_text
+from .page import REFRESH_S, document, figure_html, table_html, write_text
 from .text import fmt, quantity_sentences, text_table
 
 
-def write_run(out, histories: dict, summary: dict) -> list[str]:
+def write_run(out, histories: dict, summary: dict, live: str | None = None) -> list[str]:
     """Writes a run's files into the directory `out`.
 
     Args:
@@ -28,6 +28,10 @@ def write_run(out, histories: dict, summary: dict) -> list[str]:
       histories: arch -> History of every architecture that trained (failed ones are absent).
       summary: summary.json's content (`verdict.summarize`): each arch's status, divergence
         step and held-out accuracy label the figures.
+      live: for a run still training, the banner at the top of report.html (e.g. "running —
+        plain at step 120 of 600"): the page then reloads itself every
+        `page.REFRESH_S` seconds, and only the figures and report.html are written (the
+        Histories and summary.json are left to the end).
 
     Returns:
       The names written: `<arch>_history.npz`, `<arch>_heatmap.png`, the comparison grids,
@@ -53,12 +57,14 @@ def write_run(out, histories: dict, summary: dict) -> list[str]:
         written.append(name)
         to.append(figure_html(title, caption, png))
 
-    for arch, h in histories.items():
+    for arch, h in histories.items() if live is None else ():
         written.append(h.save(out / f"{arch}_history.npz").name)
     section = run_figures(histories, summary, save)
-    write_json(out / "summary.json", summary)
-    write_text(out / "report.html", html_report(summary, figures, section))
-    return written + ["summary.json", "report.html"]
+    if live is None:
+        write_json(out / "summary.json", summary)
+        written.append("summary.json")
+    write_text(out / "report.html", html_report(summary, figures, section, live))
+    return written + ["report.html"]
 
 
 def run_figures(histories: dict, summary: dict, save, skipped: list | None = None) -> str:
@@ -229,7 +235,8 @@ def table(summary: dict) -> str:
                              "at init and at the end (≪ 1: vanishing, ≫ 1: exploding)")
 
 
-def html_report(summary: dict, figures: list[str], quantities: str = "") -> str:
+def html_report(summary: dict, figures: list[str], quantities: str = "",
+                live: str | None = None) -> str:
     """The run's standalone report.html: settings, summary table, diagnosis, the section
     "Gradient noise and curvature" (when there is one) and figures.
 
@@ -237,23 +244,25 @@ def html_report(summary: dict, figures: list[str], quantities: str = "") -> str:
       summary: summary.json's content, with its "run" entry (command, start, device, time).
       figures: HTML figure sections (`page.figure_html`), in page order.
       quantities: the body of the gradient noise and curvature section ("": none).
+      live: the banner of a run still training (the page then reloads itself); None: final.
 
     Returns:
       The page as a string.
     """
     e = html.escape
     cfg = summary["config"]
-    table = table_html(_HEAD, table_rows(summary),
-                       row_class=["bad" if a["status"] != "ok" else "" for a in summary["archs"]])
+    table = table_html(_HEAD, table_rows(summary), row_class=[
+        "bad" if a["status"] not in ("ok", "training") else "" for a in summary["archs"]])
     figs = "".join(figures)
     conf = ", ".join(f"{k}={v}" for k, v in cfg.items())
     d = summary["definitions"]
     run = summary.get("run", {})
     title = f"depth {cfg['depth']} {cfg['model']}: {cfg['archs']}"
     section = f"\n<h2>Gradient noise and curvature</h2>{quantities}" if quantities else ""
+    banner = f"<p class=live><b>{e(live)}</b></p>\n" if live else ""
     return document(title, f"""<h1>Gradient flow through a depth-{cfg['depth']} \
 {e(cfg['model'].upper())}</h1>
-<p>Command: <code>{e(run.get('command', ''))}</code><br>Settings: {e(conf)}<br>
+{banner}<p>Command: <code>{e(run.get('command', ''))}</code><br>Settings: {e(conf)}<br>
 Data: {e(summary['data']['description'])}<br>
 Started {e(run.get('started', ''))} on {e(run.get('device', ''))}; training and evaluation took
 {run.get('training_s', 0):.0f} s.</p>
@@ -263,7 +272,7 @@ millionth of the error signal the top layer gets (vanishing); far above 1 it gro
 (exploding). <b>Train loss/acc</b>: {e(d['final_train'])}. <b>Held-out acc</b>: {e(d['held_out'])}.
 </p>
 <h2>Diagnosis</h2>{diagnosis_html(summary)}{section}
-<h2>Figures</h2>{figs}""")
+<h2>Figures</h2>{figs}""", REFRESH_S if live else None)
 
 
 def _diagnosis(summary: dict) -> list[tuple[str, list[str]]]:
