@@ -103,6 +103,7 @@ def test_a_history_without_probe_metrics(tmp_path, user):
     page = _check(gf.report({"scan": unprobed}, tmp_path / "r.html"), 3, TRANSFORMER)
     assert "error signal) was not measured for scan" in _notes(page)
     assert "error-signal heatmap" not in page and "<th>error ratio at first</th>" not in page
+    assert "<td>error signal not measured" in page  # not "reaches every layer"
     only_grads = gf.History(TRANSFORMER, {"grad_norm": user["grad_norm"]}, steps=user.steps)
     page = _check(gf.report(only_grads, tmp_path / "g.html"), 2, TRANSFORMER)
     assert "No loss recorded for history" in _notes(page)

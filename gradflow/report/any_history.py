@@ -125,7 +125,9 @@ def _entry(name: str, h: History) -> dict:
     init = diagnose(h.snapshot(0))
     end = diagnose(h) if len(h) > 1 else []
     first = init[0].moment if init else "init"
-    if not end or flow(end) == flow(init):
+    if _error_ratio(h, 0) is None and _error_ratio(h, -1) is None:
+        verdict = "error signal not measured"  # the flow cannot be judged
+    elif not end or flow(end) == flow(init):
         verdict = f"at {first}{f' and {end[0].moment}' if end else ''}: {flow(init)}"
     else:
         verdict = f"at {first}: {flow(init)}; at {end[0].moment}: {flow(end)}"
