@@ -301,3 +301,20 @@ def test_cli_refuses_an_unwritable_tensorboard_dir_or_a_missing_extra(tmp_path, 
         "TensorBoardWriter needs tensorboardX: pip install 'gradflow-diagnostics[tensorboard]' "
         "(see --help)\n")
     assert not (tmp_path / "tb").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_failing_refresh_never_stops_training(history, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from gradflow.cli import live
+
+    watcher = live.Live(SimpleNamespace(tensorboard=None, wandb=None, out="unused"), None, None,
+                        [], {})
+    monkeypatch.setattr(live, "LIVE_S", 0.0)
+    monkeypatch.setattr(live.Live, "refresh", lambda *args: 1 / 0)
+    state = SimpleNamespace(params={"w": np.ones(3)}, step=1)
+    watcher.flushed("plain", history, state)
+    watcher.flushed("plain", history, state)  # not tried again
+    err = capsys.readouterr().err
+    assert err == ("gradflow: report.html is not refreshed while training (ZeroDivisionError: "
+                   "division by zero)\n")

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import sys
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
+from .._io import WriteError
 from ..checkpoint import ArchSaver
 from ..history import History
 
@@ -57,25 +59,21 @@ class Live:
       ds: the Dataset.
       results: the run's list of finished ArchResults (read at each refresh).
       run: the run's command, start and device, as summary.json's "run" has them.
-      report: whether to refresh report.html while training.
+      enabled: False in the processes that do not write files (all but process 0 of a
+        multi-process run): nothing is logged or refreshed there.
     """
 
-    def __init__(self, args, cfg, ds, results: list, run: dict, report: bool = True):
+    def __init__(self, args, cfg, ds, results: list, run: dict, enabled: bool = True):
         self.args, self.cfg, self.ds, self.results, self.run = args, cfg, ds, results, run
-        self.report = report
+        self.enabled = enabled
         self.loggers: dict[str, list] = {}
         self.started = self.last_refresh = time.monotonic()
         self.cost = 0.0
         self.refreshes = 0
 
-    @property
-    def active(self) -> bool:
-        """Whether anything watches the flushes."""
-        return self.report or bool(self.args.tensorboard or self.args.wandb)
-
     def saver(self, record, arch: str) -> ArchSaver:
-        """The checkpointing hooks of `arch`, with its flushes watched when `active`."""
-        if not self.active:
+        """The checkpointing hooks of `arch`, with its flushes watched when `enabled`."""
+        if not self.enabled:
             return record.saver(arch)
         return WatchedSaver(record.directory, arch, record.clock, self.flushed)
 
@@ -99,11 +97,19 @@ class Live:
         for logger in self._loggers(arch, hist.meta):
             logger.write(hist)
         now = time.monotonic()
-        if self.report and now - self.last_refresh >= max(LIVE_S, self.cost / LIVE_SHARE):
+        if now - self.last_refresh >= max(LIVE_S, self.cost / LIVE_SHARE):
             params = sum(int(np.size(p)) for p in jax.tree.leaves(state.params))
-            self.refresh(arch, hist, state.step, params)
-            self.last_refresh = time.monotonic()
-            self.cost = self.last_refresh - now
+            try:
+                self.refresh(arch, hist, state.step, params)
+            except WriteError:  # a full disk ends the run, as any other write does
+                raise
+            except Exception as e:  # the running page must never stop the training
+                sys.stderr.write(f"gradflow: report.html is not refreshed while training "
+                                 f"({type(e).__name__}: {e}".splitlines()[0] + ")\n")
+                self.cost = float("inf")
+            else:
+                self.last_refresh = time.monotonic()
+                self.cost = self.last_refresh - now
 
     def refresh(self, arch: str, hist: History, step: int, params: int | None = None) -> None:
         """Writes report.html and its figures for the finished architectures and `arch` so far,
@@ -129,6 +135,8 @@ class Live:
 
     def finished(self, res) -> None:
         """`res`'s training ended: its loggers write its final History and close (heatmaps)."""
+        if not self.enabled:
+            return
         if res.history is not None and (self.args.tensorboard or self.args.wandb):
             self._loggers(res.arch, res.history.meta)
         for logger in self.loggers.pop(res.arch, []):

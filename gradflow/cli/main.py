@@ -143,7 +143,7 @@ def _run(args, argv, cfg, ds, stop, claim, started, t_start) -> int:
         [*args.resume.argv, "--out", str(args.out)])
     device = f"{jax.default_backend()} ({os.cpu_count()} cores)"
     live = Live(args, cfg, ds, results, {"command": run_command, "started": started,
-                                         "device": device}, report=primary)
+                                         "device": device}, enabled=primary)
     for i, arch in enumerate(cfg.archs):
         if stop.requested:
             break
