@@ -208,12 +208,15 @@ def torch_step(net, xt, yt, log_norms: bool):
     return step
 
 
-def cockpit_step(net, xt, yt):
+def cockpit_step(net, xt, yt, quantities=None):
+    """A Cockpit train step; `quantities` default to Cockpit's "economy" configuration."""
     net = extend(net)
     loss_fn = extend(nn.CrossEntropyLoss(reduction="mean"))
     individual_loss_fn = nn.CrossEntropyLoss(reduction="none")
     opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
-    cockpit = Cockpit(net.parameters(), quantities=configuration("economy"))
+    if quantities is None:
+        quantities = configuration("economy")
+    cockpit = Cockpit(net.parameters(), quantities=quantities)
     net.train()
     global_step = [0]
 
@@ -272,14 +275,16 @@ def time_interleaved(configs: dict, rounds: int, steps: int, seed: int = 0) -> d
     return times
 
 
-def summarize(times: dict) -> dict:
+def summarize(times: dict, own_bare: dict = OWN_BARE, reference: str = TORCH_BARE) -> dict:
+    """Median (and quartile) ms per step and CPU ms per step of each configuration, with its
+    overhead over its own bare step (`own_bare[name]`) and its ratio to `reference`."""
     wall = {name: np.array([w for w, _ in t]) for name, t in times.items()}
     cpu = {name: np.array([c for _, c in t]) for name, t in times.items()}
     med = {name: float(np.median(t)) for name, t in wall.items()}
     cmed = {name: float(np.median(t)) for name, t in cpu.items()}
     rows = {}
     for name in times:
-        own = OWN_BARE[name]
+        own = own_bare[name]
         rows[name] = {"ms": med[name] * 1e3,
                       "p25_ms": float(np.percentile(wall[name], 25)) * 1e3,
                       "p75_ms": float(np.percentile(wall[name], 75)) * 1e3,
@@ -288,8 +293,8 @@ def summarize(times: dict) -> dict:
                       "own_bare": own,
                       "overhead": med[name] / med[own] - 1,
                       "cpu_overhead": cmed[name] / cmed[own] - 1,
-                      "vs_torch_bare": med[name] / med[TORCH_BARE],
-                      "cpu_vs_torch_bare": cmed[name] / cmed[TORCH_BARE]}
+                      "vs_torch_bare": med[name] / med[reference],
+                      "cpu_vs_torch_bare": cmed[name] / cmed[reference]}
     return rows
 
 
