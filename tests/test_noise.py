@@ -147,3 +147,18 @@ def test_batchnorm_examples_use_the_batch_statistics_held_fixed():
                         for _, v in nnx.to_flat_state(jac)], axis=1)
     for k, v in noise_reference(G).items():
         np.testing.assert_allclose(got[k], v, rtol=2e-3, err_msg=k)
+
+
+def test_log_bins_put_every_edge_and_its_float32_neighbours_where_a_binary_search_does():
+    from gradflow.quantities.histograms import log_bin_counts
+    values = [0.0, np.inf, -np.inf, np.nan, 1e-40, 1e-30, 3e38]
+    for e in EDGES:
+        e = np.float32(e)
+        values += [e, np.nextafter(e, np.float32(0)), np.nextafter(e, np.float32(np.inf)), -e]
+    rng = np.random.default_rng(0)
+    values = np.concatenate([np.asarray(values, np.float32),
+                             np.exp(rng.normal(size=20000) * 20).astype(np.float32)])
+    mag = np.abs(values)
+    want = np.where(np.isfinite(mag), np.searchsorted(EDGES, mag, side="right"), HIST_BINS - 1)
+    got = jax.jit(log_bin_counts)(jnp.asarray(values))
+    np.testing.assert_array_equal(got, np.bincount(want, minlength=HIST_BINS))
