@@ -2,7 +2,7 @@
 
     pip install -e ".[peers]"                       # torch 2.13 (CPU), cockpit-for-pytorch, backpack
     python benchmarks/cockpit_quantities.py         # agreement on 5 networks, speed at depth 50
-    python benchmarks/cockpit_quantities.py --quick # a small MLP and a depth-4 CNN, under a minute
+    python benchmarks/cockpit_quantities.py --quick # the small MLP only, under a minute
 
 Networks without BatchNorm (BackPACK's per-example gradients are not per-example under BatchNorm
 in training mode): `gf.models.mlp("plain", 4, width=32)` on the flattened images, and
@@ -26,9 +26,9 @@ linearly; checked on the plain networks, where both run). GradHist1d runs with 2
 (-10, 10) so that its bin edges include the decades 1e-3 ... 10 of gradflow's per-example
 histogram (`example_grad_hist`): counts are compared per decade.
 
-Speed. Interleaved rounds (as in peers.py: one warm-up round excluded, a shuffled order per
-round, medians of wall and process CPU time per step) of full train steps, SGD lr 0.01 momentum
-0.9, each configuration training its own copy:
+Speed. After each configuration's first step (compiles; timed apart), `--rounds` interleaved
+rounds (as in peers.py: a shuffled order per round, medians of wall and process CPU time per
+step) of full train steps, SGD lr 0.01 momentum 0.9, each configuration training its own copy:
 
 - `torch bare`:  zero_grad, forward, loss, backward, step, loss.item();
 - `cockpit`:     the same with the seven quantities tracked at every step (GradHist1d with its
@@ -290,7 +290,7 @@ def diag_h_vs_ggn(make, x, y, layout) -> float:
     return abs(h - ggn) / abs(h)
 
 
-def agreement(case: str, x, y, exact_mlp_trace: bool = True) -> dict:
+def agreement(case: str, x, y, exact_mlp_trace: bool) -> dict:
     model, make, layout, desc = build(case)
     net = make()
     xt, yt = torch_input(x, layout), torch.from_numpy(np.asarray(y)).long()
@@ -409,7 +409,7 @@ def speed(case: str, x, y, rounds: int, steps: int, configs_wanted) -> dict:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         warnings.filterwarnings("ignore", message="Exceeded maximum number")
-        times = time_interleaved(configs, rounds, steps)
+        times = time_interleaved(configs, rounds, steps, warmup=0)  # warmed up above
     rows = summarize(times, {k: BARE[k] for k in configs}, "torch bare")
     return {"case": case, "description": desc, "first_step_s": first, "rows": rows}
 
@@ -434,17 +434,18 @@ def print_speed(r: dict) -> None:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true",
-                   help="the MLP and a depth-4 plain CNN, 2 rounds of 1 step: a smoke run")
+                   help="the MLP only (agreement and speed, 2 rounds): a smoke run")
     p.add_argument("--agree", default="mlp,plain_10,residual_10,plain_50,residual_50",
                    help="networks for agreement: mlp, <arch>_<depth> (arch plain or residual)")
     p.add_argument("--speed", default="plain_50,residual_50", help="networks for speed")
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=1,
+                   help="timed rounds after the first (compiling) step of every configuration")
     p.add_argument("--steps", type=int, default=1, help="timed steps per configuration per round")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (as peers.py)")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     if a.quick:
-        agree, fast, rounds, steps = ["mlp", "plain_4"], ["mlp"], 2, 1
+        agree, fast, rounds, steps = ["mlp"], ["mlp"], 2, 1
     else:
         agree, fast = ([c for c in v.split(",") if c] for v in (a.agree, a.speed))
         rounds, steps = a.rounds, a.steps
@@ -466,12 +467,12 @@ def main(argv=None):
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         warnings.filterwarnings("ignore", message="Extension saving to")
         for case in agree:
-            agreements.append(agreement(case, x, y))
+            agreements.append(agreement(case, x, y, exact_mlp_trace=not a.quick))
             print_agreement(agreements[-1])
     load["after_agreement"] = os.getloadavg()
     t_agree = time.perf_counter() - t0
     print(f"\nbatch {BATCH}, 16x16x3, SGD lr {LR} momentum {MOMENTUM}; {rounds} rounds x {steps} "
-          "steps per configuration after 1 warm-up round; load average "
+          "steps per configuration after each one's first (compiling) step; load average "
           f"{load['after_agreement'][0]:.2f}", flush=True)
     configs = list(BARE)
     for case in fast:

@@ -256,12 +256,14 @@ def gradflow_steps(model, x, y):
 
 # --- timing ----------------------------------------------------------------------------------
 
-def time_interleaved(configs: dict, rounds: int, steps: int, seed: int = 0) -> dict:
-    """Per configuration, (wall, process CPU) seconds of each timed step; round 0 is warm-up and
-    not kept. CPU time counts every thread of the process, spin-waiting ones included."""
+def time_interleaved(configs: dict, rounds: int, steps: int, seed: int = 0,
+                     warmup: int = 1) -> dict:
+    """Per configuration, (wall, process CPU) seconds of each timed step; the first `warmup`
+    rounds are not kept. CPU time counts every thread of the process, spin-waiting ones
+    included."""
     times = {name: [] for name in configs}
     order, rng = list(configs), random.Random(seed)
-    for r in range(rounds + 1):
+    for r in range(rounds + warmup):
         rng.shuffle(order)
         for name in order:
             for _ in range(steps):
@@ -270,7 +272,7 @@ def time_interleaved(configs: dict, rounds: int, steps: int, seed: int = 0) -> d
                 dt, dc = time.perf_counter() - t, time.process_time() - c
                 if not np.isfinite(loss):
                     raise RuntimeError(f"{name}: non-finite loss in round {r}")
-                if r:
+                if r >= warmup:
                     times[name].append((dt, dc))
     return times
 
