@@ -48,6 +48,22 @@ class TensorBoardWriter(Logger):
         self.logdir = Path(logdir)
         self.writer = tbx.SummaryWriter(str(self.logdir), **writer_kwargs)
 
+    def write(self, source, step: int | None = None) -> int:
+        """Writes the records of `source` not written yet (see `Logger.write`) and flushes them
+        to the event file, so TensorBoard shows them at its next reload.
+
+        Args:
+          source: a History (only its records after the last step written) or a Snapshot.
+          step: a Snapshot's training step (default its `meta["step"]`, else the next step).
+
+        Returns:
+          The number of records written.
+        """
+        n = super().write(source, step)
+        if n:
+            self.writer.flush()
+        return n
+
     def _log(self, step, scalars, histograms):
         for tag, v in scalars.items():
             self.writer.add_scalar(tag, v, step)
