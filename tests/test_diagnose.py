@@ -72,3 +72,15 @@ def test_unstable_updates():
     h = gf.History(["a", "b"], metrics, {"loss": np.ones(1)}, steps=[0])
     f = {f.kind: f for f in gf.diagnose(h)}["unstable_updates"]
     assert f.layers == ("a",) and "learning rate" in f.suggestion
+
+
+def test_a_healthy_verdict_names_only_what_was_measured():
+    layers = ("a", "b", "c")
+    snap = gf.Snapshot(layers, {"grad_norm": np.ones(3), "error_norm": np.full(3, np.nan),
+                                "act_std": np.full(3, np.nan)})
+    healthy = [f for f in gf.diagnose(snap) if f.kind == "healthy"]
+    assert healthy and healthy[0].evidence == "error signal not measured"
+    measured = gf.Snapshot(layers, {"grad_norm": np.ones(3), "error_norm": np.ones(3),
+                                    "act_std": np.ones(3), "dead_frac": np.zeros(3)})
+    text = [f for f in gf.diagnose(measured) if f.kind == "healthy"][0].evidence
+    assert text == "error signal within 100x across layers, no dead or saturated layers"

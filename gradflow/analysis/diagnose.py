@@ -213,8 +213,7 @@ def diagnose(records, *, activation: str | None = None, init: str | None = None,
             is None:  # a diverged or stopped History's learning is not judged
         found += _learning(records, num_classes, held_out_accuracy, bool(found))
     if not found and not findings:
-        found.append(Finding("healthy", (), "error signal within 100x across layers, no dead "
-                             "or saturated layers, moderate updates",
+        found.append(Finding("healthy", (), _healthy_text(record),
                              "nothing to fix in the gradient flow"))
     when = _moment_of(records, index)
     edge = edge_setting(records.meta, lr, momentum)
@@ -295,6 +294,20 @@ def _diverged(records, row, step, findings, setup):
                             f"loss or gradients became non-finite {at}{where}",
                             advice.divergence(setup),
                             float(step) if step is not None else float("nan"), moment(step)))
+
+
+def _healthy_text(record) -> str:
+    """What a healthy verdict rests on: only what was measured (an unprobed model has no error
+    signal or activation statistics)."""
+    err = np.asarray(record.get("error_norm", []), dtype=np.float64)
+    std = np.asarray(record.get("act_std", []), dtype=np.float64)
+    parts = ["error signal within 100x across layers" if err.size and np.all(np.isfinite(err))
+             else "error signal not measured"]
+    if std.size and np.all(np.isfinite(std)):
+        parts.append("no dead or saturated layers")
+    if "update_ratio" in record:
+        parts.append("moderate updates")
+    return ", ".join(parts)
 
 
 def _gradient_flow(layers, record, setup) -> list[Finding]:
