@@ -40,24 +40,23 @@ def require(module: str, who: str, extra: str):
 
 
 def layer_tags(layers) -> list[str]:
-    """Tag-safe, distinct names for the layers (characters other than letters, digits, `_`,
-    `.`, `/` and `-` become `_`; a repeated name gets `_<index>`).
+    """Tag-safe names for the layers that TensorBoard's alphabetical order keeps in network
+    order: a zero-padded position, then the name (characters other than letters, digits, `_`,
+    `.`, `/` and `-` become `_`).
 
     Args:
       layers: the layer names, in network order.
 
     Returns:
-      One name per layer.
+      One distinct name per layer.
 
     Example:
       >>> layer_tags(["stem/conv", "block 1", "block_1"])
-      ['stem/conv', 'block_1', 'block_1_2']
+      ['0_stem/conv', '1_block_1', '2_block_1']
     """
-    out: list[str] = []
-    for i, name in enumerate(layers):
-        t = re.sub(r"[^\w./-]", "_", str(name)) or f"layer{i}"
-        out.append(t if t not in out else f"{t}_{i}")
-    return out
+    width = len(str(max(len(layers) - 1, 0)))
+    return [f"{i:0{width}d}_" + re.sub(r"[^\w./-]", "_", str(name))
+            for i, name in enumerate(layers)]
 
 
 def histogram_stats(counts) -> dict:
