@@ -110,3 +110,20 @@ def noise_reference(G):
             "inner_test": np.sqrt(P.var(ddof=1) / B / gg ** 2),
             "ortho_test": np.sqrt((orth ** 2).sum() / (B - 1) / B / gg),
             "mean_gsnr": np.mean(g ** 2 / ((G ** 2).mean(0) - g ** 2 + 1e-5))}
+
+
+# A tiny batch of images and of vectors (5 classes) and the zoo's models sized for them: the
+# reference tests of test_instrument.py and test_reference_norms.py share them.
+TINY_X_IMG = jax.random.normal(jax.random.PRNGKey(1), (6, 8, 8, 3))
+TINY_X_VEC = jax.random.normal(jax.random.PRNGKey(2), (6, 10))
+TINY_Y = jnp.array([0, 1, 2, 3, 4, 0])
+
+
+def tiny_zoo_model(kind, arch, stack, seed=0):
+    """A depth-8 zoo CNN (width 4, 2 stages) or MLP (width 6) for the tiny batches above."""
+    from gradflow import models as M
+    if kind == "cnn":
+        return M.cnn(arch, 8, width=4, stages=2, num_classes=5, init="he", stack=stack,
+                     rngs=nnx.Rngs(seed))
+    return M.mlp(arch, 8, width=6, in_features=10, num_classes=5, init="he", stack=stack,
+                 rngs=nnx.Rngs(seed))

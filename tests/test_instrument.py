@@ -1,5 +1,4 @@
 """Per-layer measurements against independent references (tests/reference.py)."""
-from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -11,47 +10,10 @@ from flax import nnx
 import gradflow as gf
 from gradflow import models as M
 from gradflow.losses import cross_entropy
-from reference import reference_probe, unrolled_copy
+from reference import (TINY_X_IMG, TINY_X_VEC, TINY_Y, reference_probe, tiny_zoo_model)
 
-X_IMG = jax.random.normal(jax.random.PRNGKey(1), (6, 8, 8, 3))
-X_VEC = jax.random.normal(jax.random.PRNGKey(2), (6, 10))
-Y = jnp.array([0, 1, 2, 3, 4, 0])
-
-
-def make(kind, arch, stack, seed=0):
-    if kind == "cnn":
-        return M.cnn(arch, 8, width=4, stages=2, num_classes=5, init="he", stack=stack,
-                     rngs=nnx.Rngs(seed))
-    return M.mlp(arch, 8, width=6, in_features=10, num_classes=5, init="he", stack=stack,
-                 rngs=nnx.Rngs(seed))
-
-
-@pytest.mark.parametrize("kind", ["cnn", "mlp"])
-@pytest.mark.parametrize("arch", M.ARCHS)
-@pytest.mark.parametrize("stack", ["unrolled", "scan"])
-def test_grad_and_error_norms_match_reference(kind, arch, stack):
-    model = make(kind, arch, stack)
-    x = X_IMG if kind == "cnn" else X_VEC
-    snap = gf.probe(model, (x, Y))
-    ref_model = model if stack == "unrolled" else unrolled_copy(
-        model, partial(make, kind, arch, "unrolled", seed=1))
-    ref_grad, ref_err = reference_probe(ref_model, x, Y, cross_entropy)
-    assert len(snap.layers) == len(ref_grad)
-    np.testing.assert_allclose(snap["grad_norm"], ref_grad, rtol=2e-4, atol=1e-8)
-    np.testing.assert_allclose(snap["error_norm"], ref_err, rtol=2e-4, atol=1e-8)
-
-
-def test_separable_and_seed_models_match_reference():
-    for model, x, y, loss in [
-        (M.cnn("residual_bn", 6, width=4, conv="separable", rngs=nnx.Rngs(0)), X_IMG, Y % 10,
-         "cross_entropy"),
-        (M.seed_resnet(rngs=nnx.Rngs(0)), 255 * jax.nn.sigmoid(jax.random.normal(
-            jax.random.PRNGKey(3), (4, 32, 32, 3))), jnp.array([0, 1, 1, 0]),
-         "binary_cross_entropy")]:
-        snap = gf.probe(model, (x, y), loss=loss)
-        ref_grad, ref_err = reference_probe(model, x, y, gf.losses.LOSSES[loss][0])
-        np.testing.assert_allclose(snap["grad_norm"], ref_grad, rtol=2e-4, atol=1e-8)
-        np.testing.assert_allclose(snap["error_norm"], ref_err, rtol=2e-4, atol=1e-8)
+X_IMG, X_VEC, Y = TINY_X_IMG, TINY_X_VEC, TINY_Y
+make = tiny_zoo_model
 
 
 def test_activation_stats_match_manual_forward():

@@ -45,7 +45,8 @@ def count_depth(snapshot_layers, model):
 
 @pytest.mark.parametrize("arch,depth,stages,conv", [
     ("plain", 5, 1, "standard"), ("bn", 7, 3, "standard"), ("residual", 8, 2, "standard"),
-    ("residual_bn", 10, 3, "separable"), ("plain", 2, 1, "standard")])
+    pytest.param("residual_bn", 10, 3, "separable", marks=pytest.mark.slow),
+    ("plain", 2, 1, "standard")])
 def test_depth_counts_weight_layers_on_longest_path(arch, depth, stages, conv):
     model = M.cnn(arch, depth, width=4, stages=stages, conv=conv, rngs=nnx.Rngs(0))
     snap = gf.probe(model, (jnp.ones((2, 8, 8, 3)), jnp.zeros(2, jnp.int32)))

@@ -162,3 +162,17 @@ def test_log_bins_put_every_edge_and_its_float32_neighbours_where_a_binary_searc
     want = np.where(np.isfinite(mag), np.searchsorted(EDGES, mag, side="right"), HIST_BINS - 1)
     got = jax.jit(log_bin_counts)(jnp.asarray(values))
     np.testing.assert_array_equal(got, np.bincount(want, minlength=HIST_BINS))
+
+
+def test_zero_variance_elements_get_the_exact_gsnr_and_tests_without_cancellation():
+    """Every example's gradient equal (as for the head bias of a class absent from the batch,
+    with vanished features): variance 0, so each element's GSNR is g²/ε and the norm test 0;
+    sums of gₙ² minus B g² in float32 get neither exactly."""
+    from gradflow.quantities.noise import noise
+    B = 32
+    same = nnx.State({"w": jnp.full((8, 5), 0.1, jnp.float32)})  # each chunk of 8 examples
+    mean = nnx.State({"w": jnp.full(5, 0.1, jnp.float32)})
+    out = jax.jit(lambda: noise(lambda ex: (jnp.zeros(8), same), mean, (((("w",), None),),),
+                                jnp.zeros((B, 1)), chunk=8))()
+    np.testing.assert_allclose(out["mean_gsnr"], 0.1 ** 2 / 1e-5, rtol=1e-6)
+    assert float(out["norm_test"]) == 0.0 and float(out["inner_test"]) == 0.0

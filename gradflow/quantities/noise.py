@@ -145,19 +145,19 @@ def noise(example_grads, params_g, segments, examples, *, chunk: int, epsilon: f
     top = jnp.max(jnp.where(nonzero, exps, jnp.iinfo(jnp.int32).min))
     to_global = jnp.where(nonzero, jnp.ldexp(jnp.float32(1), 2 * (exps - top)), 0)
 
-    def body(acc, ex):
+    def body(acc, ex):  # sums over examples of deviations dₙ = gₙ − g (no cancellation)
         losses, grads = example_grads(ex)
         flat = flat_arrays(grads)
         sq, dots, e2 = [], [], []
         for k, seg in enumerate(segs):
             s_k, d_k, e_k = jnp.zeros(chunk), jnp.zeros(chunk), []
             for (p, i), gs in zip(seg, g_s[k]):
-                a = _slice(flat[p], i, batched=True).astype(jnp.float32) * scales[k]
-                axes = tuple(range(1, a.ndim))
-                s_k, d_k = s_k + jnp.sum(a * a, axes), d_k + jnp.sum(a * gs, axes)
-                e_k.append(jnp.sum(a * a, 0))
+                dev = _slice(flat[p], i, batched=True).astype(jnp.float32) * scales[k] - gs
+                axes = tuple(range(1, dev.ndim))
+                s_k, d_k = s_k + jnp.sum(dev * dev, axes), d_k + jnp.sum(dev * gs, axes)
+                e_k.append(jnp.sum(dev * dev, 0))
             sq.append(s_k), dots.append(d_k), e2.append(e_k)
-        sq, dots = jnp.stack(sq), jnp.stack(dots)  # (n_segments, c)
+        sq, dots = jnp.stack(sq), jnp.stack(dots)  # (n_segments, c): ‖dₙ‖², ⟨dₙ, g⟩
         total_dot = jnp.sum(dots * to_global[:, None], 0)
         hist = row_histograms(flat, segments, batched=True)
         s1, p2, e2_acc, h, lsum, t1, t2 = acc
@@ -184,7 +184,7 @@ def noise(example_grads, params_g, segments, examples, *, chunk: int, epsilon: f
     total = _tests(batch, jnp.sum(gg * to_global), t1, t2)
     gsnr_sum, sizes = [], []
     for k in range(len(segs)):
-        ratios = [g * g / (e / batch - g * g + epsilon * scales[k] ** 2)
+        ratios = [g * g / (e / batch + epsilon * scales[k] ** 2)  # (1/B)Σₙ(gₙ − g)² + ε
                   for g, e in zip(g_s[k], e2[k])]
         gsnr_sum.append(sum((jnp.sum(r) for r in ratios), jnp.float32(0)))
         sizes.append(sum(int(np.prod(g.shape)) for g in g_s[k]))
@@ -198,9 +198,15 @@ def noise(example_grads, params_g, segments, examples, *, chunk: int, epsilon: f
 
 
 def _tests(batch: int, gg, s1, p2) -> dict:
-    """The three tests from ‖g‖², Σₙ‖gₙ‖² and Σₙ⟨gₙ, g⟩² (any common scale)."""
-    var_l1 = jnp.maximum(s1 - batch * gg, 0) / (batch - 1)
-    var_proj = jnp.maximum(p2 - batch * gg * gg, 0) / (batch - 1)
+    """The three tests from ‖g‖², Σₙ‖gₙ − g‖² and Σₙ⟨gₙ − g, g⟩² (any common scale).
+
+    With dₙ = gₙ − g: Σₙ‖gₙ − g‖² is the norm test's sum; Var⟨gₙ, g⟩ is Σₙ⟨dₙ, g⟩² / (B − 1);
+    and gₙ's part orthogonal to g is dₙ's, so its squared norms sum to
+    Σₙ‖dₙ‖² − Σₙ⟨dₙ, g⟩² / ‖g‖². Sums of deviations keep small variances exact where
+    Σₙ‖gₙ‖² − B‖g‖² would cancel.
+    """
+    var_l1 = s1 / (batch - 1)
+    var_proj = p2 / (batch - 1)
     var_orth = jnp.maximum(s1 - p2 / gg, 0) / (batch - 1)
     return {"norm_test": jnp.sqrt(var_l1 / batch / gg),
             "inner_test": jnp.sqrt(var_proj / batch / (gg * gg)),
