@@ -253,13 +253,12 @@ def _blank(dtype):
 
 
 def _occasional() -> frozenset:
-    from .quantities.histograms import OCCASIONAL_HISTOGRAMS
-    from .quantities.noise import NOISE_METRICS, NOISE_SCALARS
+    from .quantities.histograms import HISTOGRAM_METRICS
+    from .quantities.noise import NOISE_FLAG, NOISE_METRICS, NOISE_SCALARS
     from .quantities.steps import CURVATURE_METRICS, CURVATURE_SCALARS
-    return frozenset(NOISE_METRICS + NOISE_SCALARS + CURVATURE_METRICS + CURVATURE_SCALARS
-                     + OCCASIONAL_HISTOGRAMS + ("noise_mean_reduced", "hess_max_ev_converged",
-                                               "init_distance", "layer_init_distance",
-                                               "update_ratio"))
+    return frozenset(NOISE_METRICS + NOISE_SCALARS + (NOISE_FLAG,) + CURVATURE_METRICS
+                     + CURVATURE_SCALARS + HISTOGRAM_METRICS
+                     + ("init_distance", "layer_init_distance", "update_ratio"))
 
 
 OCCASIONAL = _occasional()  # quantities a record may lack (`append` leaves them blank)

@@ -79,7 +79,7 @@ def test_whole_network_and_per_layer_values_equal_the_per_example_reference(stac
         want = noise_reference(G[:, idx])
         for k, v in want.items():
             np.testing.assert_allclose(got[f"layer_{k}"][r], v, rtol=2e-3, err_msg=f"{k} row {r}")
-    assert bool(got["mean_reduced"])
+    assert float(got["noise_mean_reduced"]) == 1.0
 
 
 def test_chunking_does_not_change_the_values():
@@ -118,10 +118,12 @@ def test_per_example_histograms_count_every_element_of_every_example():
         np.testing.assert_array_equal(got[r], want)
 
 
-def test_a_sum_reduced_loss_is_flagged():
+def test_a_sum_reduced_loss_is_flagged_and_gives_no_numbers():
     model = _mlp("unrolled")
     out = _measured(model, loss=lambda o, y: len(y) * CE(o, y))
-    assert not bool(out["mean_reduced"])
+    assert float(out["noise_mean_reduced"]) == 0.0
+    assert np.isnan(out["norm_test"]) and np.isnan(out["layer_mean_gsnr"]).all()
+    assert (out["example_grad_hist"] == -1).all()
 
 
 def test_batchnorm_examples_use_the_batch_statistics_held_fixed():

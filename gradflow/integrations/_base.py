@@ -10,11 +10,10 @@ import re
 import numpy as np
 
 from ..history import History
-from ..quantities.histograms import HIST_BINS, LOG10_HIGH, LOG10_LOW
+from ..quantities.histograms import HIST_BINS, HISTOGRAM_METRICS, LOG10_HIGH, LOG10_LOW
 from ..snapshot import Snapshot
 
 HEATMAPS = ("grad_norm", "error_norm")  # the heatmaps written at `close`
-HISTOGRAMS = ("grad_hist", "example_grad_hist")
 # log10 |g| of the histogram bins' edges: bin 0 (|g| < 1e-24, zeros) is drawn at [-25, -24),
 # the last bin (|g| >= 1e8 and non-finite) at [8, 9)
 LOG10_EDGES = np.arange(LOG10_LOW - 1, LOG10_HIGH + 2, dtype=np.float64)
@@ -146,7 +145,7 @@ class Logger:
             return 0
         tags = layer_tags(source.layers)
         per_layer = [m for m in source.metrics if np.ndim(source[m]) == 2]
-        hists = [m for m in source.metrics if m in HISTOGRAMS and np.ndim(source[m]) == 3
+        hists = [m for m in source.metrics if m in HISTOGRAM_METRICS and np.ndim(source[m]) == 3
                  and source[m].shape[2] == HIST_BINS]
         arrays = {m: np.asarray(source[m]) for m in (*per_layer, *hists, *source.scalars)}
         for r in new:

@@ -19,13 +19,12 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from ..analysis.diagnose import edge_setting, stability_edge
-from ..quantities.histograms import HIST_BINS, LOG10_LOW, bin_labels
+from ..quantities.histograms import HIST_BINS, HISTOGRAM_METRICS, LOG10_LOW, bin_labels
 from ._style import layer_ticks, positive_finite
 from .heatmap import _edges
 
 NOISE = ("norm_test", "inner_test", "ortho_test", "mean_gsnr")
 CURVATURE = ("hess_max_ev", "hess_trace")
-HISTOGRAMS = ("example_grad_hist", "grad_hist")  # per-example counts first, where taken
 TITLES = {
     "norm_test": "norm test (Byrd et al. 2012)",
     "inner_test": "inner-product test (Bollapragada et al. 2018)",
@@ -45,9 +44,9 @@ def has_quantities(history) -> bool:
       history: a History (or Snapshot).
 
     Returns:
-      True if any of `NOISE`, `CURVATURE` or `HISTOGRAMS` is one of its keys.
+      True if any of `NOISE`, `CURVATURE` or `HISTOGRAM_METRICS` is one of its keys.
     """
-    return any(k in history for k in NOISE + CURVATURE + HISTOGRAMS)
+    return any(k in history for k in NOISE + CURVATURE + HISTOGRAM_METRICS)
 
 
 def _runs(runs) -> dict:
@@ -173,7 +172,7 @@ def _edge_lines(ax, runs, lr, momentum):
 
 def _histogram_metric(records, metric):
     if metric is None:
-        metric = next((m for m in HISTOGRAMS if m in records), None)
+        metric = next((m for m in HISTOGRAM_METRICS if m in records), None)
         if metric is None:
             raise ValueError("no gradient histogram here: gf.train(..., noise_every=k) records "
                              "example_grad_hist, gf.probe(..., histograms=True) grad_hist")

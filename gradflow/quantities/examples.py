@@ -43,37 +43,37 @@ def fixed_statistics(graphdef, params, rest, call):
     return fixed_graphdef, fixed_rest
 
 
-def example_value_and_grads(graphdef, rest, loss_fn):
-    """Per-example losses and gradients of a supervised model.
+def batch_noise(loss_with, graphdef, params, rest, segments, batch, chunk: int) -> dict:
+    """The noise quantities of one batch under the fixed-statistics definition (inside a trace).
 
     Args:
-      graphdef, rest: the (fixed-statistics) model without its parameters.
-      loss_fn: `(outputs, labels) -> scalar`, mean-reduced over the batch.
+      loss_with: `loss_with(model, batch) -> scalar`: the loss of the model on `batch` (a list
+        of arrays shaped like `batch`'s, leading axis any number of examples), mean-reduced.
+      graphdef, params, rest: the split model.
+      segments: `rows.row_segments`.
+      batch: a list of arrays with a leading batch axis B; example n is the slice [n:n+1] of
+        each.
+      chunk: examples per vmapped chunk (divides B).
 
     Returns:
-      `f(params, (xs, ys)) -> (losses (c,), grads)`: example n's loss is
-      `loss_fn(model(xs[n:n+1]), ys[n:n+1])`; grads has a leading axis of c examples.
+      `noise.noise`'s outputs (without "example_loss_mean") and `noise.NOISE_FLAG`: 1.0 if the
+      batch loss is the mean of the per-example losses, else 0.0, and then every quantity is
+      NaN and every per-example count -1 (no number whose definition does not hold).
     """
-    def one(params, x1, y1):
-        return loss_fn(nnx.merge(graphdef, params, rest, copy=True)(x1), y1)
+    from .noise import NOISE_FLAG, noise
+    fixed, fixed_rest = fixed_statistics(graphdef, params, rest, lambda m: loss_with(m, batch))
 
-    batched = jax.vmap(jax.value_and_grad(one), in_axes=(None, 0, 0))
-    return lambda params, ex: batched(params, ex[0][:, None], ex[1][:, None])
+    def loss_of(p, examples):
+        return loss_with(nnx.merge(fixed, p, fixed_rest, copy=True), examples)
 
-
-def batch_value_and_grad(graphdef, params, rest, loss_fn, x, y):
-    """Loss and mean gradient g of the batch under the same (fixed-statistics) model.
-
-    Args:
-      graphdef, params, rest: the fixed-statistics model.
-      loss_fn: `(outputs, labels) -> scalar`.
-      x, y: the batch.
-
-    Returns:
-      `(loss, grads)`.
-    """
-    return jax.value_and_grad(
-        lambda p: loss_fn(nnx.merge(graphdef, p, rest, copy=True)(x), y))(params)
+    loss, g = jax.value_and_grad(loss_of)(params, batch)
+    one = jax.value_and_grad(lambda p, ex: loss_of(p, [a[None] for a in ex]))
+    per_example = jax.vmap(one, in_axes=(None, 0))
+    out = noise(lambda ex: per_example(params, ex), g, segments, batch, chunk=chunk)
+    ok = mean_reduced(loss, out.pop("example_loss_mean"))
+    out = {k: jnp.where(ok, v, -1 if k == "example_grad_hist" else jnp.nan)
+           for k, v in out.items()}
+    return out | {NOISE_FLAG: ok.astype(jnp.float32)}
 
 
 def mean_reduced(batch_loss, example_loss_mean, rtol: float = 1e-3) -> jax.Array:

@@ -12,7 +12,7 @@ from ..instrument.norms import flat_arrays
 from .curvature import random_direction
 from .examples import training_loss
 from .histograms import row_histograms
-from .noise import NOISE_METRICS, NOISE_SCALARS, noise_chunk, whole_segments
+from .noise import NOISE_FLAG, NOISE_METRICS, NOISE_SCALARS, noise_chunk, whole_segments
 from .rows import row_segments, row_sum
 from .steps import CURVATURE_METRICS, CURVATURE_SCALARS, curvature_step, noise_step
 
@@ -51,7 +51,7 @@ def measure_extras(graphdef, params, rest, layout, loss_fn, x, y, *, noise=False
     if noise:
         size = noise_chunk(params, x.shape[0], chunk)
         out = jax.device_get(noise_step(graphdef, segments, loss_fn, size)(params, rest, x, y))
-        if not out.pop("mean_reduced"):
+        if not out.pop(NOISE_FLAG):
             raise ValueError("noise quantities need a mean-reduced loss: the batch loss is not "
                              "the mean of the per-example losses")
         scalars |= {k: out[k] for k in NOISE_SCALARS}

@@ -13,7 +13,7 @@ import numpy as np
 LOG10_LOW, LOG10_HIGH = -24, 8
 EDGES = (10.0 ** np.arange(LOG10_LOW, LOG10_HIGH + 1)).astype(np.float32)  # 33 bin edges
 HIST_BINS = len(EDGES) + 1
-OCCASIONAL_HISTOGRAMS = ("grad_hist", "example_grad_hist")  # metrics only some records take
+HISTOGRAM_METRICS = ("example_grad_hist", "grad_hist")  # per-example counts first, where taken
 
 
 def log_bin_counts(a) -> jax.Array:

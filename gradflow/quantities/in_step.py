@@ -21,9 +21,9 @@ from flax import nnx
 
 from ..instrument.norms import flat_arrays
 from .curvature import max_eigenvalue, random_direction, trace
-from .examples import fixed_statistics, mean_reduced
+from .examples import batch_noise
 from .histograms import row_histograms
-from .noise import NOISE_METRICS, NOISE_SCALARS, noise, noise_chunk
+from .noise import NOISE_FLAG, NOISE_METRICS, NOISE_SCALARS, noise_chunk
 from .rows import row_segments
 from .steps import CURVATURE_METRICS, CURVATURE_SCALARS
 
@@ -80,14 +80,9 @@ def step_quantities(loss_with, graphdef, params, rest, layout, grads, batch, *, 
         metrics["grad_hist"] = row_histograms(flat_arrays(grads), segments)
     if noise_on:
         size = noise_chunk(params, batch[0].shape[0], chunk)
-        out = _noise(loss_with, graphdef, params, rest, segments, batch, size)
-        ok = mean_reduced(out.pop("loss"), out.pop("example_loss_mean"))
-        blank = {k: jnp.where(ok, v, jnp.nan) for k, v in out.items()
-                 if k != "example_grad_hist"}
-        scalars |= {k: blank[k] for k in NOISE_SCALARS}
-        scalars["noise_mean_reduced"] = ok.astype(jnp.float32)
-        metrics |= {k: blank[k] for k in NOISE_METRICS}
-        metrics["example_grad_hist"] = jnp.where(ok, out["example_grad_hist"], -1)
+        out = batch_noise(loss_with, graphdef, params, rest, segments, batch, size)
+        scalars |= {k: out[k] for k in NOISE_SCALARS + (NOISE_FLAG,)}
+        metrics |= {k: out[k] for k in NOISE_METRICS + ("example_grad_hist",)}
     if curvature_on:
         def loss(p):
             return loss_with(nnx.merge(graphdef, p, rest, copy=True), batch)
@@ -98,18 +93,3 @@ def step_quantities(loss_with, graphdef, params, rest, layout, grads, batch, *, 
                                                 tr.value, tr.stderr)))
         metrics |= dict(zip(CURVATURE_METRICS, (tr.rows, tr.rows_stderr)))
     return metrics, scalars
-
-
-def _noise(loss_with, graphdef, params, rest, segments, batch, chunk: int) -> dict:
-    """`noise.noise`'s outputs and the batch loss, per-example gradients under fixed
-    statistics."""
-    fixed, fixed_rest = fixed_statistics(graphdef, params, rest, lambda m: loss_with(m, batch))
-
-    def loss_of(p, examples):
-        return loss_with(nnx.merge(fixed, p, fixed_rest, copy=True), examples)
-
-    loss, g = jax.value_and_grad(loss_of)(params, batch)
-    one = jax.value_and_grad(lambda p, ex: loss_of(p, [a[None] for a in ex]))
-    per_example = jax.vmap(one, in_axes=(None, 0))
-    out = noise(lambda ex: per_example(params, ex), g, segments, batch, chunk=chunk)
-    return out | {"loss": loss}

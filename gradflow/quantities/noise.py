@@ -29,6 +29,8 @@ from .histograms import HIST_BINS, row_histograms
 EPSILON = 1e-5  # Cockpit's MeanGSNR stabiliser
 NOISE_SCALARS = ("mean_gsnr", "norm_test", "inner_test", "ortho_test")
 NOISE_METRICS = tuple(f"layer_{k}" for k in NOISE_SCALARS)
+NOISE_FLAG = "noise_mean_reduced"  # 1.0 where the loss was mean-reduced, 0.0 where not
+
 
 
 def whole_segments(flat: dict, segments) -> tuple:

@@ -5,16 +5,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from . import curvature
-from .examples import (batch_value_and_grad, example_value_and_grads, fixed_statistics,
-                       mean_reduced, training_loss)
-from .noise import noise
+from .examples import batch_noise, training_loss
 
 _NOISE_STEPS: dict = {}
 
 
 def noise_step(graphdef, segments, loss_fn, chunk: int):
     """A jitted `step(params, rest, x, y) -> dict` of `noise.noise`'s outputs plus
-    "mean_reduced" (whether `loss_fn` is the mean of the per-example losses).
+    `noise.NOISE_FLAG` (`examples.batch_noise`).
 
     Args:
       graphdef: the model's structure.
@@ -29,12 +27,8 @@ def noise_step(graphdef, segments, loss_fn, chunk: int):
     if key not in _NOISE_STEPS:
         @jax.jit
         def step(params, rest, x, y):
-            fixed, fixed_rest = fixed_statistics(graphdef, params, rest, lambda m: m(x))
-            loss, g = batch_value_and_grad(fixed, params, fixed_rest, loss_fn, x, y)
-            per_example = example_value_and_grads(fixed, fixed_rest, loss_fn)
-            out = noise(lambda ex: per_example(params, ex), g, segments, (x, y), chunk=chunk)
-            out["mean_reduced"] = mean_reduced(loss, out.pop("example_loss_mean"))
-            return out
+            return batch_noise(lambda m, b: loss_fn(m(b[0]), b[1]), graphdef, params, rest,
+                               segments, [x, y], chunk)
         if len(_NOISE_STEPS) >= 64:
             _NOISE_STEPS.clear()
         _NOISE_STEPS[key] = step

@@ -3,12 +3,11 @@ they add (NaN, or -1 for histogram counts, in records where they were not taken)
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ..instrument.norms import flat_arrays
 from .histograms import HIST_BINS
-from .noise import NOISE_METRICS, NOISE_SCALARS, noise_chunk
+from .noise import NOISE_FLAG, NOISE_METRICS, NOISE_SCALARS, noise_chunk
 from .rows import row_segments
 from . import curvature
 from .steps import CURVATURE_METRICS, CURVATURE_SCALARS, curvature_step, noise_step
@@ -44,7 +43,7 @@ class Extras:
         self.noise_every, self.curvature_every = noise_every, curvature_every
         n, nan = len(layout.rows), np.float32(np.nan)
         self._blank = {  # the fields of records that did not take them (host arrays, made once)
-            "noise": {k: nan for k in NOISE_SCALARS + ("noise_mean_reduced",)}
+            "noise": {k: nan for k in NOISE_SCALARS + (NOISE_FLAG,)}
             | {k: np.full(n, nan) for k in NOISE_METRICS}
             | {"example_grad_hist": np.full((n, HIST_BINS), -1, np.int32)},
             "curvature": {k: nan for k in CURVATURE_SCALARS}
@@ -86,13 +85,13 @@ class Extras:
 
         Returns:
           {name: array}: `NOISE_SCALARS` (0-d), `NOISE_METRICS` ((n_rows,)), "example_grad_hist"
-          ((n_rows, HIST_BINS)), "noise_mean_reduced" (0-d, 1.0 or 0.0; NaN where not taken).
+          ((n_rows, HIST_BINS)), "noise_mean_reduced" (0-d, 1.0 or 0.0; NaN where not taken;
+          where 0, the loss was not mean-reduced and the quantities are NaN, counts -1).
         """
         out = {}
         if self.noise_every is not None:
             if step % self.noise_every == 0:
                 out |= self._noise(params, rest, x, y)
-                out["noise_mean_reduced"] = out.pop("mean_reduced").astype(jnp.float32)
             else:
                 out |= self._blank["noise"]
         if self.curvature_every is not None:

@@ -15,7 +15,8 @@ from ..analysis.diagnose import INPUT_FIX, Finding
 from ..plot import comparison_grid, curves, grad_histograms, heatmap, png_bytes, profiles
 from ..plot import training_quantities
 from ..plot._style import label
-from ..plot.quantities import CURVATURE, HISTOGRAMS, NOISE, measured_records
+from ..plot.quantities import CURVATURE, NOISE, measured_records
+from ..quantities.histograms import HISTOGRAM_METRICS
 from .page import REFRESH_S, document, figure_html, table_html, write_text
 from .text import fmt, quantity_sentences, text_table
 
@@ -171,7 +172,7 @@ def _quantities(histories: dict, summary: dict, save) -> str:
          "scales." + (" The dashed line is the edge of stability, 2/lr for plain SGD, "
                       "(2 + 2β)/lr with momentum β." if curvature else ""), figures)
     for arch, h in runs.items():
-        metric = next((m for m in HISTOGRAMS if m in h), None)
+        metric = next((m for m in HISTOGRAM_METRICS if m in h), None)
         if metric is None or not measured_records(h[metric]).size:
             continue
         save(f"{arch}_grad_hist.png", grad_histograms(h, metric),
