@@ -15,17 +15,16 @@ The quantities are those of `gf.probe` (docs/quantities.md), taken on the loss `
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from ..instrument.norms import flat_arrays
-from .curvature import max_eigenvalue, random_direction, trace
+from .curvature import random_direction
 from .examples import batch_noise
 from .histograms import row_histograms
 from .noise import NOISE_FLAG, NOISE_METRICS, NOISE_SCALARS, noise_chunk
 from .rows import row_segments
-from .steps import CURVATURE_METRICS, CURVATURE_SCALARS
+from .steps import CURVATURE_METRICS, CURVATURE_SCALARS, measure_curvature
 
 
 def batch_leaves(args, kwargs) -> tuple[list[int], list]:
@@ -86,10 +85,8 @@ def step_quantities(loss_with, graphdef, params, rest, layout, grads, batch, *, 
     if curvature_on:
         def loss(p):
             return loss_with(nnx.merge(graphdef, p, rest, copy=True), batch)
-        k1, k2 = jax.random.split(jax.random.key(0))
-        eig = max_eigenvalue(loss, params, v0=random_direction(params), key=k1)
-        tr = trace(loss, params, samples=8, key=k2, segments=segments)
-        scalars |= dict(zip(CURVATURE_SCALARS, (eig.value, eig.converged.astype(jnp.float32),
-                                                tr.value, tr.stderr)))
-        metrics |= dict(zip(CURVATURE_METRICS, (tr.rows, tr.rows_stderr)))
+        out, _ = measure_curvature(loss, params, segments, random_direction(params),
+                                   jax.random.key(0), samples=8, max_iter=100)
+        scalars |= {k: out[k] for k in CURVATURE_SCALARS}
+        metrics |= {k: out[k] for k in CURVATURE_METRICS}
     return metrics, scalars

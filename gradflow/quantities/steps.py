@@ -35,6 +35,33 @@ def noise_step(graphdef, segments, loss_fn, chunk: int):
     return _NOISE_STEPS[key]
 
 
+def measure_curvature(loss, params, segments, v0, key, *, samples: int, max_iter: int,
+                      unroll: bool = False, rtol: float = 1e-3):
+    """The curvature record of `loss` at `params` (inside a trace): the power iteration's
+    largest-magnitude eigenvalue from `v0`, the Hutchinson trace and each row's block trace.
+
+    Args:
+      loss: params -> scalar.
+      params: the point (an `nnx.State`).
+      segments: `rows.row_segments`.
+      v0: the power iteration's start.
+      key: a PRNG key (split for the iteration and the trace).
+      samples, max_iter, unroll, rtol: as in `curvature_step`.
+
+    Returns:
+      `(record, eigenvector)`: `CURVATURE_SCALARS` (0-d) and `CURVATURE_METRICS` ((n_rows,)).
+    """
+    k1, k2 = jax.random.split(key)
+    eig = curvature.max_eigenvalue(loss, params, v0=v0, rtol=rtol, max_iter=max_iter, key=k1,
+                                   unroll=unroll)
+    tr = curvature.trace(loss, params, samples=samples, key=k2, segments=segments,
+                         chunk=1 if unroll else 8, unroll=unroll)
+    out = {"hess_max_ev": eig.value, "hess_max_ev_converged": eig.converged.astype(jnp.float32),
+           "hess_trace": tr.value, "hess_trace_se": tr.stderr,
+           "layer_hess_trace": tr.rows, "layer_hess_trace_se": tr.rows_stderr}
+    return out, eig.vector
+
+
 _CURVATURE_STEPS: dict = {}
 CURVATURE_SCALARS = ("hess_max_ev", "hess_max_ev_converged", "hess_trace", "hess_trace_se")
 CURVATURE_METRICS = ("layer_hess_trace", "layer_hess_trace_se")
@@ -64,17 +91,9 @@ def curvature_step(graphdef, segments, loss_fn, *, samples: int, max_iter: int, 
     if key_ not in _CURVATURE_STEPS:
         @jax.jit
         def step(params, rest, x, y, v0, key):
-            loss = training_loss(graphdef, rest, loss_fn, x, y)
-            k1, k2 = jax.random.split(key)
-            eig = curvature.max_eigenvalue(loss, params, v0=v0, rtol=rtol, max_iter=max_iter,
-                                           key=k1, unroll=unroll)
-            tr = curvature.trace(loss, params, samples=samples, key=k2, segments=segments,
-                                 chunk=1 if unroll else 8, unroll=unroll)
-            out = {"hess_max_ev": eig.value,
-                   "hess_max_ev_converged": eig.converged.astype(jnp.float32),
-                   "hess_trace": tr.value, "hess_trace_se": tr.stderr,
-                   "layer_hess_trace": tr.rows, "layer_hess_trace_se": tr.rows_stderr}
-            return out, eig.vector
+            return measure_curvature(training_loss(graphdef, rest, loss_fn, x, y), params,
+                                     segments, v0, key, samples=samples, max_iter=max_iter,
+                                     unroll=unroll, rtol=rtol)
         if len(_CURVATURE_STEPS) >= 64:
             _CURVATURE_STEPS.clear()
         _CURVATURE_STEPS[key_] = step
