@@ -1,13 +1,15 @@
 """Peers: gradflow's train step against PyTorch eager, PyTorch with norm logging, and Cockpit.
 
     pip install -e ".[peers]"                # torch 2.13 (CPU), cockpit-for-pytorch, backpack-for-pytorch
-    python benchmarks/peers.py               # depth-50 residual_bn and plain CNNs, a few minutes
-    python benchmarks/peers.py --quick       # residual_bn only, fewer rounds, under a minute
+    python benchmarks/peers.py               # depth-50 residual_bn and plain CNNs + the MLP, minutes
+    python benchmarks/peers.py --quick       # residual_bn CNN only, fewer rounds, under a minute
 
-One process, one model per architecture: the zoo's `gf.models.cnn(arch, 50, width=16)` and a
-PyTorch module mirroring it layer for layer (stem 3x3 conv -> hidden units / v1 residual blocks ->
-global average pooling -> Linear; BN without conv bias), started from the same weights (copied
-from the gradflow model and checked by comparing one forward pass). Same data (one batch of the
+One process, one model per architecture: the zoo's `gf.models.cnn(arch, 50, width=16)` (and
+`gf.models.mlp(arch, 50, width=256)` for `--mlps`, its blocks scanned as on CPU by default) and a
+PyTorch module mirroring it layer for layer (stem 3x3 conv or Linear -> hidden units / v1
+residual blocks -> global average pooling for the CNN -> Linear; BN without bias before it),
+started from the same weights (copied from the gradflow model and checked by comparing one
+forward pass). Same data (one batch of the
 built-in synthetic set, batch 32, 16x16x3), same loss (mean cross-entropy), same optimizer (SGD,
 lr 0.01, momentum 0.9). Configurations, each training its own copy:
 
@@ -25,7 +27,9 @@ wall-clock ms per step is reported with its overhead over the configuration's ow
 and the same for the process's CPU time per step (steadier than wall time when other processes
 share the cores; it includes threads that spin while waiting). PyTorch runs with
 `torch.set_num_threads(--threads)`; XLA:CPU uses its own thread pool over all cores, or one
-thread with `--threads 1`. The load average before and after is printed and saved.
+thread with `--threads 1`. With `--malloc reuse` (the default) the process first calls
+`gradflow.host_memory.reuse_freed_memory()`, as `python -m gradflow.run` does; it applies to
+torch as well. The load average before and after is printed and saved.
 Writes `--out` (default benchmarks/peers.json).
 """
 from __future__ import annotations
@@ -43,11 +47,13 @@ import warnings
 PEERS_HINT = "peers benchmark needs: pip install -e '.[peers]' (torch, cockpit-for-pytorch, backpack-for-pytorch)"
 
 
-def _threads(argv) -> int:
-    """--threads, read before JAX is imported: XLA:CPU takes its thread settings at start-up."""
+def _early_options(argv):
+    """--threads and --malloc, read before JAX and torch are imported: XLA:CPU takes its thread
+    settings at start-up, and malloc's options must be set before the threads first allocate."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--threads", type=int, default=2)
-    return pre.parse_known_args(argv)[0].threads
+    pre.add_argument("--malloc", choices=("reuse", "default"), default="reuse")
+    return pre.parse_known_args(argv)[0]
 
 
 # XLA:CPU runs one step on a thread pool over all cores; with --threads 1 it gets one thread, as
@@ -55,11 +61,17 @@ def _threads(argv) -> int:
 SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 # The flags alone leave XLA's runtime pool running on every core (CPU time exceeded wall time),
 # so the process is also pinned to `--threads` cores: neither framework can use more.
-THREADS = _threads(sys.argv[1:])
+EARLY = _early_options(sys.argv[1:])
+THREADS = EARLY.threads
 if THREADS == 1:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + SINGLE_THREAD_XLA).strip()
 if hasattr(os, "sched_setaffinity") and THREADS < len(os.sched_getaffinity(0)):
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:THREADS])
+
+from gradflow.host_memory import reuse_freed_memory  # noqa: E402 (imports JAX, no backend yet)
+
+# as `python -m gradflow.run` does, before any computation; the whole process, torch included
+MALLOC_REUSE = EARLY.malloc == "reuse" and reuse_freed_memory()
 
 try:
     import torch
@@ -82,7 +94,7 @@ from gradflow import data as gf_data
 from gradflow.losses import LOSSES
 from gradflow.instrument.steps import layout_for, train_steps
 
-DEPTH, WIDTH, BATCH, LR, MOMENTUM = 50, 16, 32, 0.01, 0.9
+DEPTH, WIDTH, MLP_WIDTH, BATCH, LR, MOMENTUM = 50, 16, 256, 32, 0.01, 0.9
 TORCH_BARE, GF_BARE = "torch bare", "gradflow bare"
 OWN_BARE = {"torch bare": TORCH_BARE, "torch norm logging": TORCH_BARE,
             "cockpit economy": TORCH_BARE, "gradflow bare": GF_BARE,
@@ -92,13 +104,16 @@ OWN_BARE = {"torch bare": TORCH_BARE, "torch norm logging": TORCH_BARE,
 # --- the PyTorch mirror of gf.models.cnn(arch, depth, width) ----------------------------------
 
 class TorchUnit(nn.Module):
-    """conv 3x3 (bias unless BN) -> optional BatchNorm -> optional ReLU, as gradflow's Unit."""
+    """conv 3x3 or Linear (bias unless BN) -> optional BatchNorm -> optional ReLU, as gradflow's
+    Unit."""
 
-    def __init__(self, cin, cout, *, norm: bool, act: bool):
+    def __init__(self, cin, cout, *, norm: bool, act: bool, dense: bool = False):
         super().__init__()
-        self.layer = nn.Conv2d(cin, cout, 3, padding=1, bias=not norm)
+        self.layer = (nn.Linear(cin, cout, bias=not norm) if dense else
+                      nn.Conv2d(cin, cout, 3, padding=1, bias=not norm))
         # flax momentum 0.99 (weight of the old value) is torch momentum 0.01; same epsilon
-        self.norm = nn.BatchNorm2d(cout, eps=1e-5, momentum=0.01) if norm else None
+        bn = nn.BatchNorm1d if dense else nn.BatchNorm2d
+        self.norm = bn(cout, eps=1e-5, momentum=0.01) if norm else None
         self.act = nn.ReLU() if act else None
 
     def forward(self, x):
@@ -111,10 +126,10 @@ class TorchUnit(nn.Module):
 class TorchResidualBlock(nn.Module):
     """relu(unit2(unit1(x)) + x), He et al. v1, as gradflow's ResidualBlock with equal shapes."""
 
-    def __init__(self, width, *, norm: bool):
+    def __init__(self, width, *, norm: bool, dense: bool = False):
         super().__init__()
-        self.unit1 = TorchUnit(width, width, norm=norm, act=True)
-        self.unit2 = TorchUnit(width, width, norm=norm, act=False)
+        self.unit1 = TorchUnit(width, width, norm=norm, act=True, dense=dense)
+        self.unit2 = TorchUnit(width, width, norm=norm, act=False, dense=dense)
         self.act = nn.ReLU()
 
     def forward(self, x):
@@ -141,25 +156,53 @@ class TorchCNN(nn.Module):
         return self.head(x.mean(dim=(2, 3)))
 
 
+class TorchMLP(nn.Module):
+    """The mirror of gf.models.mlp(arch, depth, width): Linear unit -> hidden blocks -> Linear,
+    on inputs flattened in gradflow's (NHWC) order."""
+
+    def __init__(self, arch: str, depth: int, width: int, in_features: int, num_classes: int = 10):
+        super().__init__()
+        norm, residual = arch in ("bn", "residual_bn"), arch in ("residual", "residual_bn")
+        n_blocks = gf.models.networks.hidden_blocks(arch, depth)
+        self.stem = TorchUnit(in_features, width, norm=norm, act=True, dense=True)
+        self.blocks = nn.ModuleList(
+            TorchResidualBlock(width, norm=norm, dense=True) if residual else
+            TorchUnit(width, width, norm=norm, act=True, dense=True) for _ in range(n_blocks))
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        x = self.stem(x.flatten(1))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+
 def _torch_name(path) -> str:
-    """A gradflow state path -> the mirror's parameter/buffer name."""
+    """A gradflow state path -> the mirror's parameter/buffer name ("blocks.{}." and the rest
+    for a scanned stack's arrays, whose leading axis is the block)."""
     keys = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
     keys = [k for k in keys if k != "value"]
     if keys[:3] == ["stages", "0", "rest"]:
         keys = keys[3:]
+    if keys[0] == "block":  # scanned: one array over every block
+        keys = ["blocks", "{}"] + keys[1:]
     leaf = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
             "var": "running_var"}[keys[-1]]
     return ".".join(keys[:-1] + [leaf])
 
 
-def copy_weights(model: nnx.Module, net: TorchCNN) -> None:
+def copy_weights(model: nnx.Module, net: nn.Module) -> None:
     """Load the gradflow model's parameters and BN statistics into the mirror (shapes checked)."""
     target = dict(net.named_parameters()) | dict(net.named_buffers())
     leaves = [leaf for kind in (nnx.Param, nnx.BatchStat)
               for leaf in jax.tree_util.tree_leaves_with_path(nnx.state(model, kind))]
     names = set()
+    arrays = []
     for path, value in leaves:
         name, a = _torch_name(path), np.asarray(value)
+        arrays += ([(name.format(i), a[i]) for i in range(a.shape[0])] if "{}" in name
+                   else [(name, a)])
+    for name, a in arrays:
         if a.ndim == 4:  # conv kernel HWIO -> OIHW
             a = a.transpose(3, 2, 0, 1)
         elif a.ndim == 2:  # linear kernel (in, out) -> (out, in)
@@ -179,12 +222,15 @@ def check_mirror(model, net, x) -> float:
     statistics)."""
     logits = np.asarray(nnx.clone(model)(x), np.float64)
     with torch.no_grad():
-        ref = net.train()(_to_torch(x)).numpy()
+        ref = net.train()(_to_torch(x, net)).numpy()
     return float(np.max(np.abs(logits - ref)) / np.max(np.abs(logits)))
 
 
-def _to_torch(x) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
+def _to_torch(x, net=None) -> torch.Tensor:
+    """NHWC images as the mirror takes them: NCHW for a CNN, as they are for an MLP."""
+    x = np.asarray(x)
+    return torch.from_numpy(np.ascontiguousarray(
+        x if isinstance(net, TorchMLP) else x.transpose(0, 3, 1, 2)))
 
 
 # --- the configurations: each a closure running one train step to completion ------------------
@@ -300,11 +346,20 @@ def summarize(times: dict, own_bare: dict = OWN_BARE, reference: str = TORCH_BAR
     return rows
 
 
-def run_arch(arch: str, x, y, rounds: int, steps: int) -> dict:
-    model = gf.models.cnn(arch, DEPTH, width=WIDTH, rngs=nnx.Rngs(0))
+def run_arch(arch: str, x, y, rounds: int, steps: int, kind: str = "cnn") -> dict:
+    """Times every configuration on one architecture: `kind` "cnn" (depth 50, width 16) or
+    "mlp" (depth 50, width 256, the inputs flattened, as in `benchmarks/overhead.py`)."""
+    if kind == "cnn":
+        model = gf.models.cnn(arch, DEPTH, width=WIDTH, rngs=nnx.Rngs(0))
+        mirror = lambda: TorchCNN(arch, DEPTH, WIDTH)  # noqa: E731
+    else:
+        in_features = int(np.prod(x.shape[1:]))
+        model = gf.models.mlp(arch, DEPTH, width=MLP_WIDTH, in_features=in_features,
+                              num_classes=10, rngs=nnx.Rngs(0))
+        mirror = lambda: TorchMLP(arch, DEPTH, MLP_WIDTH, in_features)  # noqa: E731
     nets = {}
     for name in ("torch bare", "torch norm logging", "cockpit economy"):
-        nets[name] = TorchCNN(arch, DEPTH, WIDTH)
+        nets[name] = mirror()
         copy_weights(model, nets[name])
     n_torch = sum(p.numel() for p in nets[TORCH_BARE].parameters())
     n_gf = sum(int(np.size(a)) for a in jax.tree.leaves(nnx.state(model, nnx.Param)))
@@ -313,7 +368,7 @@ def run_arch(arch: str, x, y, rounds: int, steps: int) -> dict:
     diff = check_mirror(model, nets[TORCH_BARE], x)
     if diff > 1e-3:
         raise RuntimeError(f"mirror's logits differ from gradflow's by {diff:.1e} (relative)")
-    xt, yt = _to_torch(x), torch.from_numpy(np.asarray(y)).long()
+    xt, yt = _to_torch(x, nets[TORCH_BARE]), torch.from_numpy(np.asarray(y)).long()
     gf_bare, gf_inst = gradflow_steps(model, x, y)
     configs = {"torch bare": torch_step(nets["torch bare"], xt, yt, False),
                "torch norm logging": torch_step(nets["torch norm logging"], xt, yt, True),
@@ -328,12 +383,13 @@ def run_arch(arch: str, x, y, rounds: int, steps: int) -> dict:
                         "Full backward hook is firing"):
             warnings.filterwarnings("ignore", message=message)
         times = time_interleaved(configs, rounds, steps)
-    return {"arch": arch, "params": n_gf, "mirror_rel_logit_diff": diff,
-            "rows": summarize(times)}
+    return {"arch": arch, "kind": kind, "params": n_gf, "mirror_rel_logit_diff": diff,
+            "width": WIDTH if kind == "cnn" else MLP_WIDTH, "rows": summarize(times)}
 
 
 def print_table(result: dict) -> None:
-    print(f"\n{result['arch']} CNN, depth {DEPTH}, width {WIDTH}, {result['params']:,} parameters "
+    print(f"\n{result['arch']} {result['kind'].upper()}, depth {DEPTH}, width {result['width']}, "
+          f"{result['params']:,} parameters "
           f"(mirror's logits agree to {result['mirror_rel_logit_diff']:.0e} relative)")
     print("| framework / config | ms per step (p25-p75) | CPU ms per step | overhead over own bare "
           "(wall / CPU) | vs PyTorch bare (wall / CPU) |")
@@ -365,14 +421,21 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="residual_bn only, 5 rounds of 2 steps")
     p.add_argument("--archs", default="residual_bn,plain",
                    help="comma-separated: residual_bn, bn, plain, residual (default residual_bn,plain)")
+    p.add_argument("--mlps", default="residual_bn",
+                   help="comma-separated MLP archs (depth 50, width 256); '' for none")
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--steps", type=int, default=2, help="timed steps per configuration per round")
     p.add_argument("--threads", type=int, default=2,
                    help="torch.set_num_threads; 1 also makes XLA:CPU single-threaded (default 2)")
+    p.add_argument("--malloc", choices=("reuse", "default"), default="reuse",
+                   help="reuse: malloc keeps freed memory, as `python -m gradflow.run` sets it "
+                        "(gradflow.host_memory; the whole process, torch included); default: "
+                        "glibc's own behaviour")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "peers.json"))
     a = p.parse_args(argv)
     archs = ["residual_bn"] if a.quick else a.archs.split(",")
-    bad = [arch for arch in archs if arch not in gf.models.ARCHS]
+    mlps = [] if a.quick else [m for m in a.mlps.split(",") if m]
+    bad = [arch for arch in archs + mlps if arch not in gf.models.ARCHS]
     if bad:
         p.error(f"--archs: {bad[0]!r} is not one of {', '.join(gf.models.ARCHS)}")
     for flag in ("rounds", "steps", "threads"):
@@ -388,13 +451,14 @@ def main(argv=None):
     xla_threads = "1 thread" if a.threads == 1 else "its default thread pool"
     print(f"{info['cpu']}, {info['cores']} cores; torch {torch.__version__} with "
           f"{torch.get_num_threads()} threads, jax {jax.__version__} ({jax.default_backend()}, "
-          f"{xla_threads}); load average {load_before[0]:.2f}")
+          f"{xla_threads}); malloc {'reusing freed memory' if MALLOC_REUSE else 'as glibc sets it'}; "
+          f"load average {load_before[0]:.2f}")
     print(f"batch {BATCH}, 16x16x3, SGD lr {LR} momentum {MOMENTUM}; {rounds} rounds x {steps} "
           "steps per configuration after 1 warm-up round; median")
     t0 = time.perf_counter()
     results = []
-    for arch in archs:
-        results.append(run_arch(arch, x, y, rounds, steps))
+    for kind, arch in [("cnn", arch) for arch in archs] + [("mlp", arch) for arch in mlps]:
+        results.append(run_arch(arch, x, y, rounds, steps, kind))
         print_table(results[-1])
     load_after = os.getloadavg()
     print(f"\nload average {load_before[0]:.2f} before, {load_after[0]:.2f} after; "
@@ -402,7 +466,7 @@ def main(argv=None):
     record = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
               "command": "python benchmarks/peers.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "machine": info, "torch_threads": torch.get_num_threads(),
-              "xla_flags": os.environ.get("XLA_FLAGS", ""),
+              "xla_flags": os.environ.get("XLA_FLAGS", ""), "malloc_reuse": bool(MALLOC_REUSE),
               "loadavg_before": load_before, "loadavg_after": load_after,
               "batch": BATCH, "depth": DEPTH, "width": WIDTH, "lr": LR, "momentum": MOMENTUM,
               "rounds": rounds, "steps_per_round": steps, "results": results}

@@ -11,7 +11,8 @@ Data flows one way: model + batch -> traced measurement core -> Snapshot / Histo
 imports only from its own layer or lower ones, and no modules import each other in a loop
 (`tests/test_layers.py` checks both):
 
-    0  gradflow._io          atomic files, NaN-free JSON
+    0  gradflow._io          atomic files, NaN-free JSON; gradflow.host_memory (malloc options
+                             that keep XLA:CPU's freed buffers for reuse)
     1  gradflow.instrument   the traced core: error tap, recorder, probes, compiled steps; knows
                              nothing of the zoo (modules plug in through its registration API)
     2  library               gradflow.grad (value_and_grad), history, losses, distributed, probe,
@@ -50,7 +51,7 @@ __all__ = ["value_and_grad", "update_ratio", "probe", "train", "recorded_steps",
            "report"]
 
 _LAYERS = {
-    "gradflow._io": 0,
+    "gradflow._io": 0, "gradflow.host_memory": 0,
     "gradflow.instrument": 1,
     "gradflow.history": 2, "gradflow.snapshot": 2, "gradflow.losses": 2, "gradflow.distributed": 2,
     "gradflow.probe": 2, "gradflow.train": 2, "gradflow.checkpoint": 2, "gradflow.grad": 2,

@@ -3,6 +3,7 @@ import os
 import sys
 
 from .cli.main import main
+from .host_memory import reuse_for_command_line
 
 DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops=true"
 
@@ -34,4 +35,5 @@ def deterministic_xla_flags(flags: str) -> str:
 if __name__ == "__main__":
     # before the first computation starts a backend, which reads XLA_FLAGS once
     os.environ["XLA_FLAGS"] = deterministic_xla_flags(os.environ.get("XLA_FLAGS", ""))
+    reuse_for_command_line()  # before XLA's threads first allocate (gradflow.host_memory)
     sys.exit(main())

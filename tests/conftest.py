@@ -1,12 +1,24 @@
 import contextlib
+import importlib.util
 import io
 import json
 import os
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+# XLA:CPU's freed buffers kept for the next run, as the command line runs (gradflow/host_memory.py,
+# loaded by path: importing the package here would load JAX): glibc reads these variables when
+# a process starts, so they reach the xdist workers and the CLI subprocesses.
+_spec = importlib.util.spec_from_file_location(
+    "_host_memory", Path(__file__).parents[1] / "gradflow" / "host_memory.py")
+_host_memory = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_host_memory)
+if _host_memory.applies():
+    for _name, _value in _host_memory.MALLOC_ENV.items():
+        os.environ.setdefault(_name, _value)
 # On an accelerator (e.g. JAX_PLATFORMS=cuda) the suite checks the math, not the backend's
 # defaults: float32 matmuls and convolutions at full precision (on H100/H200 JAX's default is
 # TF32, about 1e-3 relative, which the float64 references at rtol 2e-4 would flag), and XLA's
