@@ -55,7 +55,7 @@ def value_and_grad(fn, *, has_aux: bool = False, noise: bool = False, curvature:
         `fn`. The batch is every array argument whose leading axis has the first array
         argument's size; `fn` must be mean-reduced over it (if not, the values are NaN and
         `noise_mean_reduced` 0). Costs about one backward pass per example (chunked).
-      curvature: also take `hess_max_ev` (power iteration, rtol 1e-3, at most 100
+      curvature: also take `hess_max_ev` (Lanczos, rtol 1e-3, at most 100
         Hessian-vector products), `hess_max_ev_converged`, `hess_trace`, `hess_trace_se`
         (Hutchinson, 8 samples) and the rows' `layer_hess_trace(_se)`, of the loss `fn`
         computes.

@@ -96,10 +96,32 @@ def test_max_eigenvalue_is_the_dense_eigenvalue_of_largest_magnitude(mlp, dense)
     assert float(default.value) == pytest.approx(want, rel=1e-3)
 
 
-def test_a_negative_dominant_eigenvalue_keeps_its_sign():
+def test_lanczos_is_the_dense_eigenvalue_in_fewer_products(mlp, dense):
+    want = _top(dense)
+    tight = mlp.run(cv.max_eigenvalue, rtol=1e-6, max_iter=1000, method="lanczos")
+    assert bool(tight.converged) and tight.vector is None
+    assert float(tight.value) == pytest.approx(want, rel=1e-5)
+    lanczos = mlp.run(cv.max_eigenvalue, method="lanczos")
+    power = mlp.run(cv.max_eigenvalue)
+    assert bool(lanczos.converged) and int(lanczos.iterations) <= int(power.iterations)
+    assert abs(float(lanczos.value) - want) <= abs(float(power.value) - want)
+    assert float(lanczos.value) == pytest.approx(want, rel=1e-4)
+
+
+@pytest.mark.parametrize("method", cv.METHODS)
+def test_a_negative_dominant_eigenvalue_keeps_its_sign(method):
     loss = lambda w: 0.5 * (1.0 * w[0] ** 2 - 4.0 * w[1] ** 2 + 2.0 * w[2] ** 2)
-    ev = cv.max_eigenvalue(loss, jnp.ones(3), rtol=1e-6, max_iter=500)
+    ev = cv.max_eigenvalue(loss, jnp.ones(3), rtol=1e-6, max_iter=500, method=method)
     assert float(ev.value) == pytest.approx(-4.0, rel=1e-4) and bool(ev.converged)
+
+
+def test_lanczos_stops_exactly_when_the_krylov_space_closes():
+    # a diagonal Hessian with 2 distinct eigenvalues: the space closes after 2 products
+    loss = lambda w: 0.5 * (3.0 * jnp.sum(w[:3] ** 2) + 1.0 * jnp.sum(w[3:] ** 2))
+    ev = cv.max_eigenvalue(loss, jnp.arange(1.0, 7.0), rtol=0.0, max_iter=50, method="lanczos",
+                           v0=jnp.ones(6))
+    assert bool(ev.converged) and int(ev.iterations) == 2
+    assert float(ev.value) == pytest.approx(3.0, rel=1e-6)
 
 
 def test_warm_start_converges_in_fewer_iterations(mlp):
@@ -235,6 +257,8 @@ def test_a_loss_without_curvature_gives_nan_not_zero(mlp):
     ev = cv.max_eigenvalue(rounded, mlp.params)
     assert np.isnan(float(ev.value)) and not bool(ev.converged) and int(ev.iterations) == 1
     assert np.all(np.isfinite(np.asarray(ravel_pytree(ev.vector)[0])))
+    ev = cv.max_eigenvalue(rounded, mlp.params, method="lanczos")
+    assert np.isnan(float(ev.value)) and not bool(ev.converged) and int(ev.iterations) == 1
     blocks = cv.block_max_eigenvalues(rounded, mlp.params, mlp.segments)
     assert np.all(np.isnan(np.asarray(blocks.value)))
     for exact_below in (64, 0):
@@ -259,6 +283,8 @@ def test_a_non_scalar_loss_is_a_one_line_error(mlp):
 def test_bad_arguments_are_one_line_errors(mlp):
     with pytest.raises(ValueError, match="max_iter"):
         mlp.run(cv.max_eigenvalue, max_iter=0)
+    with pytest.raises(ValueError, match="method must be one of power, lanczos"):
+        mlp.run(cv.max_eigenvalue, method="arnoldi")
     with pytest.raises(ValueError, match="samples"):
         mlp.run(cv.trace, samples=1, exact_below=0)
     with pytest.raises(ValueError, match="lr"):
@@ -278,6 +304,11 @@ def test_unrolled_loops_give_the_while_loops_results(mlp):
         assert int(flat.iterations) == int(loop.iterations)
         assert bool(flat.converged) == bool(loop.converged)
         assert float(flat.value) == pytest.approx(float(loop.value), rel=1e-5)
+    kw = dict(rtol=1e-2, max_iter=4, method="lanczos")
+    loop, flat = mlp.run(cv.max_eigenvalue, **kw), mlp.run(cv.max_eigenvalue, unroll=True, **kw)
+    assert (int(flat.iterations), bool(flat.converged)) == (int(loop.iterations),
+                                                            bool(loop.converged))
+    assert float(flat.value) == pytest.approx(float(loop.value), rel=1e-5)
     kw = dict(samples=6, chunk=3, exact_below=0, segments=mlp.segments)
     loop, flat = mlp.run(cv.trace, **kw), mlp.run(cv.trace, unroll=True, **kw)
     np.testing.assert_allclose(np.asarray(flat.rows), np.asarray(loop.rows), rtol=1e-5)

@@ -123,7 +123,7 @@ def _dense_hessian(model):
 
 
 def test_curvature_equals_the_dense_hessian_of_a_tiny_model():
-    model = _mlp()  # 46 parameters: the trace is exact, the power iteration converges
+    model = _mlp()  # 46 parameters: the trace is exact, the eigenvalue iteration converges
     snap = gf.probe(model, (X, Y), curvature=True)
     H, owner = _dense_hessian(model)
     ev = np.linalg.eigvalsh(H)
@@ -144,5 +144,7 @@ def test_train_takes_curvature_every_k_steps_warm_started():
     assert list(hist.steps) == [0, 2, 4]
     assert np.isfinite(hist["hess_max_ev"]).all() and hist.meta["curvature_every"] == 2
     snap = gf.probe(fresh, (X, Y), curvature=True)
-    for k in ("hess_max_ev", "hess_trace", "layer_hess_trace"):
+    for k in ("hess_trace", "layer_hess_trace"):  # exact for 46 parameters
         np.testing.assert_allclose(hist[k][0], snap[k], rtol=1e-4, err_msg=k)
+    # the run's power iteration (20 products) and the probe's Lanczos, both to rtol 1e-3
+    np.testing.assert_allclose(hist["hess_max_ev"][0], snap["hess_max_ev"], rtol=1e-3)

@@ -32,12 +32,13 @@ Loss = Callable  # params -> scalar
 
 
 class Eigen(NamedTuple):
-    """A power-iteration result.
+    """A power-iteration or Lanczos result.
 
     Attributes:
       value: the eigenvalue of largest magnitude, with its sign (float32; NaN, see
         `max_eigenvalue`).
       vector: its unit eigenvector, a pytree like the parameters; pass it back as `v0`.
+        None from Lanczos, which would have to keep its basis to form it.
       iterations: Hessian-vector products used (int32).
       converged: whether consecutive estimates agreed to `rtol` before `max_iter`.
     """
@@ -187,6 +188,46 @@ def _power(matvec, v0, rtol: float, max_iter: int, unroll: bool) -> Eigen:
     return Eigen(lam, v, i, conv)
 
 
+def _lanczos(matvec, v0, rtol: float, max_iter: int, unroll: bool) -> Eigen:
+    """Lanczos on a symmetric operator: the Ritz value of largest magnitude.
+
+    The three-term recurrence without reorthogonalization (two vectors of memory, as power
+    iteration): lost orthogonality only repeats converged Ritz values, it does not move the
+    extreme one. The k x k tridiagonal matrix's eigenvalues are taken after every product (a
+    dense `max_iter`-square solve, small next to a Hessian-vector product); the entries past k
+    are zero, which adds zero eigenvalues, never a larger magnitude."""
+    q, _, _ = _normalize(v0)
+    zeros = jnp.zeros((max_iter,), jnp.float32)
+    index = jnp.arange(max_iter - 1)
+
+    def body(s):
+        i, q, q_prev, beta, alphas, betas, prev, _, _ = s
+        hq = matvec(q)
+        alpha = vdot(q, hq)
+        w = jax.tree.map(lambda h, a, b: h - alpha * a - beta * b, hq, q, q_prev)
+        q_next, beta_next, _ = _normalize(w)
+        hq_norm = jnp.sqrt(vdot(hq, hq))
+        ok = (hq_norm > 0) & jnp.isfinite(hq_norm) & jnp.isfinite(alpha)
+        alphas = alphas.at[i].set(alpha)
+        off = jnp.where(index < i, betas[:-1], 0)
+        ritz = jnp.linalg.eigvalsh(jnp.diag(alphas) + jnp.diag(off, 1) + jnp.diag(off, -1))
+        lam = jnp.where(ok, ritz[jnp.argmax(jnp.abs(ritz))], jnp.nan)
+        # the Krylov space closed: T's eigenvalues are exact eigenvalues of the operator
+        closed = beta_next <= 1e-6 * jnp.maximum(jnp.abs(alpha) + beta, hq_norm)
+        conv = ok & ((jnp.abs(lam - prev) <= rtol * jnp.abs(lam)) | closed)
+        betas = betas.at[i].set(beta_next)
+        return i + 1, q_next, q, beta_next, alphas, betas, lam, conv | ~ok, conv
+
+    s = (jnp.int32(0), q, _scale(q, 0.0), jnp.float32(0), zeros, zeros, jnp.float32(jnp.inf),
+         jnp.bool_(False), jnp.bool_(False))
+    if unroll:  # every product computed, the state frozen once done: no control flow
+        for _ in range(max_iter):
+            s = jax.tree.map(lambda old, new, done=s[7]: jnp.where(done, old, new), s, body(s))
+    else:
+        s = lax.while_loop(lambda s: (s[0] < max_iter) & ~s[7], body, s)
+    return Eigen(s[6], None, s[0], s[8])
+
+
 def _batched(fn, xs, chunk: int, unroll: bool):
     """`vmap(fn)(xs)`, `chunk` elements at a time: one `vmap` when they fit, else a `lax.map`
     over chunks (or, with `unroll`, the chunks in straight-line code)."""
@@ -230,7 +271,12 @@ def _check_chunk(chunk):
         raise ValueError(f"chunk must be an int >= 1, got {chunk!r}")
 
 
-def _check_power_args(rtol, max_iter):
+METHODS = ("power", "lanczos")
+
+
+def _check_power_args(rtol, max_iter, method="power"):
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if not (isinstance(max_iter, int) and max_iter >= 1):
         raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
     if not rtol >= 0:
@@ -238,8 +284,10 @@ def _check_power_args(rtol, max_iter):
 
 
 def max_eigenvalue(loss: Loss, params, *, v0=None, rtol: float = 1e-3, max_iter: int = 100,
-                   key: jax.Array | None = None, unroll: bool = False) -> Eigen:
-    """The Hessian's eigenvalue of largest magnitude, by power iteration (Cockpit's HessMaxEV).
+                   key: jax.Array | None = None, unroll: bool = False,
+                   method: str = "power") -> Eigen:
+    """The Hessian's eigenvalue of largest magnitude, by power iteration (Cockpit's HessMaxEV)
+    or Lanczos.
 
     Power iteration finds the eigenvalue of largest |λ|, returned with its sign: the largest
     eigenvalue when the most negative one is smaller in magnitude, as is usual in training;
@@ -255,6 +303,14 @@ def max_eigenvalue(loss: Loss, params, *, v0=None, rtol: float = 1e-3, max_iter:
 
     Warm start: pass the previous measurement's `vector` as `v0`; while the top eigenvector
     changes slowly, a few products suffice instead of tens.
+
+    `method="lanczos"`: the Lanczos recurrence from the same start, the estimate being the
+    Ritz value of largest magnitude of the tridiagonal matrix built so far, with the same
+    stopping rule (also stopping when the Krylov space closes, where the value is exact). From
+    a random start it stops after a half to a third of power iteration's products and 20x
+    closer to λ₁ (`benchmarks/lanczos_vs_power.py`: 9-12 products, error 2e-4, against 20-25
+    and 3e-3-5e-3 on the depth-50 CNNs). It returns no eigenvector (`vector` is None), so it
+    cannot warm-start the next measurement; power iteration can.
 
     NaN: when a Hessian-vector product is exactly zero (or not finite), the value is NaN,
     `converged` is False and the loop stops. An exactly zero H v means the loss, as autodiff
@@ -277,12 +333,13 @@ def max_eigenvalue(loss: Loss, params, *, v0=None, rtol: float = 1e-3, max_iter:
         iterations and flag). For convolutional models on CPU with a small `max_iter` (a
         warm start): XLA:CPU runs convolutions inside control flow several times slower
         (JAX issue 12868); compile time grows with `max_iter`.
+      method: "power" or "lanczos".
 
     Returns:
-      An `Eigen`: (value, vector, iterations, converged).
+      An `Eigen`: (value, vector, iterations, converged); vector None with "lanczos".
 
     Raises:
-      ValueError: if the loss is not a scalar, or `rtol` / `max_iter` are invalid.
+      ValueError: if the loss is not a scalar, or `rtol` / `max_iter` / `method` are invalid.
 
     Example:
       >>> loss = lambda w: 0.5 * (3.0 * w[0] ** 2 - 1.0 * w[1] ** 2)
@@ -290,10 +347,10 @@ def max_eigenvalue(loss: Loss, params, *, v0=None, rtol: float = 1e-3, max_iter:
       >>> round(float(ev.value), 4), bool(ev.converged)
       (3.0, True)
     """
-    _check_power_args(rtol, max_iter)
+    _check_power_args(rtol, max_iter, method)
     matvec = hvp_fn(loss, params)
     v0 = _random(_key(key), params, "normal") if v0 is None else _like(v0, params)
-    return _power(matvec, v0, rtol, max_iter, unroll)
+    return (_lanczos if method == "lanczos" else _power)(matvec, v0, rtol, max_iter, unroll)
 
 
 def _leaf_paths(params) -> list[tuple]:

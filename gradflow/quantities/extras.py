@@ -29,7 +29,7 @@ def measure_extras(graphdef, params, rest, layout, loss_fn, x, y, *, noise=False
       x, y: the batch.
       noise: add `mean_gsnr`, `norm_test`, `inner_test`, `ortho_test` (scalars), their
         `layer_<name>` rows and `example_grad_hist` (`noise.noise`).
-      curvature: add `hess_max_ev` (power iteration to rtol 1e-3, at most 100 products),
+      curvature: add `hess_max_ev` (Lanczos to rtol 1e-3, at most 100 products),
         `hess_max_ev_converged`, `hess_trace` and `hess_trace_se`
         (Hutchinson, 8 samples; exact up to 64 parameters) and per-row `layer_hess_trace`,
         `layer_hess_trace_se` (`curvature_step`).
@@ -58,7 +58,7 @@ def measure_extras(graphdef, params, rest, layout, loss_fn, x, y, *, noise=False
         metrics |= {k: out[k] for k in NOISE_METRICS + ("example_grad_hist",)}
     if curvature:
         step = curvature_step(graphdef, segments, loss_fn, samples=8, unroll=False,
-                              max_iter=100)
+                              max_iter=100, method="lanczos")  # one fresh measurement
         out, _ = jax.device_get(step(params, rest, x, y, random_direction(params),
                                      jax.random.key(0)))
         scalars |= {k: out[k] for k in CURVATURE_SCALARS}

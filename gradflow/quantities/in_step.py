@@ -86,7 +86,8 @@ def step_quantities(loss_with, graphdef, params, rest, layout, grads, batch, *, 
         def loss(p):
             return loss_with(nnx.merge(graphdef, p, rest, copy=True), batch)
         out, _ = measure_curvature(loss, params, segments, random_direction(params),
-                                   jax.random.key(0), samples=8, max_iter=100)
+                                   jax.random.key(0), samples=8, max_iter=100,
+                                   method="lanczos")  # a fresh start every call
         scalars |= {k: out[k] for k in CURVATURE_SCALARS}
         metrics |= {k: out[k] for k in CURVATURE_METRICS}
     return metrics, scalars

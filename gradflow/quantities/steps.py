@@ -36,9 +36,10 @@ def noise_step(graphdef, segments, loss_fn, chunk: int):
 
 
 def measure_curvature(loss, params, segments, v0, key, *, samples: int, max_iter: int,
-                      unroll: bool = False, rtol: float = 1e-3):
-    """The curvature record of `loss` at `params` (inside a trace): the power iteration's
-    largest-magnitude eigenvalue from `v0`, the Hutchinson trace and each row's block trace.
+                      unroll: bool = False, rtol: float = 1e-3, method: str = "power"):
+    """The curvature record of `loss` at `params` (inside a trace): the largest-magnitude
+    eigenvalue from `v0` (power iteration or Lanczos), the Hutchinson trace and each row's
+    block trace.
 
     Args:
       loss: params -> scalar.
@@ -46,14 +47,15 @@ def measure_curvature(loss, params, segments, v0, key, *, samples: int, max_iter
       segments: `rows.row_segments`.
       v0: the power iteration's start.
       key: a PRNG key (split for the iteration and the trace).
-      samples, max_iter, unroll, rtol: as in `curvature_step`.
+      samples, max_iter, unroll, rtol, method: as in `curvature_step`.
 
     Returns:
-      `(record, eigenvector)`: `CURVATURE_SCALARS` (0-d) and `CURVATURE_METRICS` ((n_rows,)).
+      `(record, eigenvector)`: `CURVATURE_SCALARS` (0-d) and `CURVATURE_METRICS` ((n_rows,));
+      the eigenvector is None with Lanczos.
     """
     k1, k2 = jax.random.split(key)
     eig = curvature.max_eigenvalue(loss, params, v0=v0, rtol=rtol, max_iter=max_iter, key=k1,
-                                   unroll=unroll)
+                                   unroll=unroll, method=method)
     tr = curvature.trace(loss, params, samples=samples, key=k2, segments=segments,
                          chunk=1 if unroll else 8, unroll=unroll)
     out = {"hess_max_ev": eig.value, "hess_max_ev_converged": eig.converged.astype(jnp.float32),
@@ -68,7 +70,7 @@ CURVATURE_METRICS = ("layer_hess_trace", "layer_hess_trace_se")
 
 
 def curvature_step(graphdef, segments, loss_fn, *, samples: int, max_iter: int, unroll: bool,
-                   rtol: float = 1e-3):
+                   rtol: float = 1e-3, method: str = "power"):
     """A jitted `step(params, rest, x, y, v0, key) -> (dict, eigenvector)`: the largest-magnitude
     Hessian eigenvalue (power iteration from `v0`), the Hutchinson trace with its standard
     error, and each row's block trace, of the training loss (BatchNorm on batch statistics,
@@ -81,19 +83,21 @@ def curvature_step(graphdef, segments, loss_fn, *, samples: int, max_iter: int, 
       samples: Hutchinson samples.
       max_iter: power iterations at most (with `unroll`, exactly).
       unroll: straight-line iterations (faster on CPU, see `curvature.max_eigenvalue`).
-      rtol: the power iteration's relative tolerance.
+      rtol: the eigenvalue iteration's relative tolerance.
+      method: "power" (returns the eigenvector, to warm-start the next call) or "lanczos"
+        (fewer products from a random start; no eigenvector), `curvature.max_eigenvalue`.
 
     Returns:
       The compiled step (cached). Its dict holds `CURVATURE_SCALARS` (0-d) and
       `CURVATURE_METRICS` ((n_rows,)).
     """
-    key_ = (graphdef, segments, loss_fn, samples, max_iter, unroll, rtol)
+    key_ = (graphdef, segments, loss_fn, samples, max_iter, unroll, rtol, method)
     if key_ not in _CURVATURE_STEPS:
         @jax.jit
         def step(params, rest, x, y, v0, key):
             return measure_curvature(training_loss(graphdef, rest, loss_fn, x, y), params,
                                      segments, v0, key, samples=samples, max_iter=max_iter,
-                                     unroll=unroll, rtol=rtol)
+                                     unroll=unroll, rtol=rtol, method=method)
         if len(_CURVATURE_STEPS) >= 64:
             _CURVATURE_STEPS.clear()
         _CURVATURE_STEPS[key_] = step
