@@ -353,7 +353,7 @@ def print_agreement(r: dict) -> None:
     print(f"| per-example \\|g\\| total | {sum(ck['decades']):,.0f} | {sum(g['decades']):,.0f} | "
           f"{32 * r['params']:,} | | | |")
     print(f"second eigenvalue (float64): {ref['hess_ev2']:.6g}, |λ2/λ1| = "
-          f"{abs(ref['hess_ev2'] / ref['hess_max_ev']):.3f}; gradflow's power iteration "
+          f"{abs(ref['hess_ev2'] / ref['hess_max_ev']):.3f}; gradflow's eigenvalue iteration "
           f"converged: {bool(g['hess_max_ev_converged'])}"
           + (f"; tr(diag_h) vs tr(diag_ggn_exact): {r['diag_h_vs_diag_ggn_exact']:.1e}"
              if "diag_h_vs_diag_ggn_exact" in r else ""), flush=True)
