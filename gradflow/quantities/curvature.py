@@ -218,14 +218,45 @@ def _lanczos(matvec, v0, rtol: float, max_iter: int, unroll: bool) -> Eigen:
         betas = betas.at[i].set(beta_next)
         return i + 1, q_next, q, beta_next, alphas, betas, lam, conv | ~ok, conv
 
+    if unroll:
+        return _lanczos_unrolled(matvec, q, rtol, max_iter)
     s = (jnp.int32(0), q, _scale(q, 0.0), jnp.float32(0), zeros, zeros, jnp.float32(jnp.inf),
          jnp.bool_(False), jnp.bool_(False))
-    if unroll:  # every product computed, the state frozen once done: no control flow
-        for _ in range(max_iter):
-            s = jax.tree.map(lambda old, new, done=s[7]: jnp.where(done, old, new), s, body(s))
-    else:
-        s = lax.while_loop(lambda s: (s[0] < max_iter) & ~s[7], body, s)
+    s = lax.while_loop(lambda s: (s[0] < max_iter) & ~s[7], body, s)
     return Eigen(s[6], None, s[0], s[8])
+
+
+def _lanczos_unrolled(matvec, q, rtol: float, max_iter: int) -> Eigen:
+    """`_lanczos` in straight-line code: all `max_iter` products, then the Ritz values of every
+    leading k x k block in one batched solve, and the result where the loop would have stopped
+    (the same value, iterations and flag)."""
+    alphas, betas, oks, closed = [], [], [], []
+    q_prev, beta = _scale(q, 0.0), jnp.float32(0)
+    for _ in range(max_iter):
+        hq = matvec(q)
+        alpha = vdot(q, hq)
+        w = jax.tree.map(lambda h, a, b: h - alpha * a - beta * b, hq, q, q_prev)
+        q_next, beta_next, _ = _normalize(w)
+        hq_norm = jnp.sqrt(vdot(hq, hq))
+        oks.append((hq_norm > 0) & jnp.isfinite(hq_norm) & jnp.isfinite(alpha))
+        closed.append(beta_next <= 1e-6 * jnp.maximum(jnp.abs(alpha) + beta, hq_norm))
+        alphas.append(alpha)
+        betas.append(beta_next)
+        q_prev, q, beta = q, q_next, beta_next
+    a, b = jnp.stack(alphas), jnp.stack(betas)
+    k = jnp.arange(max_iter)[:, None]  # block k holds the first k + 1 products
+    j = jnp.arange(max_iter)[None, :]
+    diag = jnp.where(j <= k, a, 0)
+    off = jnp.where(j[:, :-1] < k, b[:-1], 0)
+    blocks = jax.vmap(lambda d, e: jnp.diag(d) + jnp.diag(e, 1) + jnp.diag(e, -1))(diag, off)
+    ritz = jnp.linalg.eigvalsh(jnp.nan_to_num(blocks))
+    ok = jnp.cumprod(jnp.stack(oks)).astype(bool)  # a failed product ends the recurrence
+    lam = jnp.where(ok, ritz[jnp.arange(max_iter), jnp.argmax(jnp.abs(ritz), axis=1)], jnp.nan)
+    prev = jnp.concatenate([jnp.full((1,), jnp.inf, lam.dtype), lam[:-1]])
+    conv = ok & ((jnp.abs(lam - prev) <= rtol * jnp.abs(lam)) | jnp.stack(closed))
+    stop = conv | ~ok
+    last = jnp.where(jnp.any(stop), jnp.argmax(stop), max_iter - 1)
+    return Eigen(lam[last], None, (last + 1).astype(jnp.int32), conv[last])
 
 
 def _batched(fn, xs, chunk: int, unroll: bool):
