@@ -137,44 +137,27 @@ class TorchResidualBlock(nn.Module):
 
 
 class TorchCNN(nn.Module):
-    """stem -> hidden blocks -> global average pooling -> Linear (NCHW inputs)."""
+    """stem -> hidden blocks -> global average pooling -> Linear (NCHW inputs); with `dense`,
+    the mirror of gf.models.mlp instead: Linear units on the inputs flattened in gradflow's
+    (NHWC) order, no pooling."""
 
-    def __init__(self, arch: str, depth: int, width: int, num_classes: int = 10):
+    def __init__(self, arch: str, depth: int, width: int, num_classes: int = 10, *,
+                 dense: bool = False, in_features: int = 3):
         super().__init__()
         norm, residual = arch in ("bn", "residual_bn"), arch in ("residual", "residual_bn")
         n_blocks = gf.models.networks.hidden_blocks(arch, depth)
-        self.stem = TorchUnit(3, width, norm=norm, act=True)
+        self.dense = dense
+        self.stem = TorchUnit(in_features, width, norm=norm, act=True, dense=dense)
         self.blocks = nn.ModuleList(
-            TorchResidualBlock(width, norm=norm) if residual else
-            TorchUnit(width, width, norm=norm, act=True) for _ in range(n_blocks))
+            TorchResidualBlock(width, norm=norm, dense=dense) if residual else
+            TorchUnit(width, width, norm=norm, act=True, dense=dense) for _ in range(n_blocks))
         self.head = nn.Linear(width, num_classes)
 
     def forward(self, x):
-        x = self.stem(x)
+        x = self.stem(x.flatten(1) if self.dense else x)
         for block in self.blocks:
             x = block(x)
-        return self.head(x.mean(dim=(2, 3)))
-
-
-class TorchMLP(nn.Module):
-    """The mirror of gf.models.mlp(arch, depth, width): Linear unit -> hidden blocks -> Linear,
-    on inputs flattened in gradflow's (NHWC) order."""
-
-    def __init__(self, arch: str, depth: int, width: int, in_features: int, num_classes: int = 10):
-        super().__init__()
-        norm, residual = arch in ("bn", "residual_bn"), arch in ("residual", "residual_bn")
-        n_blocks = gf.models.networks.hidden_blocks(arch, depth)
-        self.stem = TorchUnit(in_features, width, norm=norm, act=True, dense=True)
-        self.blocks = nn.ModuleList(
-            TorchResidualBlock(width, norm=norm, dense=True) if residual else
-            TorchUnit(width, width, norm=norm, act=True, dense=True) for _ in range(n_blocks))
-        self.head = nn.Linear(width, num_classes)
-
-    def forward(self, x):
-        x = self.stem(x.flatten(1))
-        for block in self.blocks:
-            x = block(x)
-        return self.head(x)
+        return self.head(x if self.dense else x.mean(dim=(2, 3)))
 
 
 def _torch_name(path) -> str:
@@ -230,7 +213,7 @@ def _to_torch(x, net=None) -> torch.Tensor:
     """NHWC images as the mirror takes them: NCHW for a CNN, as they are for an MLP."""
     x = np.asarray(x)
     return torch.from_numpy(np.ascontiguousarray(
-        x if isinstance(net, TorchMLP) else x.transpose(0, 3, 1, 2)))
+        x if getattr(net, "dense", False) else x.transpose(0, 3, 1, 2)))
 
 
 # --- the configurations: each a closure running one train step to completion ------------------
@@ -356,7 +339,8 @@ def run_arch(arch: str, x, y, rounds: int, steps: int, kind: str = "cnn") -> dic
         in_features = int(np.prod(x.shape[1:]))
         model = gf.models.mlp(arch, DEPTH, width=MLP_WIDTH, in_features=in_features,
                               num_classes=10, rngs=nnx.Rngs(0))
-        mirror = lambda: TorchMLP(arch, DEPTH, MLP_WIDTH, in_features)  # noqa: E731
+        mirror = lambda: TorchCNN(arch, DEPTH, MLP_WIDTH, dense=True,  # noqa: E731
+                                  in_features=in_features)
     nets = {}
     for name in ("torch bare", "torch norm logging", "cockpit economy"):
         nets[name] = mirror()

@@ -34,13 +34,12 @@ import sys
 
 OPT_OUT = "GRADFLOW_REUSE_MEMORY"  # "0": leave malloc as it is on the command line
 _TRIM_NEVER = (1 << 31) - 1  # a trim threshold (bytes) no heap top reaches
-# glibc's mallopt parameters (malloc.h) and the same settings as environment variables, read
-# by glibc when a process starts (so they reach subprocesses and test workers too)
-_ARENAS = 2
-_MALLOPT = {"M_ARENA_MAX": (-8, _ARENAS), "M_MMAP_MAX": (-4, 0),
-            "M_TRIM_THRESHOLD": (-1, _TRIM_NEVER)}
-MALLOC_ENV = {"MALLOC_ARENA_MAX": str(_ARENAS), "MALLOC_MMAP_MAX_": "0",
-              "MALLOC_TRIM_THRESHOLD_": str(_TRIM_NEVER)}
+# (environment variable, glibc's mallopt parameter from malloc.h, value): the environment
+# variables are read by glibc when a process starts (so they reach subprocesses and test
+# workers too), mallopt sets the same option in a running process
+_OPTIONS = (("MALLOC_ARENA_MAX", -8, 2), ("MALLOC_MMAP_MAX_", -4, 0),
+            ("MALLOC_TRIM_THRESHOLD_", -1, _TRIM_NEVER))
+MALLOC_ENV = {name: str(value) for name, _, value in _OPTIONS}
 
 
 def applies(system: str | None = None, libc: tuple[str, str] | None = None) -> bool:
@@ -73,7 +72,7 @@ def reuse_freed_memory() -> bool:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return False
-    return all(libc.mallopt(param, value) == 1 for param, value in _MALLOPT.values())
+    return all([libc.mallopt(param, value) == 1 for _, param, value in _OPTIONS])  # each set
 
 
 def reuse_for_command_line(environ=None) -> bool:

@@ -188,75 +188,79 @@ def _power(matvec, v0, rtol: float, max_iter: int, unroll: bool) -> Eigen:
     return Eigen(lam, v, i, conv)
 
 
+def _lanczos_step(matvec, q, q_prev, beta):
+    """One step of the Lanczos recurrence from the unit vector `q`.
+
+    Returns:
+      (alpha = qᵀHq, the next unit vector, its β, ok: Hq nonzero and finite, closed: the
+      Krylov space closed, so the tridiagonal matrix's eigenvalues are exact).
+    """
+    hq = matvec(q)
+    alpha = vdot(q, hq)
+    w = jax.tree.map(lambda h, a, b: h - alpha * a - beta * b, hq, q, q_prev)
+    q_next, beta_next, _ = _normalize(w)
+    hq_norm = jnp.sqrt(vdot(hq, hq))
+    ok = (hq_norm > 0) & jnp.isfinite(hq_norm) & jnp.isfinite(alpha)
+    closed = beta_next <= 1e-6 * jnp.maximum(jnp.abs(alpha) + beta, hq_norm)
+    return alpha, q_next, beta_next, ok, closed
+
+
+def _top_ritz(alphas, off):
+    """The eigenvalue of largest magnitude of the symmetric tridiagonal matrices with diagonals
+    `alphas` (..., m) and off-diagonals `off` (..., m - 1); zero entries past a block's end add
+    zero eigenvalues, never a larger magnitude."""
+    t = (jax.vmap(jnp.diag)(alphas.reshape(-1, alphas.shape[-1]))
+         + jax.vmap(lambda e: jnp.diag(e, 1) + jnp.diag(e, -1))(off.reshape(-1, off.shape[-1])))
+    ritz = jnp.linalg.eigvalsh(t)
+    return ritz[jnp.arange(len(ritz)), jnp.argmax(jnp.abs(ritz), axis=1)].reshape(alphas.shape[:-1])
+
+
 def _lanczos(matvec, v0, rtol: float, max_iter: int, unroll: bool) -> Eigen:
     """Lanczos on a symmetric operator: the Ritz value of largest magnitude.
 
     The three-term recurrence without reorthogonalization (two vectors of memory, as power
     iteration): lost orthogonality only repeats converged Ritz values, it does not move the
-    extreme one. The k x k tridiagonal matrix's eigenvalues are taken after every product (a
-    dense `max_iter`-square solve, small next to a Hessian-vector product); the entries past k
-    are zero, which adds zero eigenvalues, never a larger magnitude."""
+    extreme one. The loop takes the leading k x k block's eigenvalues after every product (a
+    dense `max_iter`-square solve, small next to a Hessian-vector product); `unroll` computes
+    every product straight-line, then all blocks' eigenvalues in one batched solve, and reports
+    where the loop would have stopped (the same value, iterations and flag)."""
     q, _, _ = _normalize(v0)
-    zeros = jnp.zeros((max_iter,), jnp.float32)
+    q_prev, beta = _scale(q, 0.0), jnp.float32(0)
+    if unroll:
+        steps = []
+        for _ in range(max_iter):
+            alpha, q_next, beta_next, ok, closed = _lanczos_step(matvec, q, q_prev, beta)
+            steps.append((alpha, beta_next, ok, closed))
+            q_prev, q, beta = q, q_next, beta_next
+        a, b, oks, closed = (jnp.stack(x) for x in zip(*steps))
+        k = jnp.arange(max_iter)[:, None]  # block k holds the first k + 1 products
+        j = jnp.arange(max_iter)[None, :]
+        ok = jnp.cumprod(oks).astype(bool)  # a failed product ends the recurrence
+        top = _top_ritz(jnp.nan_to_num(jnp.where(j <= k, a, 0)),
+                        jnp.nan_to_num(jnp.where(j[:, :-1] < k, b[:-1], 0)))
+        lam = jnp.where(ok, top, jnp.nan)
+        prev = jnp.concatenate([jnp.full((1,), jnp.inf, lam.dtype), lam[:-1]])
+        conv = ok & ((jnp.abs(lam - prev) <= rtol * jnp.abs(lam)) | closed)
+        stop = conv | ~ok
+        last = jnp.where(jnp.any(stop), jnp.argmax(stop), max_iter - 1)
+        return Eigen(lam[last], None, (last + 1).astype(jnp.int32), conv[last])
+
     index = jnp.arange(max_iter - 1)
 
     def body(s):
         i, q, q_prev, beta, alphas, betas, prev, _, _ = s
-        hq = matvec(q)
-        alpha = vdot(q, hq)
-        w = jax.tree.map(lambda h, a, b: h - alpha * a - beta * b, hq, q, q_prev)
-        q_next, beta_next, _ = _normalize(w)
-        hq_norm = jnp.sqrt(vdot(hq, hq))
-        ok = (hq_norm > 0) & jnp.isfinite(hq_norm) & jnp.isfinite(alpha)
+        alpha, q_next, beta_next, ok, closed = _lanczos_step(matvec, q, q_prev, beta)
         alphas = alphas.at[i].set(alpha)
-        off = jnp.where(index < i, betas[:-1], 0)
-        ritz = jnp.linalg.eigvalsh(jnp.diag(alphas) + jnp.diag(off, 1) + jnp.diag(off, -1))
-        lam = jnp.where(ok, ritz[jnp.argmax(jnp.abs(ritz))], jnp.nan)
-        # the Krylov space closed: T's eigenvalues are exact eigenvalues of the operator
-        closed = beta_next <= 1e-6 * jnp.maximum(jnp.abs(alpha) + beta, hq_norm)
+        lam = jnp.where(ok, _top_ritz(alphas, jnp.where(index < i, betas[:-1], 0)), jnp.nan)
         conv = ok & ((jnp.abs(lam - prev) <= rtol * jnp.abs(lam)) | closed)
         betas = betas.at[i].set(beta_next)
         return i + 1, q_next, q, beta_next, alphas, betas, lam, conv | ~ok, conv
 
-    if unroll:
-        return _lanczos_unrolled(matvec, q, rtol, max_iter)
-    s = (jnp.int32(0), q, _scale(q, 0.0), jnp.float32(0), zeros, zeros, jnp.float32(jnp.inf),
-         jnp.bool_(False), jnp.bool_(False))
+    zeros = jnp.zeros((max_iter,), jnp.float32)
+    s = (jnp.int32(0), q, q_prev, beta, zeros, zeros, jnp.float32(jnp.inf), jnp.bool_(False),
+         jnp.bool_(False))
     s = lax.while_loop(lambda s: (s[0] < max_iter) & ~s[7], body, s)
     return Eigen(s[6], None, s[0], s[8])
-
-
-def _lanczos_unrolled(matvec, q, rtol: float, max_iter: int) -> Eigen:
-    """`_lanczos` in straight-line code: all `max_iter` products, then the Ritz values of every
-    leading k x k block in one batched solve, and the result where the loop would have stopped
-    (the same value, iterations and flag)."""
-    alphas, betas, oks, closed = [], [], [], []
-    q_prev, beta = _scale(q, 0.0), jnp.float32(0)
-    for _ in range(max_iter):
-        hq = matvec(q)
-        alpha = vdot(q, hq)
-        w = jax.tree.map(lambda h, a, b: h - alpha * a - beta * b, hq, q, q_prev)
-        q_next, beta_next, _ = _normalize(w)
-        hq_norm = jnp.sqrt(vdot(hq, hq))
-        oks.append((hq_norm > 0) & jnp.isfinite(hq_norm) & jnp.isfinite(alpha))
-        closed.append(beta_next <= 1e-6 * jnp.maximum(jnp.abs(alpha) + beta, hq_norm))
-        alphas.append(alpha)
-        betas.append(beta_next)
-        q_prev, q, beta = q, q_next, beta_next
-    a, b = jnp.stack(alphas), jnp.stack(betas)
-    k = jnp.arange(max_iter)[:, None]  # block k holds the first k + 1 products
-    j = jnp.arange(max_iter)[None, :]
-    diag = jnp.where(j <= k, a, 0)
-    off = jnp.where(j[:, :-1] < k, b[:-1], 0)
-    blocks = jax.vmap(lambda d, e: jnp.diag(d) + jnp.diag(e, 1) + jnp.diag(e, -1))(diag, off)
-    ritz = jnp.linalg.eigvalsh(jnp.nan_to_num(blocks))
-    ok = jnp.cumprod(jnp.stack(oks)).astype(bool)  # a failed product ends the recurrence
-    lam = jnp.where(ok, ritz[jnp.arange(max_iter), jnp.argmax(jnp.abs(ritz), axis=1)], jnp.nan)
-    prev = jnp.concatenate([jnp.full((1,), jnp.inf, lam.dtype), lam[:-1]])
-    conv = ok & ((jnp.abs(lam - prev) <= rtol * jnp.abs(lam)) | jnp.stack(closed))
-    stop = conv | ~ok
-    last = jnp.where(jnp.any(stop), jnp.argmax(stop), max_iter - 1)
-    return Eigen(lam[last], None, (last + 1).astype(jnp.int32), conv[last])
 
 
 def _batched(fn, xs, chunk: int, unroll: bool):
@@ -305,7 +309,7 @@ def _check_chunk(chunk):
 METHODS = ("power", "lanczos")
 
 
-def _check_power_args(rtol, max_iter, method="power"):
+def _check_eigen_args(rtol, max_iter, method="power"):
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if not (isinstance(max_iter, int) and max_iter >= 1):
@@ -338,10 +342,10 @@ def max_eigenvalue(loss: Loss, params, *, v0=None, rtol: float = 1e-3, max_iter:
     `method="lanczos"`: the Lanczos recurrence from the same start, the estimate being the
     Ritz value of largest magnitude of the tridiagonal matrix built so far, with the same
     stopping rule (also stopping when the Krylov space closes, where the value is exact). From
-    a random start it stops after a half to a third of power iteration's products and 20x
-    closer to λ₁ (`benchmarks/lanczos_vs_power.py`: 9-12 products, error 2e-4, against 20-25
-    and 3e-3-5e-3 on the depth-50 CNNs). It returns no eigenvector (`vector` is None), so it
-    cannot warm-start the next measurement; power iteration can.
+    a random start it stops after a half to a third of power iteration's products and 19-27x
+    closer to λ₁ (`benchmarks/lanczos_vs_power.py`: 9-12 products, relative error 1.5e-4 to
+    2e-4, against 20-25 and 2.9e-3 to 5.4e-3 on the depth-50 CNNs). It returns no eigenvector
+    (`vector` is None), so it cannot warm-start the next measurement; power iteration can.
 
     NaN: when a Hessian-vector product is exactly zero (or not finite), the value is NaN,
     `converged` is False and the loop stops. An exactly zero H v means the loss, as autodiff
@@ -378,7 +382,7 @@ def max_eigenvalue(loss: Loss, params, *, v0=None, rtol: float = 1e-3, max_iter:
       >>> round(float(ev.value), 4), bool(ev.converged)
       (3.0, True)
     """
-    _check_power_args(rtol, max_iter, method)
+    _check_eigen_args(rtol, max_iter, method)
     matvec = hvp_fn(loss, params)
     v0 = _random(_key(key), params, "normal") if v0 is None else _like(v0, params)
     return (_lanczos if method == "lanczos" else _power)(matvec, v0, rtol, max_iter, unroll)
@@ -459,7 +463,7 @@ def block_max_eigenvalues(loss: Loss, params, segments, *, v0=None, rtol: float 
     Raises:
       ValueError: if the loss is not a scalar, or the arguments are invalid.
     """
-    _check_power_args(rtol, max_iter)
+    _check_eigen_args(rtol, max_iter)
     _check_chunk(chunk)
     matvec = hvp_fn(loss, params)
     n_rows = len(segments)

@@ -32,7 +32,6 @@ NOISE_METRICS = tuple(f"layer_{k}" for k in NOISE_SCALARS)
 NOISE_FLAG = "noise_mean_reduced"  # 1.0 where the loss was mean-reduced, 0.0 where not
 
 
-
 def whole_segments(flat: dict, segments) -> tuple:
     """The rows' segments plus one of every parameter no row owns (normalization layers' scale
     and offset, branch scales, slices of stacks without a row), for whole-network sums.
@@ -155,9 +154,9 @@ def noise(example_grads, params_g, segments, examples, *, chunk: int, epsilon: f
             s_k, d_k, e_k = jnp.zeros(chunk), jnp.zeros(chunk), []
             for (p, i), gs in zip(seg, g_s[k]):
                 dev = _slice(flat[p], i, batched=True).astype(jnp.float32) * scales[k] - gs
-                axes = tuple(range(1, dev.ndim))
-                s_k, d_k = s_k + jnp.sum(dev * dev, axes), d_k + jnp.sum(dev * gs, axes)
-                e_k.append(jnp.sum(dev * dev, 0))
+                axes, dev2 = tuple(range(1, dev.ndim)), dev * dev
+                s_k, d_k = s_k + jnp.sum(dev2, axes), d_k + jnp.sum(dev * gs, axes)
+                e_k.append(jnp.sum(dev2, 0))
             sq.append(s_k), dots.append(d_k), e2.append(e_k)
         sq, dots = jnp.stack(sq), jnp.stack(dots)  # (n_segments, c): ‖dₙ‖², ⟨dₙ, g⟩
         total_dot = jnp.sum(dots * to_global[:, None], 0)

@@ -45,7 +45,7 @@ def measure_curvature(loss, params, segments, v0, key, *, samples: int, max_iter
       loss: params -> scalar.
       params: the point (an `nnx.State`).
       segments: `rows.row_segments`.
-      v0: the power iteration's start.
+      v0: the eigenvalue iteration's start.
       key: a PRNG key (split for the iteration and the trace).
       samples, max_iter, unroll, rtol, method: as in `curvature_step`.
 
@@ -72,7 +72,7 @@ CURVATURE_METRICS = ("layer_hess_trace", "layer_hess_trace_se")
 def curvature_step(graphdef, segments, loss_fn, *, samples: int, max_iter: int, unroll: bool,
                    rtol: float = 1e-3, method: str = "power"):
     """A jitted `step(params, rest, x, y, v0, key) -> (dict, eigenvector)`: the largest-magnitude
-    Hessian eigenvalue (power iteration from `v0`), the Hutchinson trace with its standard
+    Hessian eigenvalue (power iteration or Lanczos from `v0`), the Hutchinson trace with its standard
     error, and each row's block trace, of the training loss (BatchNorm on batch statistics,
     as `gf.probe` measures).
 
@@ -81,7 +81,8 @@ def curvature_step(graphdef, segments, loss_fn, *, samples: int, max_iter: int, 
       segments: `rows.row_segments`.
       loss_fn: `(outputs, labels) -> scalar`.
       samples: Hutchinson samples.
-      max_iter: power iterations at most (with `unroll`, exactly).
+      max_iter: Hessian-vector products of the eigenvalue iteration at most (with `unroll`,
+        all of them are computed).
       unroll: straight-line iterations (faster on CPU, see `curvature.max_eigenvalue`).
       rtol: the eigenvalue iteration's relative tolerance.
       method: "power" (returns the eigenvector, to warm-start the next call) or "lanczos"
