@@ -8,7 +8,7 @@ the kernel: 12,700 faults per train step of the depth-50 plain CNN (batch 32), 2
 residual_bn one. `reuse_freed_memory()` sets three malloc options: no `mmap` for large blocks,
 no trimming of the heap, and at most two arenas (glibc's per-thread heaps, which it unmaps
 whenever one empties), so that XLA's threads mostly allocate from the main heap, which keeps
-what is freed. The next run reuses it: the CNNs' train steps fault 0-2,600 times instead of
+what is freed. The next run reuses it: the CNNs' train steps fault 0-5,000 times instead of
 12,700-21,900 and run 1.1-1.3x faster (`python benchmarks/host_memory.py`). Blocks of up to
 64 MiB that a worker thread allocates from the second arena can still fault, more or less
 depending on which thread XLA runs the step on (a JAX-only chain of 50 convolutions: 15,300 ->
