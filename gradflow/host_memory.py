@@ -5,19 +5,20 @@ serves blocks above its mmap threshold (at most 32 MiB) with fresh `mmap`ed page
 them on `free`, and its per-thread arenas give the free top of their heaps back to the kernel,
 so every step page-faults its working set in again, 4 KiB at a time, each page zero-filled by
 the kernel: 12,700 faults per train step of the depth-50 plain CNN (batch 32), 21,900 for the
-residual_bn one. `reuse_freed_memory()` sets three malloc options: no `mmap` for large blocks,
-no trimming of the heap, and at most two arenas (glibc's per-thread heaps, which it unmaps
-whenever one empties), so that XLA's threads mostly allocate from the main heap, which keeps
-what is freed. The next run reuses it: the CNNs' train steps fault 0-5,000 times instead of
-12,700-21,900 and run 1.1-1.3x faster (`python benchmarks/host_memory.py`). Blocks of up to
-64 MiB that a worker thread allocates from the second arena can still fault, more or less
-depending on which thread XLA runs the step on (a JAX-only chain of 50 convolutions: 15,300 ->
-1,300-2,700 faults per step). One arena for every thread removes
-those too, but the threads then contend for its lock: the scanned MLP's step is 1.2x slower;
-with two it is unchanged.
+residual_bn one. `reuse_freed_memory()` sets four malloc options: no `mmap` for large blocks,
+no trimming of the main heap, at most two arenas, and a top pad of 64 MiB, which stops glibc from
+unmapping a per-thread heap (64 MiB each) whenever it empties. The next run reuses what the last
+one freed: the CNNs' train steps fault 0-550 times instead of 12,700-21,900 and run 1.14-1.47x
+faster (`python benchmarks/host_memory.py`). A block larger than a per-thread heap (64 MiB) that
+a worker thread allocates from the second arena is still `mmap`ed and unmapped on free (glibc
+has no option for it): the residual_bn CNN's 90 MB of temporaries fault 0-2,200 times a step,
+depending on the thread XLA runs the step on. One arena for every thread removes those too,
+but the threads then contend for its lock: the scanned MLP's step took 15-23 ms against
+13-17 ms with two.
 
 The price: the process keeps its peak heap until it exits (as PyTorch's caching allocator
-does), and its threads share two malloc arenas. XLA's threads pick their arena at their first
+does), and its threads share two malloc arenas, each padded by up to 64 MiB of address space
+(not memory: pages are only backed once touched). XLA's threads pick their arena at their first
 allocation, so it must run before JAX's first computation. The command line does this at
 start-up (`GRADFLOW_REUSE_MEMORY=0` turns it off); a script of one's own calls
 `gradflow.host_memory.reuse_freed_memory()` first, or starts with the same options in the
@@ -37,8 +38,9 @@ _TRIM_NEVER = (1 << 31) - 1  # a trim threshold (bytes) no heap top reaches
 # (environment variable, glibc's mallopt parameter from malloc.h, value): the environment
 # variables are read by glibc when a process starts (so they reach subprocesses and test
 # workers too), mallopt sets the same option in a running process
+_HEAP_MAX = 64 << 20  # glibc's per-thread heap size (64-bit); a top pad this large keeps them
 _OPTIONS = (("MALLOC_ARENA_MAX", -8, 2), ("MALLOC_MMAP_MAX_", -4, 0),
-            ("MALLOC_TRIM_THRESHOLD_", -1, _TRIM_NEVER))
+            ("MALLOC_TRIM_THRESHOLD_", -1, _TRIM_NEVER), ("MALLOC_TOP_PAD_", -2, _HEAP_MAX))
 MALLOC_ENV = {name: str(value) for name, _, value in _OPTIONS}
 
 

@@ -27,7 +27,9 @@ def test_command_line_opt_out():
 
 
 # gradflow's bare train step of the depth-50 plain CNN (batch 32; ~50 MiB of temporaries, above
-# glibc's largest mmap threshold), run 5 times after warm-up; prints minor page faults per step.
+# glibc's largest mmap threshold), run 9 times after warm-up; prints the median of the minor
+# page faults of each step (a heap's first use faults its pages in once, on whichever step that
+# happens; what the options remove is the faulting of every step).
 FAULTS = """
 import resource, sys
 from gradflow import host_memory
@@ -47,10 +49,12 @@ _, bare = train_steps(graphdef, layout_for(graphdef, params, rest, x),
 state = (params, rest, tx.init(params))
 for _ in range(2):
     state = jax.block_until_ready(bare(*state, x, y)[:3])
-start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
+faults = []
+for _ in range(9):
+    start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     state = jax.block_until_ready(bare(*state, x, y)[:3])
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) / 5)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
+print(sorted(faults)[4])
 """
 
 
@@ -61,7 +65,4 @@ def test_reuse_removes_the_page_faults_of_every_step():
         [sys.executable, "-c", FAULTS, mode], env=env, capture_output=True, text=True,
         check=True).stdout.split()[-1]) for mode in ("default", "reuse")}
     assert faults["default"] > 10_000  # ~50 MiB in 4 KiB pages, every step
-    # measured: 0-2,540 with the suite alone on the cores; 5,004 with another JAX run beside
-    # it, which fails this bound: blocks a worker thread takes from glibc's second arena
-    # still fault (gradflow/host_memory.py), one arena would remove them
-    assert faults["reuse"] < faults["default"] / 3
+    assert faults["reuse"] < faults["default"] / 100  # measured: 0, also under load
