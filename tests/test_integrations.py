@@ -158,7 +158,8 @@ def test_importing_gradflow_imports_no_tracker():
 def _wandb_records(path):
     """The records of a `.wandb` file: W&B's own record protobufs in a LevelDB-style log (a
     7-byte file header, then 32 KiB blocks of chunks, each with a 7-byte header: checksum,
-    length, type FULL/FIRST/MIDDLE/LAST)."""
+    length, type FULL/FIRST/MIDDLE/LAST); a chunk the service has not finished writing ends
+    the list."""
     import struct
 
     from wandb.proto import wandb_internal_pb2 as pb
@@ -170,6 +171,8 @@ def _wandb_records(path):
             pos += 32768 - pos % 32768
             continue
         length, kind = struct.unpack("<HB", data[pos + 4:pos + 7])
+        if pos + 7 + length > len(data):  # the service is still writing this chunk
+            break
         part, pos = part + data[pos + 7:pos + 7 + length], pos + 7 + length
         if kind in (1, 4):  # FULL or LAST: a record is complete
             records.append(pb.Record())
