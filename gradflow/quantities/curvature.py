@@ -4,12 +4,12 @@ Every function takes the loss as a function of the parameters, `loss(params) -> 
 the parameters as a pytree (an `nnx.State` from `gradflow.probe.split_model`, or any pytree of
 float arrays; per-row results need an `nnx.State`, whose paths `row_segments` names). Nothing
 leaves the device: all of it runs under `jax.jit`, iterations as `lax.while_loop`s, samples as
-chunked `vmap`s (or, with `unroll=True`, in straight-line code: XLA:CPU runs convolutions
-inside control flow several times slower, see `max_eigenvalue`).
+chunked `vmap`s (or, with `unroll=True`, in straight-line code), their bodies' convolutions in
+the layout XLA:CPU's fast kernels take (`conv_layout.canonical_convs`).
 
-Hessian-vector products are reverse-over-reverse (the vector-Jacobian product of the
-gradient), see `hvp`. The loss is linearized once per call and every later product reuses that
-linearization: one product costs about one backward pass through the backward pass.
+Hessian-vector products are forward-over-reverse (the tangent of the gradient), or
+reverse-over-reverse where forward mode cannot pass the model, see `hvp`. The loss is
+linearized once per call and every later product reuses that linearization.
 
 Definitions follow Cockpit (Schneider, Dangel & Hennig, 2021): `max_eigenvalue` is HessMaxEV
 (power iteration), `trace` estimates HessTrace (Hutchinson, 1990; exact for tiny models).
@@ -26,6 +26,7 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from ..instrument.norms import flat_arrays
+from .conv_layout import canonical_convs, has_custom_vjp
 from .rows import row_sum
 
 Loss = Callable  # params -> scalar
@@ -106,9 +107,13 @@ def _like(v, params):
 def hvp_fn(loss: Loss, params) -> Callable:
     """The map v -> H v at `params`, linearized once.
 
-    Reverse-over-reverse: the vector-Jacobian product of `jax.grad(loss)` (H is symmetric, so
-    vᵀH = (Hv)ᵀ). The forward and backward passes run once, here; each call of the returned
-    function runs only the transposed (second) backward pass.
+    Forward-over-reverse (`jax.linearize` of `jax.grad(loss)`): the forward and backward
+    passes run once, here; each call of the returned function runs only their tangent
+    (3.5x cheaper than the transposed backward pass on the depth-50 plain CNN:
+    `python benchmarks/conv_layout.py`). Where forward mode cannot pass a `jax.custom_vjp`
+    function of the model, reverse-over-reverse instead (see `hvp`): the vector-Jacobian
+    product of `jax.grad(loss)` (H is symmetric, so vᵀH = (Hv)ᵀ). Whether forward mode passes
+    shows only when the product runs, so any `jax.custom_vjp` in the loss takes the second.
 
     Args:
       loss: params -> scalar.
@@ -121,6 +126,9 @@ def hvp_fn(loss: Loss, params) -> Callable:
       ValueError: if the loss is not a scalar.
     """
     check_scalar(loss, params)
+    if not has_custom_vjp(jax.make_jaxpr(loss)(params).jaxpr):
+        _, tangent = jax.linearize(jax.grad(loss), params)
+        return lambda v: tangent(_like(v, params))
     _, pullback = jax.vjp(jax.grad(loss), params)
     return lambda v: pullback(_like(v, params))[0]
 
@@ -128,15 +136,15 @@ def hvp_fn(loss: Loss, params) -> Callable:
 def hvp(loss: Loss, params, v):
     """Hessian-vector product H v of a scalar loss at `params`.
 
-    Reverse-over-reverse (`jax.vjp` of `jax.grad`), not forward-over-reverse (`jax.jvp` of
-    `jax.grad`, the usual recommendation): forward mode cannot differentiate a `jax.custom_vjp`
-    function in general. Forward-over-reverse passes one only in special cases (the forward
+    Forward-over-reverse (`jax.linearize` of `jax.grad`, the usual recommendation and the
+    cheaper one) where the loss has no `jax.custom_vjp` function; reverse-over-reverse
+    (`jax.vjp` of `jax.grad`) where it has one: forward mode cannot differentiate a
+    `jax.custom_vjp` function in general. It passes one only in special cases (the forward
     rule does not call the function itself, as in gradflow's own `gf.models.materialize`, used
     by its residual models on CPU); the standard pattern, where the forward rule returns
     `f(x), residuals`, fails with "can't apply forward-mode autodiff (jvp) to a custom_vjp
     function". Reverse-over-reverse needs only that the backward rule is differentiable, so it
-    works on any model `jax.grad` works on whose custom backward rules are JAX code. It costs
-    about the same (a few times a gradient).
+    works on any model `jax.grad` works on whose custom backward rules are JAX code.
 
     Args:
       loss: params -> scalar, e.g.
@@ -183,7 +191,7 @@ def _power(matvec, v0, rtol: float, max_iter: int, unroll: bool) -> Eigen:
         for _ in range(max_iter):
             s = jax.tree.map(lambda old, new, done=s[3]: jnp.where(done, old, new), s, body(s))
     else:
-        s = lax.while_loop(lambda s: (s[0] < max_iter) & ~s[3], body, s)
+        s = lax.while_loop(lambda s: (s[0] < max_iter) & ~s[3], canonical_convs(body), s)
     i, v, lam, _, conv = s
     return Eigen(lam, v, i, conv)
 
@@ -259,7 +267,7 @@ def _lanczos(matvec, v0, rtol: float, max_iter: int, unroll: bool) -> Eigen:
     zeros = jnp.zeros((max_iter,), jnp.float32)
     s = (jnp.int32(0), q, q_prev, beta, zeros, zeros, jnp.float32(jnp.inf), jnp.bool_(False),
          jnp.bool_(False))
-    s = lax.while_loop(lambda s: (s[0] < max_iter) & ~s[7], body, s)
+    s = lax.while_loop(lambda s: (s[0] < max_iter) & ~s[7], canonical_convs(body), s)
     return Eigen(s[6], None, s[0], s[8])
 
 
@@ -270,7 +278,7 @@ def _batched(fn, xs, chunk: int, unroll: bool):
     if n <= chunk:
         return jax.vmap(fn)(xs)
     if not unroll:
-        return lax.map(fn, xs, batch_size=chunk)
+        return lax.map(canonical_convs(fn), xs, batch_size=chunk)
     parts = [jax.vmap(fn)(jax.tree.map(lambda a, i=i: a[i:i + chunk], xs))
              for i in range(0, n, chunk)]
     return jax.tree.map(lambda *a: jnp.concatenate(a), *parts)

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..instrument.norms import flat_arrays
+from .conv_layout import canonical_convs
 from .histograms import HIST_BINS, row_histograms
 
 EPSILON = 1e-5  # Cockpit's MeanGSNR stabiliser
@@ -178,7 +179,7 @@ def noise(example_grads, params_g, segments, examples, *, chunk: int, epsilon: f
     if batch == chunk:
         acc, _ = body(init, jax.tree.map(lambda a: a[0], chunks))
     else:
-        acc, _ = jax.lax.scan(body, init, chunks)
+        acc, _ = jax.lax.scan(canonical_convs(body), init, chunks)
     s1, p2, e2, hist, lsum, t1, t2 = acc
 
     tests = _tests(batch, gg, s1, p2)

@@ -1,0 +1,82 @@
+"""`canonical_convs`: every convolution, also inside loops, branches and calls, rewritten into
+XLA:CPU's canonical layout, with the same results."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from gradflow.quantities.conv_layout import canonical_convs, has_custom_vjp
+
+KEY = jax.random.key(0)
+X = jax.random.normal(KEY, (4, 3, 9, 9))  # NCHW
+W = jax.random.normal(jax.random.key(1), (6, 3, 3, 3)) * 0.3  # OIHW
+WG = jax.random.normal(jax.random.key(2), (6, 1, 3, 3)) * 0.3  # 3 groups of 1 -> 2
+
+
+def _convs(x, w, wg):
+    """Convolutions in several layouts, strides, dilations and groups, and their gradients
+    (whose dimension numbers JAX derives: the weight gradient contracts over the batch)."""
+    def loss(x, w, wg):
+        a = lax.conv_general_dilated(x, w, (2, 1), "SAME", rhs_dilation=(1, 2),
+                                     dimension_numbers=("NCHW", "OIHW", "NCHW"))
+        b = lax.conv_general_dilated(jnp.transpose(x, (0, 2, 3, 1)), jnp.transpose(wg, (2, 3, 1, 0)),
+                                     (1, 1), "VALID", feature_group_count=3,
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jnp.sum(jax.nn.relu(a) ** 2) + jnp.sum(jnp.tanh(b))
+    return jax.value_and_grad(loss, argnums=(0, 1, 2))(x, w, wg)
+
+
+def _in_control_flow(x, w, wg):
+    def body(i, carry):
+        x, acc = carry
+        val, (gx, gw, gwg) = jax.jit(_convs)(x, w, wg)
+        return x - 0.01 * gx, acc + val + jnp.sum(gw) + jnp.sum(gwg)
+    x, acc = lax.fori_loop(0, 2, body, (x, 0.0))
+    ys = lax.map(lambda xi: _convs(xi[None], w, wg)[0], x)
+    branch = lax.cond(acc > 0, lambda: _convs(x, w, wg)[0], lambda: 0.0)
+    return acc, ys, branch
+
+
+def _conv_dimension_numbers(jaxpr, found):
+    for eqn in jaxpr.eqns:
+        if eqn.primitive is lax.conv_general_dilated_p:
+            found.append(eqn.params["dimension_numbers"])
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            _conv_dimension_numbers(sub, found)
+    return found
+
+
+def test_same_results_inside_loops_branches_and_calls():
+    want = jax.jit(_in_control_flow)(X, W, WG)
+    got = jax.jit(canonical_convs(_in_control_flow))(X, W, WG)
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=2e-5, atol=1e-5)
+
+
+def test_every_convolution_is_canonical_at_every_depth():
+    before = _conv_dimension_numbers(jax.make_jaxpr(_in_control_flow)(X, W, WG).jaxpr, [])
+    after = _conv_dimension_numbers(
+        jax.make_jaxpr(canonical_convs(_in_control_flow))(X, W, WG).jaxpr, [])
+    canonical = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+    assert len(after) == len(before) >= 8  # nothing dropped, nothing added
+    assert any(dn != canonical for dn in before)  # there was something to rewrite
+    assert all(dn == canonical for dn in after)
+
+
+def test_pytrees_in_and_out_and_no_convolution():
+    f = lambda d: {"s": jnp.sin(d["a"]) * d["b"], "t": (d["a"] + 1,)}
+    d = {"a": jnp.arange(3.0), "b": jnp.float32(2)}
+    assert jax.tree.all(jax.tree.map(lambda p, q: bool(jnp.all(p == q)), canonical_convs(f)(d), f(d)))
+
+
+def test_has_custom_vjp_at_any_depth():
+    @jax.custom_vjp
+    def ident(x):
+        return x
+
+    ident.defvjp(lambda x: (x, None), lambda _, g: (g,))
+    nested = lambda x: lax.cond(x[0] > 0, lambda: jax.jit(ident)(x), lambda: x).sum()
+    assert has_custom_vjp(jax.make_jaxpr(nested)(jnp.ones(2)).jaxpr)
+    assert not has_custom_vjp(jax.make_jaxpr(lambda x: jax.nn.relu(x).sum())(jnp.ones(2)).jaxpr)
