@@ -51,7 +51,7 @@ __all__ = ["value_and_grad", "update_ratio", "probe", "train", "recorded_steps",
            "report"]
 
 _LAYERS = {
-    "gradflow._io": 0, "gradflow.host_memory": 0,
+    "gradflow._io": 0, "gradflow.host_memory": 0, "gradflow.conv_layout": 0,
     "gradflow.instrument": 1,
     "gradflow.history": 2, "gradflow.snapshot": 2, "gradflow.losses": 2, "gradflow.distributed": 2,
     "gradflow.probe": 2, "gradflow.train": 2, "gradflow.checkpoint": 2, "gradflow.grad": 2,

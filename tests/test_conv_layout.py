@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from gradflow.quantities.conv_layout import canonical_convs, has_custom_vjp
+from gradflow.conv_layout import canonical_convs, has_custom_vjp
 
 KEY = jax.random.key(0)
 X = jax.random.normal(KEY, (4, 3, 9, 9))  # NCHW

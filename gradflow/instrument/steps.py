@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ..conv_layout import canonical_convs
 from . import registry
 from .measure import Layout, apply, discover, update_ratios, value_grads_and_stats
 
@@ -68,7 +69,8 @@ def probe_step(graphdef, layout: Layout, loss_fn, accuracy_fn):
 
     Returns:
       jit(params, rest, x, y) -> LAYER_METRICS arrays, loss and accuracy. BatchNorm uses batch
-      statistics; its running statistics are not returned (left unchanged).
+      statistics; its running statistics are not returned (left unchanged). Convolutions of
+      scanned stacks run in XLA:CPU's fast layout (`conv_layout.canonical_convs`).
     """
 
     def fn(params, rest, x, y):
@@ -76,7 +78,7 @@ def probe_step(graphdef, layout: Layout, loss_fn, accuracy_fn):
                                                        y, batch_stats=True)
         return stats | _metrics(loss, out, y, accuracy_fn)
 
-    return jax.jit(fn)
+    return jax.jit(canonical_convs(fn, only_in_loops=True))
 
 
 def _update(tx, grads, opt_state, params):
@@ -96,6 +98,7 @@ def train_steps(graphdef, layout: Layout, loss_fn, accuracy_fn, tx):
       (instrumented, bare) jitted steps: (params, rest, opt_state, x, y) -> (params, rest,
       opt_state, measurements). The instrumented step measures TRAIN_METRICS, loss and
       accuracy; the bare one only loss and accuracy; both update the parameters alike.
+      Convolutions of scanned stacks run in XLA:CPU's fast layout, as in `probe_step`.
     """
 
     def instrumented(params, rest, opt_state, x, y):
@@ -114,7 +117,8 @@ def train_steps(graphdef, layout: Layout, loss_fn, accuracy_fn, tx):
         _, new_params, opt_state = _update(tx, grads, opt_state, params)
         return new_params, new_rest, opt_state, _metrics(loss, out, y, accuracy_fn)
 
-    return jax.jit(instrumented), jax.jit(bare)
+    return (jax.jit(canonical_convs(instrumented, only_in_loops=True)),
+            jax.jit(canonical_convs(bare, only_in_loops=True)))
 
 
 def _clear_caches() -> None:

@@ -26,7 +26,7 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from ..instrument.norms import flat_arrays
-from .conv_layout import canonical_convs, has_custom_vjp
+from ..conv_layout import canonical_convs, has_custom_vjp
 from .rows import row_sum
 
 Loss = Callable  # params -> scalar
@@ -373,9 +373,9 @@ def max_eigenvalue(loss: Loss, params, *, v0=None, rtol: float = 1e-3, max_iter:
       key: the PRNG key for the random start; default `jax.random.key(0)`.
       unroll: False: a `lax.while_loop` that stops at convergence. True: exactly `max_iter`
         products in straight-line code, the result frozen once converged (the same value,
-        iterations and flag). For convolutional models on CPU with a small `max_iter` (a
-        warm start): XLA:CPU runs convolutions inside control flow several times slower
-        (JAX issue 12868); compile time grows with `max_iter`.
+        iterations and flag); compile time grows with `max_iter`. The loop's convolutions
+        run as fast as straight-line ones (`conv_layout.canonical_convs`); without that,
+        XLA:CPU ran them about 10-30x slower inside the loop (JAX issue 12868).
       method: "power" or "lanczos".
 
     Returns:
@@ -527,8 +527,7 @@ def trace(loss: Loss, params, *, samples: int = 32, key: jax.Array | None = None
       exact_below: parameter count up to which the trace is computed exactly.
       chunk: products computed together (one `vmap`); more samples than `chunk` run as a
         `lax.map` over chunks.
-      unroll: run the chunks in straight-line code instead of a `lax.map` (on CPU,
-        convolutions inside control flow are slow; see `max_eigenvalue`).
+      unroll: run the chunks in straight-line code instead of a `lax.map`.
 
     Returns:
       A `Trace`: (value, stderr, rows, rows_stderr).

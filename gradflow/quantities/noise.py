@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..instrument.norms import flat_arrays
-from .conv_layout import canonical_convs
+from ..conv_layout import canonical_convs
 from .histograms import HIST_BINS, row_histograms
 
 EPSILON = 1e-5  # Cockpit's MeanGSNR stabiliser
@@ -172,10 +172,11 @@ def noise(example_grads, params_g, segments, examples, *, chunk: int, epsilon: f
     init = (zeros, zeros, e2_0, jnp.zeros((n_rows, HIST_BINS), jnp.int32), jnp.float32(0),
             jnp.float32(0), jnp.float32(0))
     chunks = jax.tree.map(lambda a: a.reshape(batch // chunk, chunk, *a.shape[1:]), examples)
-    # One chunk runs straight-line, several in a `lax.scan`: XLA:CPU runs a vmapped gradient
-    # inside a loop body over 10x slower than outside one (depth-50 CNN, batch 32: 4.8 s against
-    # 0.4 s), but unrolled chunks keep their buffers live together (the width-1024 MLP's 8
-    # chunks of 4: 2.8 GiB against 1.2 GiB), which the chunking is there to prevent.
+    # One chunk runs straight-line, several in a `lax.scan`, its convolutions in the layout
+    # XLA:CPU's fast kernels take (`canonical_convs`: without it a vmapped gradient of the
+    # depth-50 CNN ran over 10x slower inside the loop than outside it); unrolled chunks would
+    # keep their buffers live together (the width-1024 MLP's 8 chunks of 4: 2.8 GiB against
+    # 1.2 GiB), which the chunking is there to prevent.
     if batch == chunk:
         acc, _ = body(init, jax.tree.map(lambda a: a[0], chunks))
     else:

@@ -83,7 +83,7 @@ def curvature_step(graphdef, segments, loss_fn, *, samples: int, max_iter: int, 
       samples: Hutchinson samples.
       max_iter: Hessian-vector products of the eigenvalue iteration at most (with `unroll`,
         all of them are computed).
-      unroll: straight-line iterations (faster on CPU, see `curvature.max_eigenvalue`).
+      unroll: straight-line iterations (see `curvature.max_eigenvalue`).
       rtol: the eigenvalue iteration's relative tolerance.
       method: "power" (returns the eigenvector, to warm-start the next call) or "lanczos"
         (fewer products from a random start; no eigenvector), `curvature.max_eigenvalue`.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from ..instrument.norms import flat_arrays
 from .histograms import HIST_BINS
 from .noise import NOISE_FLAG, NOISE_METRICS, NOISE_SCALARS, noise_chunk
 from .rows import row_segments
@@ -15,7 +14,6 @@ from .steps import CURVATURE_METRICS, CURVATURE_SCALARS, curvature_step, noise_s
 CURVATURE_FIRST = 20  # power iterations of the first measurement (from a random vector)
 CURVATURE_ITERATIONS = 4  # of each later one, warm-started from the previous eigenvector
 CURVATURE_SAMPLES = 2  # Hutchinson samples per measurement
-UNROLL_ABOVE = 50_000  # parameters above which the short measurements run straight-line on CPU
 
 
 class Extras:
@@ -49,17 +47,12 @@ class Extras:
             "curvature": {k: nan for k in CURVATURE_SCALARS}
             | {k: np.full(n, nan) for k in CURVATURE_METRICS}}
         if curvature_every is not None:
-            # the first measurement iterates in a loop (compiles once at any length); the
-            # later, short ones run straight-line on CPU for models large enough that it pays:
-            # XLA:CPU runs convolutions inside loops several times slower
-            # (`curvature.max_eigenvalue`), while small models compile faster as loops
-            n_params = sum(a.size for a in flat_arrays(params).values())
-            cpu = jax.default_backend() == "cpu" and n_params > UNROLL_ABOVE
+            # the first measurement from a random vector, the later ones warm-started; loops
+            # (their convolutions as fast as straight-line code: `curvature.canonical_convs`)
             segments = row_segments(params, layout)
-            self._curvature = [curvature_step(graphdef, segments, loss_fn, unroll=unroll,
+            self._curvature = [curvature_step(graphdef, segments, loss_fn, unroll=False,
                                               samples=CURVATURE_SAMPLES, max_iter=n)
-                               for n, unroll in ((CURVATURE_FIRST, False),
-                                                 (CURVATURE_ITERATIONS, cpu))]
+                               for n in (CURVATURE_FIRST, CURVATURE_ITERATIONS)]
             self._vector, self._measured = curvature.random_direction(params), 0
         if noise_every is not None:
             self._noise = noise_step(graphdef, row_segments(params, layout), loss_fn,
