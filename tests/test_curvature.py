@@ -9,6 +9,7 @@ from jax.flatten_util import ravel_pytree
 
 from _backend import cpu_only
 import gradflow as gf
+from gradflow.conv_layout import has_custom_vjp
 from gradflow.instrument.norms import flat_arrays
 from gradflow.instrument.steps import layout_for
 from gradflow.probe import split_model
@@ -212,21 +213,22 @@ def test_everything_runs_under_jit(mlp, dense):
     assert blocks.shape == (3,) and float(eos) == pytest.approx(float(ev) * 0.05)
 
 
-@cpu_only  # the residual barrier, with its custom_vjp, exists on CPU only
-def test_hvp_passes_the_custom_vjp_of_gradflows_residual_cnn():
+@cpu_only  # the residual barrier, a custom_jvp, exists on CPU only
+def test_hvp_passes_the_barrier_of_gradflows_residual_cnn():
     model = gf.models.cnn("residual", 4, width=4, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
     problem = Problem(model, x, jnp.arange(4))
-    assert "custom_vjp_call" in str(jax.make_jaxpr(problem.loss)(problem.params))
+    jaxpr = jax.make_jaxpr(problem.loss)(problem.params)
+    assert "custom_jvp_call" in str(jaxpr) and not has_custom_vjp(jaxpr.jaxpr)  # forward mode
     v = jax.tree.map(lambda a: jax.random.normal(jax.random.key(a.size), a.shape),
                      problem.params)
     h = jax.jit(lambda p, d: cv.hvp(problem.loss, p, d))
     got_tree = h(problem.params, v)
     got = problem.ravel(got_tree)
-    # reference: forward-over-reverse, which this custom_vjp happens to allow (its forward rule
-    # does not call itself), a different transform of the same loss. (No float64 here:
-    # materialize's barrier needs float32 bits; no finite differences: ReLU kinks.)
-    want = problem.ravel(jax.jit(lambda p: jax.jvp(jax.grad(problem.loss), (p,), (v,))[1])(
+    # reference: reverse-over-reverse, a different transform of the same loss (through the
+    # barrier's transposed tangent). (No float64 here: materialize's barrier needs float32
+    # bits; no finite differences: ReLU kinks.)
+    want = problem.ravel(jax.jit(lambda p: jax.vjp(jax.grad(problem.loss), p)[1](v)[0])(
         problem.params))
     assert np.linalg.norm(got - want) <= 1e-5 * np.linalg.norm(want)
     u = jax.tree.map(lambda a: jax.random.normal(jax.random.key(a.size + 1), a.shape),

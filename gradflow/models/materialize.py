@@ -10,8 +10,9 @@ neither helps.
 What works: routing the value through a `lax.cond` whose predicate XLA cannot fold. A
 conditional is never fused, so its result is a buffer every consumer reads. The predicate is
 always true at run time (an integer test on the bits of one element), so the value is returned
-unchanged, bit for bit, including NaN and inf. The cotangent goes through the same barrier, so
-the backward stream is also computed once.
+unchanged, bit for bit, including NaN and inf. The tangent goes through the same barrier (a
+`jax.custom_jvp`), and so does the cotangent JAX transposes from it: the backward stream is
+also computed once, and forward-mode differentiation passes it.
 
 Only on CPU: on GPU a conditional would wait for its predicate on the host (whether GPU fusion
 duplicates the stream too is not measured: no GPU here). With a batch sharded over several CPU
@@ -28,18 +29,23 @@ import jax.numpy as jnp
 from jax import lax
 
 
-def _barrier(x: jax.Array) -> jax.Array:
+def _barrier(x: jax.Array, v: jax.Array) -> jax.Array:
+    """`v` through a `lax.cond` on a predicate from `x`'s bits (linear in `v`)."""
     bits = lax.bitcast_convert_type(x.reshape(-1)[0], jnp.int32)
     always = (bits | 1) != 0  # true for every bit pattern; opaque to XLA's simplifier
-    return lax.cond(always, lambda v: v, lambda v: -v, x)
+    return lax.cond(always, lambda u: u, lambda u: -u, v)
 
 
-@jax.custom_vjp
+@jax.custom_jvp
 def _materialize(x):
-    return _barrier(x)
+    return _barrier(x, x)
 
 
-_materialize.defvjp(lambda x: (_barrier(x), None), lambda _, g: (_barrier(g),))
+# The tangent through the same barrier, linear in it: JAX transposes the conditional for the
+# cotangent (so the backward stream is computed once too), and forward mode passes it (as
+# forward-over-reverse Hessian-vector products need).
+_materialize.defjvp(lambda primals, tangents: (_barrier(primals[0], primals[0]),
+                                               _barrier(primals[0], tangents[0])))
 
 
 def materialize(x: jax.Array) -> jax.Array:

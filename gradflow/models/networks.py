@@ -118,13 +118,12 @@ def hidden_blocks(arch: str, depth: int) -> int:
     return hidden // 2 if residual else hidden
 
 
-# On CPU, unrolled CNN steps run 3-5x faster than scanned ones (residual_bn probe, batch 8:
-# 0.13 vs 0.42 s at depth 50, 0.40 vs 1.89 s at depth 200; conv weight-gradients in loops are
-# slow on XLA:CPU), but compile time grows super-linearly with unrolled depth (depth 200: 40 s
-# to the first probe against 5 s; depth 1,000: over 120 s). At depth 128 a 40-step residual_bn
-# run took 89 s unrolled against 298 s scanned, compiles included. Scanned MLPs run as fast as
-# unrolled ones and compile in seconds at any depth. "auto" therefore unrolls only CNNs on CPU,
-# up to this depth. Numbers: benchmarks/RESULTS.md.
+# On CPU, compile time grows super-linearly with unrolled depth (depth 200: 32 s to the first
+# probe against 2 s scanned; depth 1,000: over 120 s). Scanned CNN steps run as fast as
+# unrolled ones in gradflow's steps, which rewrite their convolutions (`conv_layout`): at depth
+# 128 a 40-step residual_bn run takes 60 s unrolled against 29 s scanned, compiles included.
+# "auto" unrolls CNNs on CPU up to this depth so that a seed keeps giving the same initial
+# weights there (a scanned stack draws them differently). Numbers: benchmarks/RESULTS.md.
 CPU_UNROLL_MAX_DEPTH = 128
 
 

@@ -140,8 +140,7 @@ def hvp(loss: Loss, params, v):
     cheaper one) where the loss has no `jax.custom_vjp` function; reverse-over-reverse
     (`jax.vjp` of `jax.grad`) where it has one: forward mode cannot differentiate a
     `jax.custom_vjp` function in general. It passes one only in special cases (the forward
-    rule does not call the function itself, as in gradflow's own `gf.models.materialize`, used
-    by its residual models on CPU); the standard pattern, where the forward rule returns
+    rule does not call the function itself); the standard pattern, where the forward rule returns
     `f(x), residuals`, fails with "can't apply forward-mode autodiff (jvp) to a custom_vjp
     function". Reverse-over-reverse needs only that the backward rule is differentiable, so it
     works on any model `jax.grad` works on whose custom backward rules are JAX code.
