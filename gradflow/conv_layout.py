@@ -6,17 +6,22 @@ JAX derives are mostly not canonical (the input gradient takes the kernel as spa
 the weight gradient contracts over the batch), and XLA:CPU transposes them into canonical form
 only in the top-level computation, not inside a `while` body (JAX issue 12868). Inside
 `lax.while_loop`, `lax.map` or `lax.scan` they fall back to a naive loop nest: one
-Hessian-vector product of the depth-50 plain CNN took 3.7 s inside a loop against 0.14 s
-outside it (`python benchmarks/conv_layout.py`).
+Hessian-vector product of the depth-50 plain CNN took 3.6 s inside a loop against 0.11 s
+straight-line (`python benchmarks/conv_layout.py`).
 
 The same holds for a model that scans its layers: a train step of the depth-50 residual_bn CNN
-with its blocks under `lax.scan` took 2.4 s, and 96 ms rewritten (81 ms unrolled;
+with its blocks under `lax.scan` took 2.3 s, and 89 ms rewritten (89 ms unrolled;
 `python benchmarks/conv_layout.py --steps`).
 
 `canonical_convs(fn)` traces `fn` and rewrites every convolution in it, also inside the
 bodies of its loops and branches, as transposes into the canonical layout, the convolution,
 and a transpose back: the same numbers, the fast kernels everywhere. Equations without a
-convolution in them are bound as they are.
+convolution in them are bound as they are. Calls (`jax.jit`, remat, custom derivative rules)
+around a convolution are inlined: the rewritten function is for running, not for
+differentiating further through a custom rule. `has_custom_vjp` answers, from the same walk of
+a jaxpr, whether a function can be differentiated in forward mode without trying.
+
+Layer 0: imports nothing from gradflow.
 """
 from __future__ import annotations
 
@@ -30,14 +35,14 @@ _CONV = lax.conv_general_dilated_p
 
 
 def _canonical(spec: tuple) -> tuple:
-    """(batch or out-feature dim, feature or in-feature dim, spatial dims...) of the
-    canonical layout: batch first and feature last for an operand; for the kernel, the
-    spatial dims first, then in, then out."""
+    """Where an operand's (batch, feature, spatial...) dims sit in the canonical layout:
+    batch first, spatial next, feature last."""
     n = len(spec)
     return (0, n - 1, *range(1, n - 1))
 
 
 def _kernel_canonical(spec: tuple) -> tuple:
+    """Where the kernel's (out, in, spatial...) dims sit: spatial first, then in, then out."""
     n = len(spec)
     return (n - 1, n - 2, *range(n - 2))
 
