@@ -80,3 +80,27 @@ def test_has_custom_vjp_at_any_depth():
     nested = lambda x: lax.cond(x[0] > 0, lambda: jax.jit(ident)(x), lambda: x).sum()
     assert has_custom_vjp(jax.make_jaxpr(nested)(jnp.ones(2)).jaxpr)
     assert not has_custom_vjp(jax.make_jaxpr(lambda x: jax.nn.relu(x).sum())(jnp.ones(2)).jaxpr)
+
+
+def test_gradflows_steps_rewrite_the_convolutions_of_a_scanned_cnn():
+    import optax
+    from flax import nnx
+
+    import gradflow as gf
+    from gradflow.instrument.steps import layout_for, train_steps
+    from gradflow.losses import LOSSES
+
+    x, y = jnp.ones((2, 8, 8, 3)), jnp.arange(2)
+    canonical = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+    for stack, rewritten in (("scan", True), ("unrolled", False)):
+        model = gf.models.cnn("residual", 10, width=4, stack=stack, rngs=nnx.Rngs(0))
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        tx = optax.sgd(0.1)
+        _, bare = train_steps(graphdef, layout_for(graphdef, params, rest, x),
+                              *LOSSES["cross_entropy"], tx)
+        args = (params, rest, tx.init(params), x, y)
+        dns = _conv_dimension_numbers(jax.make_jaxpr(bare)(*args).jaxpr, [])
+        derived = _conv_dimension_numbers(jax.make_jaxpr(bare.__wrapped__.__wrapped__)(*args).jaxpr, [])
+        assert len(dns) == len(derived) and any(dn != canonical for dn in derived)
+        # scanned: every convolution rewritten; unrolled: left to XLA, which lays out top-level ones
+        assert all(dn == canonical for dn in dns) is rewritten
