@@ -11,10 +11,10 @@ unmapping a per-thread heap (64 MiB each) whenever it empties. The next run reus
 one freed: the CNNs' train steps fault 0-550 times instead of 12,700-21,900 and run 1.14-1.47x
 faster (`python benchmarks/host_memory.py`). A block larger than a per-thread heap (64 MiB) that
 a worker thread allocates from the second arena is still `mmap`ed and unmapped on free (glibc
-has no option for it): the residual_bn CNN's 90 MB of temporaries fault 0-2,200 times a step,
-depending on the thread XLA runs the step on. One arena for every thread removes those too,
-but the threads then contend for its lock: the scanned MLP's step took 15-23 ms against
-13-17 ms with two.
+has no option for it): the residual_bn CNN's 90 MB of temporaries fault 0-1,100 times a step
+beside two busy processes, once 5,500, depending on the thread XLA runs the step on. One arena
+for every thread removes those too, but the threads then contend for its lock: the scanned
+MLP's step took 15-23 ms against 13-17 ms with two.
 
 The price: the process keeps its peak heap until it exits (as PyTorch's caching allocator
 does), and its threads share two malloc arenas, each padded by up to 64 MiB of address space

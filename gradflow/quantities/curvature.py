@@ -109,7 +109,7 @@ def hvp_fn(loss: Loss, params) -> Callable:
 
     Forward-over-reverse (`jax.linearize` of `jax.grad(loss)`): the forward and backward
     passes run once, here; each call of the returned function runs only their tangent
-    (3.5x cheaper than the transposed backward pass on the depth-50 plain CNN:
+    (2.8-3.0x cheaper than the transposed backward pass on the depth-50 CNNs:
     `python benchmarks/conv_layout.py`). Where forward mode cannot pass a `jax.custom_vjp`
     function of the model, reverse-over-reverse instead (see `hvp`): the vector-Jacobian
     product of `jax.grad(loss)` (H is symmetric, so vᵀH = (Hv)ᵀ). Whether forward mode passes
