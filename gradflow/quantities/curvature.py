@@ -38,8 +38,9 @@ class Eigen(NamedTuple):
     Attributes:
       value: the eigenvalue of largest magnitude, with its sign (float32; NaN, see
         `max_eigenvalue`).
-      vector: its unit eigenvector, a pytree like the parameters; pass it back as `v0`.
-        None from Lanczos, which would have to keep its basis to form it.
+      vector: its unit eigenvector (power iteration) or Ritz vector (Lanczos with
+        `ritz_vector=True`), a pytree like the parameters; pass it back as `v0`. None from
+        Lanczos without `ritz_vector`.
       iterations: Hessian-vector products used (int32).
       converged: whether consecutive estimates agreed to `rtol` before `max_iter`.
     """
@@ -222,7 +223,8 @@ def _top_ritz(alphas, off):
     return ritz[jnp.arange(len(ritz)), jnp.argmax(jnp.abs(ritz), axis=1)].reshape(alphas.shape[:-1])
 
 
-def _lanczos(matvec, v0, rtol: float, max_iter: int, unroll: bool) -> Eigen:
+def _lanczos(matvec, v0, rtol: float, max_iter: int, unroll: bool,
+             ritz_vector: bool = False) -> Eigen:
     """Lanczos on a symmetric operator: the Ritz value of largest magnitude.
 
     The three-term recurrence without reorthogonalization (two vectors of memory, as power
@@ -230,14 +232,18 @@ def _lanczos(matvec, v0, rtol: float, max_iter: int, unroll: bool) -> Eigen:
     extreme one. The loop takes the leading k x k block's eigenvalues after every product (a
     dense `max_iter`-square solve, small next to a Hessian-vector product); `unroll` computes
     every product straight-line, then all blocks' eigenvalues in one batched solve, and reports
-    where the loop would have stopped (the same value, iterations and flag)."""
+    where the loop would have stopped (the same value, iterations and flag). `ritz_vector`
+    keeps the Lanczos vectors (`max_iter` flat parameter vectors) and returns the Ritz vector
+    of the value, Σⱼ sⱼ qⱼ for the top eigenvector s of the k x k tridiagonal matrix."""
     q, _, _ = _normalize(v0)
+    flat, unravel = ravel_pytree(q)
     q_prev, beta = _scale(q, 0.0), jnp.float32(0)
     if unroll:
-        steps = []
+        steps, basis = [], []
         for _ in range(max_iter):
             alpha, q_next, beta_next, ok, closed = _lanczos_step(matvec, q, q_prev, beta)
             steps.append((alpha, beta_next, ok, closed))
+            basis.append(ravel_pytree(q)[0] if ritz_vector else None)
             q_prev, q, beta = q, q_next, beta_next
         a, b, oks, closed = (jnp.stack(x) for x in zip(*steps))
         k = jnp.arange(max_iter)[:, None]  # block k holds the first k + 1 products
@@ -250,24 +256,47 @@ def _lanczos(matvec, v0, rtol: float, max_iter: int, unroll: bool) -> Eigen:
         conv = ok & ((jnp.abs(lam - prev) <= rtol * jnp.abs(lam)) | closed)
         stop = conv | ~ok
         last = jnp.where(jnp.any(stop), jnp.argmax(stop), max_iter - 1)
-        return Eigen(lam[last], None, (last + 1).astype(jnp.int32), conv[last])
+        vector = (_ritz(a, b, last + 1, jnp.stack(basis), unravel, flat)
+                  if ritz_vector else None)
+        return Eigen(lam[last], vector, (last + 1).astype(jnp.int32), conv[last])
 
     index = jnp.arange(max_iter - 1)
 
     def body(s):
-        i, q, q_prev, beta, alphas, betas, prev, _, _ = s
+        i, q, q_prev, beta, alphas, betas, prev, _, _, basis = s
         alpha, q_next, beta_next, ok, closed = _lanczos_step(matvec, q, q_prev, beta)
         alphas = alphas.at[i].set(alpha)
         lam = jnp.where(ok, _top_ritz(alphas, jnp.where(index < i, betas[:-1], 0)), jnp.nan)
         conv = ok & ((jnp.abs(lam - prev) <= rtol * jnp.abs(lam)) | closed)
         betas = betas.at[i].set(beta_next)
-        return i + 1, q_next, q, beta_next, alphas, betas, lam, conv | ~ok, conv
+        if ritz_vector:
+            basis = basis.at[i].set(ravel_pytree(q)[0])
+        return i + 1, q_next, q, beta_next, alphas, betas, lam, conv | ~ok, conv, basis
 
     zeros = jnp.zeros((max_iter,), jnp.float32)
+    basis = jnp.zeros((max_iter, flat.size), flat.dtype) if ritz_vector else None
     s = (jnp.int32(0), q, q_prev, beta, zeros, zeros, jnp.float32(jnp.inf), jnp.bool_(False),
-         jnp.bool_(False))
+         jnp.bool_(False), basis)
     s = lax.while_loop(lambda s: (s[0] < max_iter) & ~s[7], canonical_convs(body), s)
-    return Eigen(s[6], None, s[0], s[8])
+    vector = _ritz(s[4], s[5], s[0], s[9], unravel, flat) if ritz_vector else None
+    return Eigen(s[6], vector, s[0], s[8])
+
+
+def _ritz(alphas, betas, k, basis, unravel, fallback):
+    """The unit Ritz vector of the largest-magnitude eigenvalue of the leading k x k block of
+    the tridiagonal matrix (`alphas`, `betas`), from the Lanczos vectors `basis` (rows); the
+    start vector `fallback` where it is not finite (a failed product)."""
+    m = alphas.shape[0]
+    keep = jnp.arange(m) < k
+    a = jnp.nan_to_num(jnp.where(keep, alphas, 0))
+    b = jnp.nan_to_num(jnp.where(jnp.arange(m - 1) < k - 1, betas[:-1], 0))
+    values, vectors = jnp.linalg.eigh(jnp.diag(a) + jnp.diag(b, 1) + jnp.diag(b, -1))
+    # padding adds zero eigenvalues with eigenvectors outside the block: pick within it
+    inside = jnp.sum(jnp.where(keep[:, None], vectors ** 2, 0), axis=0) > 0.5
+    top = jnp.argmax(jnp.where(inside, jnp.abs(values), -1))
+    v = jnp.where(keep, vectors[:, top], 0) @ basis
+    v, _, ok = _normalize(v)
+    return unravel(jnp.where(ok, v, fallback))
 
 
 def _batched(fn, xs, chunk: int, unroll: bool):
@@ -327,7 +356,7 @@ def _check_eigen_args(rtol, max_iter, method="power"):
 
 def max_eigenvalue(loss: Loss, params, *, v0=None, rtol: float = 1e-3, max_iter: int = 100,
                    key: jax.Array | None = None, unroll: bool = False,
-                   method: str = "power") -> Eigen:
+                   method: str = "power", ritz_vector: bool = False) -> Eigen:
     """The Hessian's eigenvalue of largest magnitude, by power iteration (Cockpit's HessMaxEV)
     or Lanczos.
 
@@ -351,8 +380,12 @@ def max_eigenvalue(loss: Loss, params, *, v0=None, rtol: float = 1e-3, max_iter:
     stopping rule (also stopping when the Krylov space closes, where the value is exact). From
     a random start it stops after a half to a third of power iteration's products and 19-27x
     closer to λ₁ (`benchmarks/lanczos_vs_power.py`: 9-12 products, relative error 1.5e-4 to
-    2e-4, against 20-25 and 2.9e-3 to 5.4e-3 on the depth-50 CNNs). It returns no eigenvector
-    (`vector` is None), so it cannot warm-start the next measurement; power iteration can.
+    2e-4, against 20-25 and 2.9e-3 to 5.4e-3 on the depth-50 CNNs). With `ritz_vector=True`
+    it keeps its `max_iter` Lanczos vectors (`max_iter` × the parameter count floats) and
+    returns the Ritz vector, the best approximation to the eigenvector in the Krylov space, to
+    warm-start the next measurement; without, `vector` is None and memory is that of power
+    iteration. From the same warm start, k Lanczos products give a value at least as close to
+    λ₁ as k power products: the power iterate lies in the same Krylov space.
 
     NaN: when a Hessian-vector product is exactly zero (or not finite), the value is NaN,
     `converged` is False and the loop stops. An exactly zero H v means the loss, as autodiff
@@ -376,9 +409,11 @@ def max_eigenvalue(loss: Loss, params, *, v0=None, rtol: float = 1e-3, max_iter:
         run as fast as straight-line ones (`conv_layout.canonical_convs`); without that,
         XLA:CPU ran them about 10-30x slower inside the loop (JAX issue 12868).
       method: "power" or "lanczos".
+      ritz_vector: with "lanczos", keep the Lanczos vectors and return the Ritz vector.
 
     Returns:
-      An `Eigen`: (value, vector, iterations, converged); vector None with "lanczos".
+      An `Eigen`: (value, vector, iterations, converged); vector None with "lanczos" unless
+      `ritz_vector`.
 
     Raises:
       ValueError: if the loss is not a scalar, or `rtol` / `max_iter` / `method` are invalid.
@@ -392,7 +427,9 @@ def max_eigenvalue(loss: Loss, params, *, v0=None, rtol: float = 1e-3, max_iter:
     _check_eigen_args(rtol, max_iter, method)
     matvec = hvp_fn(loss, params)
     v0 = _random(_key(key), params, "normal") if v0 is None else _like(v0, params)
-    return (_lanczos if method == "lanczos" else _power)(matvec, v0, rtol, max_iter, unroll)
+    if method == "lanczos":
+        return _lanczos(matvec, v0, rtol, max_iter, unroll, ritz_vector)
+    return _power(matvec, v0, rtol, max_iter, unroll)
 
 
 def _leaf_paths(params) -> list[tuple]:

@@ -36,7 +36,8 @@ def noise_step(graphdef, segments, loss_fn, chunk: int):
 
 
 def measure_curvature(loss, params, segments, v0, key, *, samples: int, max_iter: int,
-                      unroll: bool = False, rtol: float = 1e-3, method: str = "power"):
+                      unroll: bool = False, rtol: float = 1e-3, method: str = "power",
+                      ritz_vector: bool = False):
     """The curvature record of `loss` at `params` (inside a trace): the largest-magnitude
     eigenvalue from `v0` (power iteration or Lanczos), the Hutchinson trace and each row's
     block trace.
@@ -47,15 +48,15 @@ def measure_curvature(loss, params, segments, v0, key, *, samples: int, max_iter
       segments: `rows.row_segments`.
       v0: the eigenvalue iteration's start.
       key: a PRNG key (split for the iteration and the trace).
-      samples, max_iter, unroll, rtol, method: as in `curvature_step`.
+      samples, max_iter, unroll, rtol, method, ritz_vector: as in `curvature_step`.
 
     Returns:
       `(record, eigenvector)`: `CURVATURE_SCALARS` (0-d) and `CURVATURE_METRICS` ((n_rows,));
-      the eigenvector is None with Lanczos.
+      the eigenvector is None with Lanczos unless `ritz_vector`.
     """
     k1, k2 = jax.random.split(key)
     eig = curvature.max_eigenvalue(loss, params, v0=v0, rtol=rtol, max_iter=max_iter, key=k1,
-                                   unroll=unroll, method=method)
+                                   unroll=unroll, method=method, ritz_vector=ritz_vector)
     tr = curvature.trace(loss, params, samples=samples, key=k2, segments=segments,
                          chunk=1 if unroll else 8, unroll=unroll)
     out = {"hess_max_ev": eig.value, "hess_max_ev_converged": eig.converged.astype(jnp.float32),
@@ -70,7 +71,7 @@ CURVATURE_METRICS = ("layer_hess_trace", "layer_hess_trace_se")
 
 
 def curvature_step(graphdef, segments, loss_fn, *, samples: int, max_iter: int, unroll: bool,
-                   rtol: float = 1e-3, method: str = "power"):
+                   rtol: float = 1e-3, method: str = "power", ritz_vector: bool = False):
     """A jitted `step(params, rest, x, y, v0, key) -> (dict, eigenvector)`: the largest-magnitude
     Hessian eigenvalue (power iteration or Lanczos from `v0`), the Hutchinson trace with its standard
     error, and each row's block trace, of the training loss (BatchNorm on batch statistics,
@@ -86,19 +87,21 @@ def curvature_step(graphdef, segments, loss_fn, *, samples: int, max_iter: int, 
       unroll: straight-line iterations (see `curvature.max_eigenvalue`).
       rtol: the eigenvalue iteration's relative tolerance.
       method: "power" (returns the eigenvector, to warm-start the next call) or "lanczos"
-        (fewer products from a random start; no eigenvector), `curvature.max_eigenvalue`.
+        (fewer products; no eigenvector unless `ritz_vector`), `curvature.max_eigenvalue`.
+      ritz_vector: with "lanczos", keep the Lanczos vectors and return the Ritz vector.
 
     Returns:
       The compiled step (cached). Its dict holds `CURVATURE_SCALARS` (0-d) and
       `CURVATURE_METRICS` ((n_rows,)).
     """
-    key_ = (graphdef, segments, loss_fn, samples, max_iter, unroll, rtol, method)
+    key_ = (graphdef, segments, loss_fn, samples, max_iter, unroll, rtol, method, ritz_vector)
     if key_ not in _CURVATURE_STEPS:
         @jax.jit
         def step(params, rest, x, y, v0, key):
             return measure_curvature(training_loss(graphdef, rest, loss_fn, x, y), params,
                                      segments, v0, key, samples=samples, max_iter=max_iter,
-                                     unroll=unroll, rtol=rtol, method=method)
+                                     unroll=unroll, rtol=rtol, method=method,
+                                     ritz_vector=ritz_vector)
         if len(_CURVATURE_STEPS) >= 64:
             _CURVATURE_STEPS.clear()
         _CURVATURE_STEPS[key_] = step

@@ -11,9 +11,10 @@ from .rows import row_segments
 from . import curvature
 from .steps import CURVATURE_METRICS, CURVATURE_SCALARS, curvature_step, noise_step
 
-CURVATURE_FIRST = 20  # power iterations of the first measurement (from a random vector)
-CURVATURE_ITERATIONS = 4  # of each later one, warm-started from the previous eigenvector
+CURVATURE_FIRST = 20  # products of the first measurement (from a random vector), at most
+CURVATURE_ITERATIONS = 4  # of each later one, warm-started from the previous (Ritz) vector
 CURVATURE_SAMPLES = 2  # Hutchinson samples per measurement
+RITZ_BUDGET = 256 << 20  # bytes of Lanczos vectors kept; beyond, power iteration
 
 
 class Extras:
@@ -27,10 +28,11 @@ class Extras:
       batch: the batch size.
       noise_every: take the noise quantities at steps 0, k, 2k, ... (None: never).
       chunk: examples per chunk of per-example gradients (None: as many as fit 256 MiB).
-      curvature_every: take the curvature at steps 0, k, 2k, ... (None: never): the power
-        iteration starts from the previous measurement's eigenvector and runs
-        `CURVATURE_ITERATIONS` products (the first measurement `CURVATURE_FIRST`); the trace
-        takes `CURVATURE_SAMPLES` Hutchinson samples.
+      curvature_every: take the curvature at steps 0, k, 2k, ... (None: never): Lanczos
+        (power iteration where `CURVATURE_FIRST` Lanczos vectors would exceed `RITZ_BUDGET`)
+        starts from the previous measurement's Ritz vector and runs at most
+        `CURVATURE_ITERATIONS` products (the first measurement, from a random vector,
+        `CURVATURE_FIRST`); the trace takes `CURVATURE_SAMPLES` Hutchinson samples.
 
     Raises:
       ValueError: for noise on batches of one example.
@@ -50,8 +52,12 @@ class Extras:
             # the first measurement from a random vector, the later ones warm-started; loops
             # (their convolutions as fast as straight-line code: `curvature.canonical_convs`)
             segments = row_segments(params, layout)
+            size = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(params))
+            lanczos = CURVATURE_FIRST * size <= RITZ_BUDGET
             self._curvature = [curvature_step(graphdef, segments, loss_fn, unroll=False,
-                                              samples=CURVATURE_SAMPLES, max_iter=n)
+                                              samples=CURVATURE_SAMPLES, max_iter=n,
+                                              method="lanczos" if lanczos else "power",
+                                              ritz_vector=lanczos)
                                for n in (CURVATURE_FIRST, CURVATURE_ITERATIONS)]
             self._vector, self._measured = curvature.random_direction(params), 0
         if noise_every is not None:
