@@ -51,7 +51,7 @@ def test_noise_equals_the_per_example_loop_and_grads_stay_those_of_nnx(measured)
         model, {"x": X, "y": Y})
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
         np.testing.assert_array_equal(a, b)
-    one = nnx.grad(functools.partial(loss_fn, scale=0.5))
+    one = nnx.jit(nnx.grad(functools.partial(loss_fn, scale=0.5)))  # one compile, 8 calls
     G = np.stack([_flat(one(model, {"x": X[n:n + 1], "y": Y[n:n + 1]}))
                   for n in range(len(X))])
     for k, v in noise_reference(G).items():
@@ -96,7 +96,7 @@ def test_curvature_equals_the_dense_hessian_of_a_tiny_model():
 
     def loss(v):
         return loss_fn(nnx.merge(graphdef, unravel(v), rest), {"x": X, "y": Y}, scale=1.0)
-    H = np.asarray(jax.hessian(loss)(flat), np.float64)
+    H = np.asarray(jax.jit(jax.hessian(loss))(flat), np.float64)
     eig = np.linalg.eigvalsh((H + H.T) / 2)
     np.testing.assert_allclose(snap["hess_trace"], np.trace(H), rtol=1e-4)
     np.testing.assert_allclose(snap["layer_hess_trace"].sum(), np.trace(H), rtol=1e-4)
@@ -106,12 +106,13 @@ def test_curvature_equals_the_dense_hessian_of_a_tiny_model():
 def test_a_sum_reduced_loss_gives_nan_noise_and_a_batch_of_one_an_error():
     def summed(model, x, y):
         return optax.softmax_cross_entropy_with_integer_labels(model(x), y).sum()
-    snap = gf.value_and_grad(summed, noise=True)(_model(), X, Y)[2]  # eagerly
+    grad_fn = gf.value_and_grad(summed, noise=True)
+    snap = nnx.jit(grad_fn)(_model(), X, Y)[2]  # compiled (eagerly it dispatches op by op)
     assert float(snap["noise_mean_reduced"]) == 0.0
     assert np.isnan(float(snap["norm_test"])) and np.all(np.isnan(snap["layer_mean_gsnr"]))
     assert np.all(np.asarray(snap["example_grad_hist"]) == -1)
     with pytest.raises(ValueError, match="at least 2 examples"):
-        gf.value_and_grad(summed, noise=True)(_model(), X[:1], Y[:1])
+        grad_fn(_model(), X[:1], Y[:1])  # eagerly
 
 
 def test_a_history_takes_the_quantities_at_some_steps_and_blanks_the_others():
