@@ -82,7 +82,7 @@ def test_a_warm_start_from_the_ritz_vector_needs_fewer_products(problem):
 def test_train_measures_by_warm_started_lanczos(problem, monkeypatch):
     _, _, _, want, _ = problem
     # learning rate 0: every measurement is at the same point, each later one starting from
-    # the last Ritz vector and capped at CURVATURE_ITERATIONS products
+    # the last Ritz vector
     hist = gf.train(_mlp(), [(X, Y)] * 5, steps=5, optimizer=optax.sgd(0.0), log_every=10,
                     curvature_every=2)
     assert list(hist.steps) == [0, 2, 4]

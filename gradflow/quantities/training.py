@@ -11,8 +11,7 @@ from .rows import row_segments
 from . import curvature
 from .steps import CURVATURE_METRICS, CURVATURE_SCALARS, curvature_step, noise_step
 
-CURVATURE_FIRST = 20  # products of the first measurement (from a random vector), at most
-CURVATURE_ITERATIONS = 4  # of each later one, warm-started from the previous (Ritz) vector
+CURVATURE_MAX_ITER = 20  # products per measurement at most; each stops at rtol 1e-3
 CURVATURE_SAMPLES = 2  # Hutchinson samples per measurement
 RITZ_BUDGET = 256 << 20  # bytes of Lanczos vectors kept; beyond, power iteration
 
@@ -29,10 +28,10 @@ class Extras:
       noise_every: take the noise quantities at steps 0, k, 2k, ... (None: never).
       chunk: examples per chunk of per-example gradients (None: as many as fit 256 MiB).
       curvature_every: take the curvature at steps 0, k, 2k, ... (None: never): Lanczos
-        (power iteration where `CURVATURE_FIRST` Lanczos vectors would exceed `RITZ_BUDGET`)
-        starts from the previous measurement's Ritz vector and runs at most
-        `CURVATURE_ITERATIONS` products (the first measurement, from a random vector,
-        `CURVATURE_FIRST`); the trace takes `CURVATURE_SAMPLES` Hutchinson samples.
+        (power iteration where `CURVATURE_MAX_ITER` Lanczos vectors would exceed
+        `RITZ_BUDGET`) starts from the previous measurement's Ritz vector (the first one from
+        a random vector) and stops at rtol 1e-3 or after `CURVATURE_MAX_ITER` products; the
+        trace takes `CURVATURE_SAMPLES` Hutchinson samples.
 
     Raises:
       ValueError: for noise on batches of one example.
@@ -53,13 +52,13 @@ class Extras:
             # (their convolutions as fast as straight-line code: `curvature.canonical_convs`)
             segments = row_segments(params, layout)
             size = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(params))
-            lanczos = CURVATURE_FIRST * size <= RITZ_BUDGET
-            self._curvature = [curvature_step(graphdef, segments, loss_fn, unroll=False,
-                                              samples=CURVATURE_SAMPLES, max_iter=n,
-                                              method="lanczos" if lanczos else "power",
-                                              ritz_vector=lanczos)
-                               for n in (CURVATURE_FIRST, CURVATURE_ITERATIONS)]
-            self._vector, self._measured = curvature.random_direction(params), 0
+            lanczos = CURVATURE_MAX_ITER * size <= RITZ_BUDGET
+            self._curvature = curvature_step(graphdef, segments, loss_fn, unroll=False,
+                                             samples=CURVATURE_SAMPLES,
+                                             max_iter=CURVATURE_MAX_ITER,
+                                             method="lanczos" if lanczos else "power",
+                                             ritz_vector=lanczos)
+            self._vector = curvature.random_direction(params)
         if noise_every is not None:
             self._noise = noise_step(graphdef, row_segments(params, layout), loss_fn,
                                      noise_chunk(params, batch, chunk))
@@ -95,10 +94,8 @@ class Extras:
                 out |= self._blank["noise"]
         if self.curvature_every is not None:
             if step % self.curvature_every == 0:
-                step_fn = self._curvature[min(self._measured, 1)]
-                taken, self._vector = step_fn(params, rest, x, y, self._vector,
-                                              jax.random.fold_in(jax.random.key(0), step))
-                self._measured += 1
+                taken, self._vector = self._curvature(params, rest, x, y, self._vector,
+                                                      jax.random.fold_in(jax.random.key(0), step))
                 out |= taken
             else:
                 out |= self._blank["curvature"]
