@@ -99,7 +99,9 @@ def test_max_eigenvalue_is_the_dense_eigenvalue_of_largest_magnitude(mlp, dense)
 
 def test_lanczos_is_the_dense_eigenvalue_in_fewer_products(mlp, dense):
     want = _top(dense)
-    tight = mlp.run(cv.max_eigenvalue, rtol=1e-6, max_iter=1000, method="lanczos")
+    # max_iter 100 (Cockpit's default): every loop step solves a max_iter-square tridiagonal
+    # eigenproblem, and the Krylov space of these 46 parameters closes long before
+    tight = mlp.run(cv.max_eigenvalue, rtol=1e-6, max_iter=100, method="lanczos")
     assert bool(tight.converged) and tight.vector is None
     assert float(tight.value) == pytest.approx(want, rel=1e-5)
     lanczos = mlp.run(cv.max_eigenvalue, method="lanczos")
@@ -112,7 +114,10 @@ def test_lanczos_is_the_dense_eigenvalue_in_fewer_products(mlp, dense):
 @pytest.mark.parametrize("method", cv.METHODS)
 def test_a_negative_dominant_eigenvalue_keeps_its_sign(method):
     loss = lambda w: 0.5 * (1.0 * w[0] ** 2 - 4.0 * w[1] ** 2 + 2.0 * w[2] ** 2)
-    ev = cv.max_eigenvalue(loss, jnp.ones(3), rtol=1e-6, max_iter=500, method=method)
+    # compiled (eagerly the loop body dispatches op by op); 100 products are plenty for 3
+    # parameters, and each Lanczos step solves a max_iter-square eigenproblem
+    ev = jax.jit(lambda w: cv.max_eigenvalue(loss, w, rtol=1e-6, max_iter=100, method=method))(
+        jnp.ones(3))
     assert float(ev.value) == pytest.approx(-4.0, rel=1e-4) and bool(ev.converged)
 
 
@@ -256,15 +261,19 @@ def test_hvp_passes_a_custom_vjp_that_forward_mode_cannot():
 def test_a_loss_without_curvature_gives_nan_not_zero(mlp):
     # the parameters reach the loss only through jnp.round: autodiff sees H v = 0
     rounded = lambda p: jnp.mean(jnp.round(nnx.merge(mlp.graphdef, p, mlp.rest)(mlp.x)) ** 2)
-    ev = cv.max_eigenvalue(rounded, mlp.params)
+
+    def run(fn, **kw):  # compiled, as Problem.run (eagerly each op would compile on its own)
+        return jax.jit(lambda p: fn(rounded, p, **kw))(mlp.params)
+
+    ev = run(cv.max_eigenvalue)
     assert np.isnan(float(ev.value)) and not bool(ev.converged) and int(ev.iterations) == 1
     assert np.all(np.isfinite(np.asarray(ravel_pytree(ev.vector)[0])))
-    ev = cv.max_eigenvalue(rounded, mlp.params, method="lanczos")
+    ev = run(cv.max_eigenvalue, method="lanczos")
     assert np.isnan(float(ev.value)) and not bool(ev.converged) and int(ev.iterations) == 1
-    blocks = cv.block_max_eigenvalues(rounded, mlp.params, mlp.segments)
+    blocks = run(cv.block_max_eigenvalues, segments=mlp.segments)
     assert np.all(np.isnan(np.asarray(blocks.value)))
     for exact_below in (64, 0):
-        t = cv.trace(rounded, mlp.params, segments=mlp.segments, exact_below=exact_below)
+        t = run(cv.trace, segments=mlp.segments, exact_below=exact_below)
         assert np.isnan(float(t.value)) and np.isnan(float(t.stderr))
         assert np.all(np.isnan(np.asarray(t.rows)))
     # a zero trace with curvature present is a number: w0 * w1 has trace 0
