@@ -69,6 +69,11 @@ def train(model, batches, *, steps: int, optimizer, log_every: int = 1, loss=Non
     A record at step s describes the gradients at the parameters before update s. Unrecorded
     steps run an uninstrumented compiled step and never wait on the device.
 
+    The compiled steps are cached per model structure, input shape, loss and optimizer object:
+    a later call with the same `optax` transformation object reuses them, while a new one
+    (`optax.sgd(...)` built again) traces and compiles them again (about 18 s for the depth-50
+    residual_bn CNN on 2 CPU cores).
+
     Args:
       model: a `flax.nnx.Module`; updated in place (parameters and BatchNorm statistics).
       batches: an iterable of `(x, y)` pairs with at least `steps` items; in a multi-process
