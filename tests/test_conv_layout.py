@@ -104,3 +104,31 @@ def test_gradflows_steps_rewrite_the_convolutions_of_a_scanned_cnn():
         assert len(dns) == len(derived) and any(dn != canonical for dn in derived)
         # scanned: every convolution rewritten; unrolled: left to XLA, which lays out top-level ones
         assert all(dn == canonical for dn in dns) is rewritten
+
+
+def test_the_documented_user_loop_recipe_for_a_scanned_cnn():
+    """docs/limitations.md: a user's pure jitted step through gf.value_and_grad, wrapped in
+    `canonical_convs`, gives the unwrapped step's loss, gradients and measurements, with every
+    convolution in the canonical layout."""
+    import optax
+    from flax import nnx
+
+    import gradflow as gf
+
+    x, y = jax.random.normal(jax.random.key(0), (2, 8, 8, 3)), jnp.arange(2)
+    model = gf.models.cnn("residual", 6, width=4, stack="scan", rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+    grad_fn = gf.value_and_grad(
+        lambda m, x, y: optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean())
+
+    def step(state, x, y):
+        loss, grads, snap = grad_fn(nnx.merge(graphdef, state), x, y)
+        return loss, grads, snap
+
+    wrapped = canonical_convs(step)
+    canonical = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+    dns = _conv_dimension_numbers(jax.make_jaxpr(wrapped)(state, x, y).jaxpr, [])
+    assert dns and all(dn == canonical for dn in dns)
+    want, got = jax.jit(step)(state, x, y), jax.jit(wrapped)(state, x, y)
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=2e-5, atol=1e-7)
