@@ -13,12 +13,14 @@ steps, written as a user writes them:
                   optimizer.update(model, grads); return loss
     (B) measured: loss, grads, snap = gf.value_and_grad(loss_fn)(model, x, y)
                   return gf.update_ratio(snap, optimizer.update(model, grads))
+    (C) grads:    the same without `gf.update_ratio`: optimizer.update(model, grads);
+                  return snap (what `gf.value_and_grad` alone costs)
 
 Both are compiled first (the first call: trace + compile + one step) and warmed up, then timed
 step by step (`jax.block_until_ready` on the step's outputs) interleaved: in each round every
 variant takes one step in turn (A, B, A, B, ... for `--steps` steps; the order reverses every
-round). Reported: the median ms per step over all rounds, the ratio B / A of the medians, the
-lowest and highest per-round ratio, and the median process CPU time per step (all threads; less
+round). Reported: the median ms per step over all rounds, the ratios B / A and C / A of the
+medians, the lowest and highest per-round ratio B / A, and the median process CPU time per step (all threads; less
 sensitive than wall time to other processes on the machine). The two models see the same
 batches, so their weights should stay equal; the largest weight difference at the end is
 reported as a check.
@@ -188,6 +190,17 @@ def measured_step(loss_fn):
     return step
 
 
+def grads_step(loss_fn):
+    grad_fn = gf.value_and_grad(loss_fn)
+
+    @nnx.jit
+    def step(model, optimizer, x, y):
+        _, grads, snap = grad_fn(model, x, y)
+        optimizer.update(model, grads)
+        return snap
+    return step
+
+
 def one_sum_step(loss_fn):
     """The measured step traced with one plain sum of squares where gradflow takes two (plain
     and rescaled by 2^80, `gradflow.instrument.tap.square_sums`): what the underflow-safe second
@@ -257,7 +270,8 @@ def local_step(loss_fn, variant: str):
 
 def run_case(name: str, quick: bool, rounds: int, steps: int, warmup: int, breakdown: bool):
     desc, make_model, make_tx, loss_fn, batches = case_spec(name, quick)
-    variants = {"bare": bare_step(loss_fn), "measured": measured_step(loss_fn)}
+    variants = {"bare": bare_step(loss_fn), "measured": measured_step(loss_fn),
+                "grads": grads_step(loss_fn)}
     if breakdown:
         variants |= {v: local_step(loss_fn, v) for v in BREAKDOWN}
     state = {}
@@ -293,15 +307,16 @@ def run_case(name: str, quick: bool, rounds: int, steps: int, warmup: int, break
         for v in variants:
             times[v] += now[v]
             per_round[v].append(float(np.median(now[v])))
-    diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(
+    diff = max(float(jnp.max(jnp.abs(a - b))) for v in ("measured", "grads") for a, b in zip(
         jax.tree.leaves(nnx.state(state["bare"][0], nnx.Param)),
-        jax.tree.leaves(nnx.state(state["measured"][0], nnx.Param))))
+        jax.tree.leaves(nnx.state(state[v][0], nnx.Param))))
     med = {v: float(np.median(times[v])) for v in variants}
     round_ratio = [m / b for m, b in zip(per_round["measured"], per_round["bare"])]
     return {"case": name, "description": desc, "parameters": int(n_params),
             "ms_per_step": {v: 1e3 * med[v] for v in variants},
             "cpu_ms_per_step": {v: 1e3 * float(np.median(cpu[v])) for v in variants},
             "ratio": med["measured"] / med["bare"],
+            "ratio_grads": med["grads"] / med["bare"],
             "ratio_by_round": round_ratio,
             "ms_by_round": {v: [1e3 * t for t in per_round[v]] for v in variants},
             "first_call_s": compile_s, "timed_steps_each": rounds * steps,
@@ -347,20 +362,23 @@ def main(argv=None):
         res = run_case(c, a.quick, rounds, steps, a.warmup, a.breakdown)
         results.append(res)
         print(f"  {c}: {res['description']}, {res['parameters']:,} parameters; max weight "
-              f"difference bare vs measured {res['max_weight_difference']:.1e}", flush=True)
+              f"difference bare vs measured / grads {res['max_weight_difference']:.1e}", flush=True)
     load_after = os.getloadavg()
     print()
-    print("| case | bare ms/step | measured ms/step | ratio | ratio by round | "
-          "CPU ms/step bare / measured (ratio) | first call s (bare / measured) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| case | bare ms/step | grads ms/step (ratio) | measured ms/step | ratio | "
+          "ratio by round | CPU ms/step bare / grads / measured (ratios) | "
+          "first call s (bare / measured) |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
         ms, cm, fc = r["ms_per_step"], r["cpu_ms_per_step"], r["first_call_s"]
         rr = r["ratio_by_round"]
-        print(f"| {r['case']} | {ms['bare']:.1f} | {ms['measured']:.1f} | {r['ratio']:.3f} | "
-              f"{min(rr):.2f}–{max(rr):.2f} | {cm['bare']:.1f} / {cm['measured']:.1f} "
-              f"({cm['measured'] / cm['bare']:.3f}) | {fc['bare']:.1f} / {fc['measured']:.1f} |")
+        print(f"| {r['case']} | {ms['bare']:.1f} | {ms['grads']:.1f} ({r['ratio_grads']:.3f}) | "
+              f"{ms['measured']:.1f} | {r['ratio']:.3f} | {min(rr):.2f}–{max(rr):.2f} | "
+              f"{cm['bare']:.1f} / {cm['grads']:.1f} / {cm['measured']:.1f} "
+              f"({cm['grads'] / cm['bare']:.3f} / {cm['measured'] / cm['bare']:.3f}) | "
+              f"{fc['bare']:.1f} / {fc['measured']:.1f} |")
     if a.breakdown:
-        names = ["bare", *BREAKDOWN, "measured"]
+        names = ["bare", *BREAKDOWN, "grads", "measured"]
         print()
         print("Breakdown, ms/step (ratio to bare); second line CPU ms/step (ratio to bare)")
         print()
