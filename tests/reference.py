@@ -44,10 +44,11 @@ def reference_probe(model, x, y, loss_fn):
         if isinstance(m, nnx.BatchNorm):
             m.use_running_average = False
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    outputs = []
-    with patched_layers(lambda m, z: (outputs.append(z), z)[1]):
-        nnx.merge(graphdef, params, rest, copy=True)(x)
-    eps = [jnp.zeros_like(z) for z in outputs]
+    outputs = []  # each layer output's shape and dtype, from an abstract trace (no eager run)
+    with patched_layers(lambda m, z: (outputs.append(jax.ShapeDtypeStruct(z.shape, z.dtype)),
+                                      z)[1]):
+        jax.eval_shape(lambda: nnx.merge(graphdef, params, rest, copy=True)(x))
+    eps = [jnp.zeros(z.shape, z.dtype) for z in outputs]
     paths = []
 
     def objective(params, eps, rest):
@@ -64,8 +65,10 @@ def reference_probe(model, x, y, loss_fn):
 
     g_params, g_eps = jax.jit(jax.grad(objective, argnums=(0, 1)))(params, eps, rest)
     flat = {tuple(p): v.get_value() for p, v in nnx.to_flat_state(g_params)}
-    grad_norms = np.array([float(jnp.linalg.norm(flat[p + ("kernel",)].ravel())) for p in paths])
-    error_norms = np.array([float(jnp.linalg.norm(g.ravel())) for g in g_eps])
+    # in float64 numpy: eager jnp.linalg.norm would compile once per array shape
+    norm = lambda a: float(np.linalg.norm(np.asarray(a, np.float64).ravel()))  # noqa: E731
+    grad_norms = np.array([norm(flat[p + ("kernel",)]) for p in paths])
+    error_norms = np.array([norm(g) for g in g_eps])
     return grad_norms, error_norms
 
 
