@@ -71,8 +71,8 @@ def train(model, batches, *, steps: int, optimizer, log_every: int = 1, loss=Non
 
     The compiled steps are cached per model structure, input shape, loss and optimizer object:
     a later call with the same `optax` transformation object reuses them, while a new one
-    (`optax.sgd(...)` built again) traces and compiles them again (about 18 s for the depth-50
-    residual_bn CNN on 2 CPU cores).
+    (`optax.sgd(...)` built again) traces and compiles them again (60 steps of the depth-50
+    residual_bn CNN on 2 CPU cores: 18.9 s with a new optimizer object, 6.7 s with the same).
 
     Args:
       model: a `flax.nnx.Module`; updated in place (parameters and BatchNorm statistics).
