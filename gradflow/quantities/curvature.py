@@ -230,7 +230,8 @@ def _lanczos(matvec, v0, rtol: float, max_iter: int, unroll: bool,
     The three-term recurrence without reorthogonalization (two vectors of memory, as power
     iteration): lost orthogonality only repeats converged Ritz values, it does not move the
     extreme one. The loop takes the leading k x k block's eigenvalues after every product (a
-    dense `max_iter`-square solve, small next to a Hessian-vector product); `unroll` computes
+    dense solve of the smallest of 16, 32, 64, ... or `max_iter` rows that holds the block,
+    small next to a Hessian-vector product); `unroll` computes
     every product straight-line, then all blocks' eigenvalues in one batched solve, and reports
     where the loop would have stopped (the same value, iterations and flag). `ritz_vector`
     keeps the Lanczos vectors (`max_iter` flat parameter vectors) and returns the Ritz vector
@@ -261,12 +262,17 @@ def _lanczos(matvec, v0, rtol: float, max_iter: int, unroll: bool,
         return Eigen(lam[last], vector, (last + 1).astype(jnp.int32), conv[last])
 
     index = jnp.arange(max_iter - 1)
+    sizes = [n for n in (16 << k for k in range(max_iter.bit_length())) if n < max_iter]
+    sizes.append(max_iter)
+    solves = [lambda a, b, n=n: _top_ritz(a[:n], b[:n - 1]) for n in sizes]
 
     def body(s):
         i, q, q_prev, beta, alphas, betas, prev, _, _, basis = s
         alpha, q_next, beta_next, ok, closed = _lanczos_step(matvec, q, q_prev, beta)
         alphas = alphas.at[i].set(alpha)
-        lam = jnp.where(ok, _top_ritz(alphas, jnp.where(index < i, betas[:-1], 0)), jnp.nan)
+        which = jnp.searchsorted(jnp.asarray(sizes), i + 1)  # the smallest block holding i + 1
+        top = lax.switch(which, solves, alphas, jnp.where(index < i, betas[:-1], 0))
+        lam = jnp.where(ok, top, jnp.nan)
         conv = ok & ((jnp.abs(lam - prev) <= rtol * jnp.abs(lam)) | closed)
         betas = betas.at[i].set(beta_next)
         if ritz_vector:
