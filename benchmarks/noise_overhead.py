@@ -26,7 +26,7 @@ CONFIGS = {"train": {}, "noise": {"noise_every": 10},
            "noise + curvature": {"noise_every": 10, "curvature_every": 10}}
 
 
-TX = optax.sgd(0.01, momentum=0.9)  # one object: gf.train's compiled steps are cached per optimizer
+TX = optax.sgd(0.01, momentum=0.9)  # gf.train's compiled steps are cached per optimizer
 
 
 def run(arch, depth, width, steps, options, batches):

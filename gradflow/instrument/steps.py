@@ -1,13 +1,14 @@
 """Compiled steps for one model structure: the probe, the instrumented and the bare train step.
 
 Each is a pure function of (params, rest, [opt_state,] x, y) jitted once per (structure, input
-shape, loss, optimizer) and cached, so repeated probes and training runs reuse the compilation.
+shape, loss, optimizer) and cached, so repeated probes and training runs reuse the compilation;
+losses and optimizers are keyed by what they compute (`same_code.code_key`), so a new
+`optax.sgd(0.1)` in a later call reuses the steps of an earlier one.
 The instrumented and the bare train step share `_update`, so their parameter updates are
 computed by the same code (tested to agree bit for bit).
 """
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -16,8 +17,22 @@ import optax
 from ..conv_layout import canonical_convs
 from . import registry
 from .measure import Layout, apply, discover, update_ratios, value_grads_and_stats
+from .same_code import code_key
 
 _LAYOUTS: dict = {}
+_STEPS: dict = {}  # (builder, structure, layout, code keys of the functions) -> compiled steps
+_MAX_STEPS = 64
+
+
+def _cached(build, graphdef, layout, *functions):
+    """`build(graphdef, layout, *functions)`, once per structure, layout and what the
+    functions compute."""
+    key = (build, graphdef, layout, *map(code_key, functions))
+    if key not in _STEPS:
+        if len(_STEPS) >= _MAX_STEPS:
+            _STEPS.clear()
+        _STEPS[key] = build(graphdef, layout, *functions)
+    return _STEPS[key]
 
 
 def layout_for(graphdef, params, rest, x, model=None) -> Layout:
@@ -58,7 +73,6 @@ def _metrics(loss, out, y, accuracy_fn):
     return {"loss": loss, "accuracy": acc.astype(jnp.float32)}
 
 
-@functools.lru_cache(maxsize=64)
 def probe_step(graphdef, layout: Layout, loss_fn, accuracy_fn):
     """The compiled probe of one model structure, cached.
 
@@ -72,7 +86,10 @@ def probe_step(graphdef, layout: Layout, loss_fn, accuracy_fn):
       statistics; its running statistics are not returned (left unchanged). Convolutions of
       scanned stacks run in XLA:CPU's fast layout (`conv_layout.canonical_convs`).
     """
+    return _cached(_probe_step, graphdef, layout, loss_fn, accuracy_fn)
 
+
+def _probe_step(graphdef, layout, loss_fn, accuracy_fn):
     def fn(params, rest, x, y):
         loss, out, _, _, stats = value_grads_and_stats(graphdef, layout, loss_fn, params, rest, x,
                                                        y, batch_stats=True)
@@ -86,7 +103,6 @@ def _update(tx, grads, opt_state, params):
     return updates, optax.apply_updates(params, updates), opt_state
 
 
-@functools.lru_cache(maxsize=64)
 def train_steps(graphdef, layout: Layout, loss_fn, accuracy_fn, tx):
     """The compiled train steps of one model structure and optimizer, cached.
 
@@ -100,7 +116,10 @@ def train_steps(graphdef, layout: Layout, loss_fn, accuracy_fn, tx):
       accuracy; the bare one only loss and accuracy; both update the parameters alike.
       Convolutions of scanned stacks run in XLA:CPU's fast layout, as in `probe_step`.
     """
+    return _cached(_train_steps, graphdef, layout, loss_fn, accuracy_fn, tx)
 
+
+def _train_steps(graphdef, layout, loss_fn, accuracy_fn, tx):
     def instrumented(params, rest, opt_state, x, y):
         loss, out, grads, new_rest, stats = value_grads_and_stats(graphdef, layout, loss_fn, params,
                                                                   rest, x, y)
@@ -124,8 +143,7 @@ def train_steps(graphdef, layout: Layout, loss_fn, accuracy_fn, tx):
 def _clear_caches() -> None:
     """Forgets layouts and compiled steps, traced under an older probe registry."""
     _LAYOUTS.clear()
-    probe_step.cache_clear()
-    train_steps.cache_clear()
+    _STEPS.clear()
 
 
 registry.ON_REGISTER.append(_clear_caches)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from ..instrument.same_code import code_key
 from . import curvature
 from .examples import batch_noise, training_loss
 
@@ -23,7 +24,7 @@ def noise_step(graphdef, segments, loss_fn, chunk: int):
     Returns:
       The compiled step (cached).
     """
-    key = (graphdef, segments, loss_fn, chunk)
+    key = (graphdef, segments, code_key(loss_fn), chunk)
     if key not in _NOISE_STEPS:
         @jax.jit
         def step(params, rest, x, y):
@@ -94,7 +95,8 @@ def curvature_step(graphdef, segments, loss_fn, *, samples: int, max_iter: int, 
       The compiled step (cached). Its dict holds `CURVATURE_SCALARS` (0-d) and
       `CURVATURE_METRICS` ((n_rows,)).
     """
-    key_ = (graphdef, segments, loss_fn, samples, max_iter, unroll, rtol, method, ritz_vector)
+    key_ = (graphdef, segments, code_key(loss_fn), samples, max_iter, unroll, rtol, method,
+            ritz_vector)
     if key_ not in _CURVATURE_STEPS:
         @jax.jit
         def step(params, rest, x, y, v0, key):
