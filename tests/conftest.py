@@ -124,13 +124,23 @@ DEFAULT_RUN_ARGS = ["--depth", "4", "--width", "4", "--steps", "3", "--log-every
 
 
 def run_cli(*args, cwd):
-    """`python -m gradflow.run ARGS` in a subprocess -> its CompletedProcess."""
+    """`python -m gradflow.run ARGS` in a subprocess -> its CompletedProcess.
+
+    On CPU the subprocess compiles at XLA's -O0 (as tests/test_examples.py's quick runs do): a
+    tiny run is mostly compilation, and -O0 takes about a third off it; what these runs are
+    checked for (files, output, exit codes, agreement of table, report and histories, a rerun
+    being bit-identical to a run with the same flags) does not depend on the backend's
+    optimization level. Every run compared with another goes through here, so both sides have
+    the same flags."""
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    if env.get("JAX_PLATFORMS", "cpu").split(",")[0].strip() == "cpu":
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "")
+                            + " --xla_backend_optimization_level=0").strip()
     return subprocess.run([sys.executable, "-m", "gradflow.run", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 

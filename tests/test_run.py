@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import matplotlib.image as mpimg
@@ -19,8 +16,8 @@ from gradflow.experiments import evaluation, side_by_side as experiment, verdict
 from gradflow.plot import comparison
 from gradflow.analysis import theory
 from _backend import rerun_is_bit_identical
+from conftest import run_cli
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--depth", "4", "--width", "4", "--steps", "3", "--log-every", "1",
         "--archs", "plain,residual_bn"]
 ARCHS = list(gf.models.ARCHS)
@@ -29,10 +26,8 @@ FILES = ([f"{a}_history.npz" for a in ARCHS] + [f"{a}_heatmap.png" for a in ARCH
             "summary.json", "report.html", "run.json"])
 
 
-def _cli(*args, cwd):
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-m", "gradflow.run", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+# `python -m gradflow.run ARGS` in a subprocess, as the default run is made (XLA -O0 on CPU)
+_cli = run_cli
 
 
 @pytest.fixture
@@ -157,19 +152,20 @@ def test_data_options_fail_cleanly_naming_the_file(args, needle, tmp_path, monke
 
 
 def test_a_real_format_dataset_runs_end_to_end(tmp_path, monkeypatch, capsys):
-    """--dataset npz: grey 8x8 images, 3 classes; the network adapts to shape and classes."""
+    """--dataset npz: grey 8x8 images, 3 classes; the network adapts to shape and classes (a BN
+    net: its norm layers too; every arch is built by the same code from the data's shape)."""
     monkeypatch.chdir(tmp_path)
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "tiny.npz", x=rng.random((60, 8, 8, 1), dtype=np.float32),
              y=rng.integers(0, 3, 60))
     assert cli.main(["--dataset", "npz", "--data-dir", "tiny.npz", "--depth", "3", "--width",
-                     "2", "--steps", "2", "--batch-size", "8", "--archs", "plain,bn", "--out",
+                     "2", "--steps", "2", "--batch-size", "8", "--archs", "bn", "--out",
                      "o", "--quiet"]) == 0
     s = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert s["data"]["name"] == "tiny" and s["data"]["image_shape"] == [8, 8, 1]
     assert s["data"]["num_classes"] == 3 and s["data"]["n_test"] == 12
     assert all(a["status"] == "ok" for a in s["archs"])
-    assert "plain" in capsys.readouterr().out
+    assert [a["arch"] for a in s["archs"]] == ["bn"] and "bn" in capsys.readouterr().out
 
 
 def test_accepted_values_are_named(capsys):
@@ -312,8 +308,8 @@ def test_run_figures_render_with_zeros_nan_and_a_diverged_arch():
 @rerun_is_bit_identical
 def test_same_command_same_seed_gives_bit_identical_histories(tiny_run, tmp_path):
     """Determinism on CPU (and on a GPU with XLA's deterministic kernels, which the CLI turns
-    on): a second process running the same settings and seed writes the same
-    histories bit for bit (on two of the archs: each arch is built and fed from the seed alone,
+    on): a second process running the same settings and seed (and XLA flags: both through
+    run_cli) writes the same histories bit for bit (on two of the archs: each arch is built and fed from the seed alone,
     whatever the other archs of the run)."""
     _, out = tiny_run
     proc = _cli(*TINY, "--out", "again", "--quiet", cwd=tmp_path)
