@@ -21,12 +21,17 @@ def test_seed_resnet_matches_keras():
     # 73856+147584+8320 | 129
     assert n_params(model) == 297_697
     x = jnp.full((2, 32, 32, 3), 255.0)
-    shapes, h = [], x / 255
-    for block in model.blocks:
-        h = block(h)
-        shapes.append(h.shape)
-    assert shapes == [(2, 16, 16, 32), (2, 8, 8, 64), (2, 8, 8, 128)]
-    p = model(x)
+
+    @nnx.jit  # one compiled program, not one per eager op
+    def run(model, x):
+        shapes, h = [], x / 255
+        for block in model.blocks:
+            h = block(h)
+            shapes.append(h.shape)
+        return shapes, model(x)
+
+    shapes, p = run(model, x)
+    assert [tuple(s) for s in shapes] == [(2, 16, 16, 32), (2, 8, 8, 64), (2, 8, 8, 128)]
     assert p.shape == (2, 1) and bool(jnp.all((p > 0) & (p < 1)))
     one_by_one = [np.broadcast_to(m.strides, 2).tolist() for _, m in nnx.iter_modules(model)
                   if isinstance(m, nnx.Conv) and tuple(m.kernel_size) == (1, 1)]
@@ -48,18 +53,32 @@ def count_depth(snapshot_layers, model):
     pytest.param("residual_bn", 10, 3, "separable", marks=pytest.mark.slow),
     ("plain", 2, 1, "standard")])
 def test_depth_counts_weight_layers_on_longest_path(arch, depth, stages, conv):
-    model = M.cnn(arch, depth, width=4, stages=stages, conv=conv, rngs=nnx.Rngs(0))
-    snap = gf.probe(model, (jnp.ones((2, 8, 8, 3)), jnp.zeros(2, jnp.int32)))
-    assert count_depth(snap.layers, model) == depth
+    """The rows are fixed when the probe is traced: built and probed abstractly
+    (jax.eval_shape: nothing initialized, compiled or run)."""
+    x, y, rows = jnp.ones((2, 8, 8, 3)), jnp.zeros(2, jnp.int32), []
+
+    def probe():
+        model = M.cnn(arch, depth, width=4, stages=stages, conv=conv, rngs=nnx.Rngs(0))
+        rows.append((gf.probe(model, (x, y)).layers, model))
+
+    jax.eval_shape(probe)
+    assert count_depth(*rows[0]) == depth
 
 
 def test_pyramid_stages_double_width_and_halve_resolution():
-    model = M.cnn("residual_bn", 14, width=4, stages=3, rngs=nnx.Rngs(0))
-    feats = []
-    h = model.stem(jnp.ones((1, 16, 16, 3)))
-    for stage in model.stages:
-        h = stage(h)
-        feats.append(h.shape)
+    """Shapes only: built and run abstractly (jax.eval_shape: nothing initialized or run)."""
+    feats, built = [], []
+
+    def run():
+        model = M.cnn("residual_bn", 14, width=4, stages=3, rngs=nnx.Rngs(0))
+        h = model.stem(jnp.ones((1, 16, 16, 3)))
+        for stage in model.stages:
+            h = stage(h)
+            feats.append(h.shape)
+        built.append(model)
+
+    jax.eval_shape(run)
+    model = built[0]
     assert feats == [(1, 16, 16, 4), (1, 8, 8, 8), (1, 4, 4, 16)]
     assert model.stages[1].first.shortcut is not None  # strided 1x1 projection
     assert np.broadcast_to(model.stages[1].first.shortcut.layer.strides, 2).tolist() == [2, 2]
