@@ -200,8 +200,8 @@ def cnn(arch: str, depth: int, *, width: int = 16, in_channels: int = 3, num_cla
       ValueError: for an invalid choice, or a depth or stage count the arch cannot realize.
 
     Example:
-      >>> model = gf.models.cnn("residual_bn", 8, width=8, stages=2, rngs=nnx.Rngs(0))
-      >>> model(jnp.ones((2, 16, 16, 3))).shape
+      >>> model = gf.models.cnn("residual_bn", 4, width=4, stages=1, rngs=nnx.Rngs(0))
+      >>> model(jnp.ones((2, 8, 8, 3))).shape
       (2, 10)
     """
     _check_common(arch, depth, width, init, activation, stack, stages)
@@ -264,9 +264,9 @@ def mlp(arch: str, depth: int, *, width: int, in_features: int, num_classes: int
       ValueError: for an invalid choice, or a depth the arch cannot realize.
 
     Example:
-      >>> model = gf.models.mlp("residual_bn", 10, width=64, in_features=16 * 16 * 3,
+      >>> model = gf.models.mlp("residual_bn", 4, width=8, in_features=4 * 4 * 3,
       ...                       num_classes=10, rngs=nnx.Rngs(0))
-      >>> model(jnp.ones((2, 16, 16, 3))).shape
+      >>> model(jnp.ones((2, 4, 4, 3))).shape
       (2, 10)
     """
     _check_common(arch, depth, width, init, activation, stack, 1)
