@@ -3,6 +3,7 @@ nothing registered: one row per layer and iteration with every metric, each agai
 re-implementation that unrolls the loop in Python, adds a zero perturbation to every layer's
 output and differentiates with `jax.grad` (no gradflow code); gradients bit for bit those of
 nnx.value_and_grad. A layer under an nnx.vmap call still cannot be probed: one warning."""
+import functools
 import warnings
 
 import jax
@@ -73,6 +74,11 @@ def _layer_norm(h, scale, bias):
     return (h - mu) / jnp.sqrt(((h - mu) ** 2).mean(-1, keepdims=True) + 1e-6) * scale + bias
 
 
+@functools.cache  # the same weights (nnx.Rngs(0)) with and without remat: computed once
+def _transformer_reference_once():
+    return _transformer_reference(ScannedTransformer(nnx.Rngs(0)))
+
+
 def _transformer_reference(model):
     """{row name: (‖∂L/∂W‖, ‖∂L/∂z‖, ‖W‖, [mean, std, dead] of what the row passes on)} of the
     blocks unrolled in a Python loop. Without activation modules, a row passes on the next row's
@@ -123,7 +129,7 @@ def _transformer_reference(model):
             ("attn/value", (4, 5, 2, 4)), ("attn/out", (4, 5, D)), ("up", (4, 5, 16)),
             ("down", (4, 5, D)))}
     eps = {r: jnp.zeros(s) for r, s in shapes.items()}
-    (g_w, g_eps), passed = jax.grad(forward, argnums=(0, 1), has_aux=True)(w, eps)
+    (g_w, g_eps), passed = jax.jit(jax.grad(forward, argnums=(0, 1), has_aux=True))(w, eps)
     ref = {}
     for r in rows:
         key, i = (r, None) if "/" not in r else (r.split("/", 2)[2].split("/")[-1], int(
@@ -172,7 +178,7 @@ def _measured(model_fn, loss_fn, *args):
 def test_vmap_made_blocks_run_by_nnx_scan_get_a_row_per_layer_and_block(remat):
     make = lambda: ScannedTransformer(nnx.Rngs(0), remat=remat)
     snap = _measured(make, _lm_loss, TOKENS, LABELS)
-    _check(snap, _transformer_reference(make()))
+    _check(snap, _transformer_reference_once())
     assert jax.lax.scan is gf.instrument.transforms._ORIGINAL["scan"]  # interception undone
 
 
@@ -243,7 +249,7 @@ def _chain_reference(kernels, biases, head_k, head_b, names, grad_of):
         return jnp.mean(out ** 2), passed + [out]
 
     eps = [jnp.zeros((6, 4))] * len(kernels) + [jnp.zeros((6, 2))]
-    (g_k, g_h, g_eps), passed = jax.grad(forward, argnums=(0, 1, 2), has_aux=True)(
+    (g_k, g_h, g_eps), passed = jax.jit(jax.grad(forward, argnums=(0, 1, 2), has_aux=True))(
         list(kernels), head_k, eps)
     g_all, w_all = [sum(g_k[j] for j in grad_of(r)) for r in range(len(kernels))] + [g_h], \
         list(kernels) + [head_k]
