@@ -83,7 +83,7 @@ def transformer_reference(model, tokens):
 
     shapes = [(4, 5, 8)] + [(4, 5, 2, 4)] * 3 + [(4, 5, 8), (4, 3)]
     eps = [jnp.zeros(s) for s in shapes]
-    (g_w, g_eps), tensors = jax.grad(forward, argnums=(0, 1), has_aux=True)(w, eps)
+    (g_w, g_eps), tensors = jax.jit(jax.grad(forward, argnums=(0, 1), has_aux=True))(w, eps)
     return w, g_w, g_eps, tensors
 
 
@@ -126,7 +126,7 @@ def test_weight_tied_head_is_a_row_of_the_embedding():
         return cross_entropy(jnp.tanh(z) @ emb.T + eps[2], labels)
 
     eps = [jnp.zeros((4, 5, 8)), jnp.zeros((4, 8)), jnp.zeros((4, 11))]
-    g_emb, g_k, g_eps = jax.grad(loss, argnums=(0, 1, 2))(emb, k, eps)
+    g_emb, g_k, g_eps = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(emb, k, eps)
     # both rows of the shared embedding report its whole gradient, as any layer called twice
     check_rows(snap, [g_emb, g_k, g_emb], [emb, k, emb], g_eps)
 
@@ -155,7 +155,8 @@ def test_einsum_rows_match_reference():
         h = jax.nn.relu(z).reshape(6, 8)
         return cross_entropy(h @ w[1] + b[1] + eps[1], Y)
 
-    g_w, g_eps = jax.grad(loss, argnums=(0, 1))(w, [jnp.zeros((6, 2, 4)), jnp.zeros((6, 5))])
+    g_w, g_eps = jax.jit(jax.grad(loss, argnums=(0, 1)))(
+        w, [jnp.zeros((6, 2, 4)), jnp.zeros((6, 5))])
     check_rows(snap, g_w, w, g_eps)
 
 
@@ -217,7 +218,7 @@ def test_stacked_new_kinds_get_one_row_per_slice():
             h = h + jnp.einsum("blhd,hdf->blf", z, mk[i])
         return cross_entropy(jnp.mean(h, axis=1) @ hk + hb, LABELS)
 
-    g = jax.grad(loss, argnums=(0, 1, 2, 3))(emb, pk, mk, hk)
+    g = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))(emb, pk, mk, hk)
     names = ["embeds/{}", "blocks/proj/{}", "blocks/mix/{}"]
     grads = {n.format(i): a[i] for n, a in zip(names, g) for i in range(a.shape[0])}
     weights = {n.format(i): a[i] for n, a in zip(names, (emb, pk, mk))
@@ -233,12 +234,16 @@ def test_stacked_new_kinds_get_one_row_per_slice():
 
 def test_every_kind_is_a_weight_layer_with_its_parameter():
     from gradflow.instrument.registry import kind_of, weight_kind
-    layers = {nnx.Linear(2, 3, rngs=nnx.Rngs(0)): ("kernel", 2),
-              nnx.LinearGeneral(2, (3, 4), rngs=nnx.Rngs(0)): ("kernel", 3),
-              nnx.Einsum("ab,bcd->acd", (2, 3, 4), rngs=nnx.Rngs(0)): ("kernel", 3),
-              nnx.Conv(2, 3, (3, 3), rngs=nnx.Rngs(0)): ("kernel", 4),
-              nnx.ConvTranspose(2, 3, (3,), rngs=nnx.Rngs(0)): ("kernel", 3),
-              nnx.Embed(5, 3, rngs=nnx.Rngs(0)): ("embedding", 2)}
+    # built abstractly (nnx.eval_shape: shapes only, no initializer runs)
+    layers = {nnx.eval_shape(lambda: nnx.Linear(2, 3, rngs=nnx.Rngs(0))): ("kernel", 2),
+              nnx.eval_shape(lambda: nnx.LinearGeneral(2, (3, 4), rngs=nnx.Rngs(0))): (
+                  "kernel", 3),
+              nnx.eval_shape(lambda: nnx.Einsum("ab,bcd->acd", (2, 3, 4), rngs=nnx.Rngs(0))): (
+                  "kernel", 3),
+              nnx.eval_shape(lambda: nnx.Conv(2, 3, (3, 3), rngs=nnx.Rngs(0))): ("kernel", 4),
+              nnx.eval_shape(lambda: nnx.ConvTranspose(2, 3, (3,), rngs=nnx.Rngs(0))): (
+                  "kernel", 3),
+              nnx.eval_shape(lambda: nnx.Embed(5, 3, rngs=nnx.Rngs(0))): ("embedding", 2)}
     assert set(map(type, layers)) == set(gf.instrument.WEIGHT_LAYERS)
     for m, (param, ndim) in layers.items():
         kind = weight_kind(m)
