@@ -9,7 +9,6 @@ computed by the same code (tested to agree bit for bit).
 """
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 import optax
