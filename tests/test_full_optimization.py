@@ -24,6 +24,12 @@ TESTS = [
 @cpu_only
 def test_bit_identity_holds_at_full_optimization():
     env = {**os.environ, "XLA_FLAGS": FULL_OPTIMIZATION_FLAGS}
+    # the suite's conftest keeps a caller's XLA_FLAGS: the subprocess compiles at full level
+    code = "import os, conftest; print(os.environ['XLA_FLAGS'])"
+    seen = subprocess.run([sys.executable, "-c", code],
+                          cwd=ROOT / "tests", env=env, capture_output=True, text=True, timeout=60)
+    assert seen.stdout.strip() == FULL_OPTIMIZATION_FLAGS, seen.stdout + seen.stderr
+    assert "optimization_level" not in FULL_OPTIMIZATION_FLAGS
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p",
                            "no:cacheprovider", *TESTS], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)

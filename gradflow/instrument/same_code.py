@@ -5,7 +5,7 @@ compute the same thing; keyed by identity, the second call would trace and compi
 again. `code_key` keys a function (an optax `GradientTransformation` is a tuple of two) by its
 code, its closure's values and the globals its code names, recursively, and refuses anything
 whose behaviour it cannot pin down (then the caller keys by identity), so equal keys mean the
-same computation.
+same computation. `cached` is the bounded memo the compiled-step caches share.
 """
 from __future__ import annotations
 
@@ -17,6 +17,26 @@ import numpy as np
 _SCALARS = (type(None), bool, int, float, complex, str, bytes)
 _MAX_DEPTH = 32
 _MAX_ARRAY = 64  # entries of a small numpy constant keyed by value
+
+
+def cached(store: dict, key, build, limit: int = 64):
+    """`store[key]`, made by `build()` the first time; past `limit` entries the store starts
+    over (a long session building many models does not keep every compilation alive).
+
+    Args:
+      store: the cache.
+      key: a hashable key (pass functions through `code_key`).
+      build: makes the value.
+      limit: the most entries kept.
+
+    Returns:
+      The cached value.
+    """
+    if key not in store:
+        if len(store) >= limit:
+            store.clear()
+        store[key] = build()
+    return store[key]
 
 
 class Unkeyable(Exception):

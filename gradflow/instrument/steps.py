@@ -16,22 +16,17 @@ import optax
 from ..conv_layout import canonical_convs
 from . import registry
 from .measure import Layout, apply, discover, update_ratios, value_grads_and_stats
-from .same_code import code_key
+from .same_code import cached, code_key
 
 _LAYOUTS: dict = {}
 _STEPS: dict = {}  # (builder, structure, layout, code keys of the functions) -> compiled steps
-_MAX_STEPS = 64
 
 
 def _cached(build, graphdef, layout, *functions):
     """`build(graphdef, layout, *functions)`, once per structure, layout and what the
     functions compute."""
-    key = (build, graphdef, layout, *map(code_key, functions))
-    if key not in _STEPS:
-        if len(_STEPS) >= _MAX_STEPS:
-            _STEPS.clear()
-        _STEPS[key] = build(graphdef, layout, *functions)
-    return _STEPS[key]
+    return cached(_STEPS, (build, graphdef, layout, *map(code_key, functions)),
+                  lambda: build(graphdef, layout, *functions))
 
 
 def layout_for(graphdef, params, rest, x, model=None) -> Layout:

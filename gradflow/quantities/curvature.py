@@ -217,10 +217,15 @@ def _top_ritz(alphas, off):
     """The eigenvalue of largest magnitude of the symmetric tridiagonal matrices with diagonals
     `alphas` (..., m) and off-diagonals `off` (..., m - 1); zero entries past a block's end add
     zero eigenvalues, never a larger magnitude."""
-    t = (jax.vmap(jnp.diag)(alphas.reshape(-1, alphas.shape[-1]))
-         + jax.vmap(lambda e: jnp.diag(e, 1) + jnp.diag(e, -1))(off.reshape(-1, off.shape[-1])))
+    t = jax.vmap(_tridiagonal)(alphas.reshape(-1, alphas.shape[-1]),
+                               off.reshape(-1, off.shape[-1]))
     ritz = jnp.linalg.eigvalsh(t)
     return ritz[jnp.arange(len(ritz)), jnp.argmax(jnp.abs(ritz), axis=1)].reshape(alphas.shape[:-1])
+
+
+def _tridiagonal(diagonal, off):
+    """The symmetric tridiagonal matrix with `diagonal` (m,) and off-diagonal `off` (m - 1,)."""
+    return jnp.diag(diagonal) + jnp.diag(off, 1) + jnp.diag(off, -1)
 
 
 def _lanczos(matvec, v0, rtol: float, max_iter: int, unroll: bool,
@@ -237,7 +242,7 @@ def _lanczos(matvec, v0, rtol: float, max_iter: int, unroll: bool,
     keeps the Lanczos vectors (`max_iter` flat parameter vectors) and returns the Ritz vector
     of the value, Σⱼ sⱼ qⱼ for the top eigenvector s of the k x k tridiagonal matrix."""
     q, _, _ = _normalize(v0)
-    flat, unravel = ravel_pytree(q)
+    flat, unravel = ravel_pytree(q) if ritz_vector else (None, None)
     q_prev, beta = _scale(q, 0.0), jnp.float32(0)
     if unroll:
         steps, basis = [], []
@@ -296,7 +301,7 @@ def _ritz(alphas, betas, k, basis, unravel, fallback):
     keep = jnp.arange(m) < k
     a = jnp.nan_to_num(jnp.where(keep, alphas, 0))
     b = jnp.nan_to_num(jnp.where(jnp.arange(m - 1) < k - 1, betas[:-1], 0))
-    values, vectors = jnp.linalg.eigh(jnp.diag(a) + jnp.diag(b, 1) + jnp.diag(b, -1))
+    values, vectors = jnp.linalg.eigh(_tridiagonal(a, b))
     # padding adds zero eigenvalues with eigenvectors outside the block: pick within it
     inside = jnp.sum(jnp.where(keep[:, None], vectors ** 2, 0), axis=0) > 0.5
     top = jnp.argmax(jnp.where(inside, jnp.abs(values), -1))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from ..instrument.same_code import code_key
+from ..instrument.same_code import cached, code_key
 from . import curvature
 from .examples import batch_noise, training_loss
 
@@ -24,16 +24,14 @@ def noise_step(graphdef, segments, loss_fn, chunk: int):
     Returns:
       The compiled step (cached).
     """
-    key = (graphdef, segments, code_key(loss_fn), chunk)
-    if key not in _NOISE_STEPS:
+    def build():
         @jax.jit
         def step(params, rest, x, y):
             return batch_noise(lambda m, b: loss_fn(m(b[0]), b[1]), graphdef, params, rest,
                                segments, [x, y], chunk)
-        if len(_NOISE_STEPS) >= 64:
-            _NOISE_STEPS.clear()
-        _NOISE_STEPS[key] = step
-    return _NOISE_STEPS[key]
+        return step
+
+    return cached(_NOISE_STEPS, (graphdef, segments, code_key(loss_fn), chunk), build)
 
 
 def measure_curvature(loss, params, segments, v0, key, *, samples: int, max_iter: int,
@@ -95,16 +93,14 @@ def curvature_step(graphdef, segments, loss_fn, *, samples: int, max_iter: int, 
       The compiled step (cached). Its dict holds `CURVATURE_SCALARS` (0-d) and
       `CURVATURE_METRICS` ((n_rows,)).
     """
-    key_ = (graphdef, segments, code_key(loss_fn), samples, max_iter, unroll, rtol, method,
-            ritz_vector)
-    if key_ not in _CURVATURE_STEPS:
+    def build():
         @jax.jit
         def step(params, rest, x, y, v0, key):
             return measure_curvature(training_loss(graphdef, rest, loss_fn, x, y), params,
                                      segments, v0, key, samples=samples, max_iter=max_iter,
                                      unroll=unroll, rtol=rtol, method=method,
                                      ritz_vector=ritz_vector)
-        if len(_CURVATURE_STEPS) >= 64:
-            _CURVATURE_STEPS.clear()
-        _CURVATURE_STEPS[key_] = step
-    return _CURVATURE_STEPS[key_]
+        return step
+
+    return cached(_CURVATURE_STEPS, (graphdef, segments, code_key(loss_fn), samples, max_iter,
+                                     unroll, rtol, method, ritz_vector), build)
