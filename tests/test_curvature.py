@@ -99,8 +99,8 @@ def test_max_eigenvalue_is_the_dense_eigenvalue_of_largest_magnitude(mlp, dense)
 
 def test_lanczos_is_the_dense_eigenvalue_in_fewer_products(mlp, dense):
     want = _top(dense)
-    # max_iter 100 (Cockpit's default): every loop step solves a max_iter-square tridiagonal
-    # eigenproblem, and the Krylov space of these 46 parameters closes long before
+    # max_iter 100 (Cockpit's default): the Krylov space of these 46 parameters closes long
+    # before
     tight = mlp.run(cv.max_eigenvalue, rtol=1e-6, max_iter=100, method="lanczos")
     assert bool(tight.converged) and tight.vector is None
     assert float(tight.value) == pytest.approx(want, rel=1e-5)
@@ -115,7 +115,7 @@ def test_lanczos_is_the_dense_eigenvalue_in_fewer_products(mlp, dense):
 def test_a_negative_dominant_eigenvalue_keeps_its_sign(method):
     loss = lambda w: 0.5 * (1.0 * w[0] ** 2 - 4.0 * w[1] ** 2 + 2.0 * w[2] ** 2)
     # compiled (eagerly the loop body dispatches op by op); 100 products are plenty for 3
-    # parameters, and each Lanczos step solves a max_iter-square eigenproblem
+    # parameters
     ev = jax.jit(lambda w: cv.max_eigenvalue(loss, w, rtol=1e-6, max_iter=100, method=method))(
         jnp.ones(3))
     assert float(ev.value) == pytest.approx(-4.0, rel=1e-4) and bool(ev.converged)
