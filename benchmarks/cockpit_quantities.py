@@ -52,7 +52,7 @@ import time
 import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import peers  # noqa: E402  (torch, BackPACK, Cockpit; sets the thread count from --threads)
+# peers imports torch, BackPACK and Cockpit and sets the thread count from --threads
 from peers import (BATCH, LR, MOMENTUM, TorchCNN, TorchResidualBlock, _to_torch,  # noqa: E402
                    copy_weights, cockpit_step, machine, summarize, time_interleaved, torch_step)
 
@@ -67,7 +67,6 @@ from cockpit.utils import schedules  # noqa: E402
 from scipy.sparse.linalg import LinearOperator, eigsh  # noqa: E402
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 

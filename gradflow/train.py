@@ -72,7 +72,8 @@ def train(model, batches, *, steps: int, optimizer, log_every: int = 1, loss=Non
     The compiled steps are cached per model structure, input shape, loss and optimizer, the
     loss and optimizer keyed by what they compute (`gradflow.instrument.same_code.code_key`):
     a later call with `optax.sgd(0.1)` built again reuses them (60 steps of the depth-50
-    residual_bn CNN on 2 CPU cores: 6.7 s, against 18.9 s when they are compiled). An
+    residual_bn CNN on 2 CPU cores: 7.0 s, against 18.5 s when they are compiled;
+    `python benchmarks/train_cache.py`). An
     optimizer whose functions close over a device array (a learning rate given as a
     `jnp.array`) is keyed by the object itself.
 
