@@ -3,7 +3,8 @@
 A checkpoint of one architecture holds everything `gf.train` needs to continue bit for bit: the
 parameters, the optimizer state, the model's other state (BatchNorm statistics, RNG keys and
 counters), the step reached — which is also the data position, since the batch order is a
-function of the seed and resuming skips that many batches — and the records so far.
+function of the seed and resuming skips that many batches — the records so far, and, in runs
+that measure curvature, where the next measurement starts (`TrainState.curvature_start`).
 
 `ArchSaver` gives `gf.train` its `resume` and `on_record` hooks for one architecture of a run:
 the History so far goes to `<arch>_history.npz` at the first record and then at most every
@@ -52,6 +53,11 @@ def _is_key(leaf) -> bool:
 
 def _host(leaf) -> np.ndarray:
     return np.asarray(jax.random.key_data(leaf) if _is_key(leaf) else leaf)
+
+
+def _numbered(tree) -> dict:
+    """A pytree's leaves as host arrays keyed "00000", "00001", ... in flattening order."""
+    return {f"{i:05d}": _host(leaf) for i, leaf in enumerate(jax.tree.leaves(tree))}
 
 
 def _stack(records: list, at, layers) -> dict:
@@ -118,17 +124,22 @@ class Checkpoint:
         """
         ocp = _ocp()
         leaves, treedef = jax.tree.flatten((state.params, state.rest, state.opt_state))
-        arrays = {f"{i:05d}": _host(leaf) for i, leaf in enumerate(leaves)}
+        arrays = _numbered(leaves)
         header = {"format": _FORMAT, "step": int(state.step), "treedef": str(treedef),
                   "shapes": [list(a.shape) for a in arrays.values()],
                   "layers": list(state.layers), "meta": meta or {}}
-        records = _stack(jax.device_get(list(state.records)), state.at, state.layers)
+        items = {"state": ocp.args.StandardSave(arrays),
+                 "records": ocp.args.StandardSave(_stack(jax.device_get(list(state.records)),
+                                                         state.at, state.layers))}
+        if state.curvature_start is not None:
+            start = _numbered(state.curvature_start)
+            header["curvature_shapes"] = [list(a.shape) for a in start.values()]
+            items["curvature"] = ocp.args.StandardSave(start)
         before = set(threading.enumerate())
         try:
             with _orbax_quiet():
                 self._mgr().save(int(state.step), args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(arrays), records=ocp.args.StandardSave(records),
-                    header=ocp.args.JsonSave(header)), force=True)
+                    header=ocp.args.JsonSave(header), **items), force=True)
                 self._mgr().wait_until_finished()
         except Exception as e:
             with _orbax_quiet(pass_on=False):
@@ -146,7 +157,9 @@ class Checkpoint:
             shapes must match the saved ones.
 
         Returns:
-          The saved TrainState, records and layer names included.
+          The saved TrainState, records and layer names included. Its `curvature_start` is
+          the saved one where `fresh` has one of the same shapes, else None (a checkpoint of
+          a run without curvature: the next measurement starts from a random vector).
 
         Raises:
           ValueError: if there is no checkpoint, or it was written for another model or optimizer.
@@ -174,7 +187,22 @@ class Checkpoint:
         params, rest, opt_state = jax.tree.unflatten(treedef, restored)
         at, records = _unstack(got["records"])
         return TrainState(int(header["step"]), params, rest, opt_state, at, records,
-                          tuple(header["layers"]))
+                          tuple(header["layers"]), self._curvature_start(mgr, step, header, fresh))
+
+    @staticmethod
+    def _curvature_start(mgr, step: int, header: dict, fresh: TrainState):
+        """The saved curvature start laid out as `fresh`'s, or None where either has none or
+        their shapes differ."""
+        if fresh.curvature_start is None:
+            return None
+        leaves, treedef = jax.tree.flatten(fresh.curvature_start)
+        if header.get("curvature_shapes") != [list(np.shape(a)) for a in leaves]:
+            return None
+        abstract = {k: jax.ShapeDtypeStruct(np.shape(a), a.dtype)
+                    for k, a in _numbered(fresh.curvature_start).items()}
+        got = mgr.restore(step, args=_ocp().args.Composite(
+            curvature=_ocp().args.StandardRestore(abstract)))["curvature"]
+        return jax.tree.unflatten(treedef, [jnp.asarray(got[k]) for k in sorted(abstract)])
 
     def _abandon(self, before: set) -> None:
         """After a failed save: waits for the writer threads it started, closes the manager and

@@ -50,6 +50,8 @@ class TrainState(NamedTuple):
       at: the steps of the records so far.
       records: the records so far, one dict of arrays per record.
       layers: the layer names, in network order.
+      curvature_start: where the next curvature measurement starts (the last measurement's
+        Ritz vector, a pytree like `params`), or None without `curvature_every`.
     """
     step: int
     params: Any
@@ -58,6 +60,7 @@ class TrainState(NamedTuple):
     at: list
     records: list
     layers: tuple = ()
+    curvature_start: Any = None
 
 
 def train(model, batches, *, steps: int, optimizer, log_every: int = 1, loss=None,
@@ -160,9 +163,12 @@ def train(model, batches, *, steps: int, optimizer, log_every: int = 1, loss=Non
     opt_state = optimizer.init(params)
     begin, records, at = 0, [], []
     if resume is not None:
-        saved = resume(TrainState(0, params, rest, opt_state, [], [], layout.names))
+        saved = resume(TrainState(0, params, rest, opt_state, [], [], layout.names,
+                                  extras.curvature_start))
         begin, params, rest, opt_state = saved.step, saved.params, saved.rest, saved.opt_state
         at, records = list(saved.at), list(saved.records)
+        if saved.curvature_start is not None:  # else a random start, as in a new run
+            extras.curvature_start = saved.curvature_start
     if mesh is not None:
         instrumented, bare = (distributed.sharded(f, mesh, 3) for f in (instrumented, bare))
         params, rest, opt_state = distributed.replicate((params, rest, opt_state), mesh)
@@ -192,8 +198,8 @@ def train(model, batches, *, steps: int, optimizer, log_every: int = 1, loss=Non
             progress(step)
         stopped = stop is not None and stop() and done < steps
         if on_record is not None and (stopped or step in record_at):
-            on_record(TrainState(done, params, rest, opt_state, at, records, layout.names),
-                      stopped)
+            on_record(TrainState(done, params, rest, opt_state, at, records, layout.names,
+                                 extras.curvature_start), stopped)
         if loggers and step in record_at and (
                 logged_at is None or _history._clock() - logged_at >= FLUSH_S):
             _write_loggers(loggers, layout.names, at, records, host, _meta(layout, extras))

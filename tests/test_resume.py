@@ -178,6 +178,37 @@ def test_train_resumed_from_its_own_hooks_matches_an_uninterrupted_train():
         np.testing.assert_array_equal(resumed[k], whole[k])
 
 
+def test_train_with_curvature_resumed_from_a_checkpoint_matches_an_uninterrupted_train(
+        tmp_path):
+    """Curvature measurements warm-start from the last Ritz vector; the checkpoint keeps it, so
+    the measurements after a resume are bit for bit those of the uninterrupted run."""
+    x = np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32)
+    batches = [(x + i, np.arange(8) % 2) for i in range(7)]
+    tx = optax.sgd(0.1, momentum=0.9)
+    options = dict(steps=7, optimizer=tx, log_every=2, curvature_every=2)
+    whole = gf.train(Small(4, nnx.Rngs(1)), batches, **options)
+    saved = []
+    gf.train(Small(4, nnx.Rngs(1)), batches, **options,
+             on_record=lambda s, final: saved.append(s), stop=lambda: len(saved) >= 2)
+    state = saved[-1]
+    assert state.step == 4 and state.curvature_start is not None
+    ckpt = Checkpoint(tmp_path / "ck")
+    ckpt.save(state)
+    ckpt.close()
+    resumed = gf.train(Small(4, nnx.Rngs(1)), batches, **options,
+                       resume=Checkpoint(tmp_path / "ck").restore)
+    np.testing.assert_array_equal(resumed.steps, whole.steps)
+    for k in ("hess_max_ev", "hess_trace", "layer_hess_trace", "grad_norm"):
+        np.testing.assert_array_equal(resumed[k], whole[k], err_msg=k)
+    # a run without curvature resumed from that checkpoint ignores the saved start, and a
+    # checkpoint without one gives a run with curvature its random start
+    got = Checkpoint(tmp_path / "ck").restore(state._replace(curvature_start=None))
+    assert got.curvature_start is None
+    plain = tmp_path / "plain"
+    Checkpoint(plain).save(state._replace(curvature_start=None))
+    assert Checkpoint(plain).restore(state).curvature_start is None
+
+
 # -- real signals and kill -9 (subprocesses) --------------------------------------------------------
 
 SIGNALLED = ["--depth", "4", "--width", "4", "--batch-size", "8", "--archs", "plain,bn",

@@ -33,6 +33,11 @@ class Extras:
         a random vector) and stops at rtol 1e-3 or after `CURVATURE_MAX_ITER` products; the
         trace takes `CURVATURE_SAMPLES` Hutchinson samples.
 
+    Attributes:
+      curvature_start: where the next curvature measurement starts (a pytree like `params`;
+        None without `curvature_every`). `gf.train` checkpoints it, so a resumed run measures
+        exactly as an uninterrupted one.
+
     Raises:
       ValueError: for noise on batches of one example.
     """
@@ -58,7 +63,9 @@ class Extras:
                                              max_iter=CURVATURE_MAX_ITER,
                                              method="lanczos" if lanczos else "power",
                                              ritz_vector=lanczos)
-            self._vector = curvature.random_direction(params)
+            self.curvature_start = curvature.random_direction(params)
+        else:
+            self.curvature_start = None
         if noise_every is not None:
             self._noise = noise_step(graphdef, row_segments(params, layout), loss_fn,
                                      noise_chunk(params, batch, chunk))
@@ -94,8 +101,9 @@ class Extras:
                 out |= self._blank["noise"]
         if self.curvature_every is not None:
             if step % self.curvature_every == 0:
-                taken, self._vector = self._curvature(params, rest, x, y, self._vector,
-                                                      jax.random.fold_in(jax.random.key(0), step))
+                key = jax.random.fold_in(jax.random.key(0), step)
+                taken, self.curvature_start = self._curvature(params, rest, x, y,
+                                                              self.curvature_start, key)
                 out |= taken
             else:
                 out |= self._blank["curvature"]
