@@ -42,10 +42,11 @@ from .history import History
 from .snapshot import Snapshot
 from .models.freeze import freeze_batchnorm, unfreeze_batchnorm
 from .probe import probe
+from .quantities.start import CurvatureStart
 from .train import recorded_steps, train
 
 __version__ = "0.1.0"
-__all__ = ["value_and_grad", "update_ratio", "probe", "train", "recorded_steps", "Snapshot", "History", "diagnose", "Finding",
+__all__ = ["value_and_grad", "update_ratio", "CurvatureStart", "probe", "train", "recorded_steps", "Snapshot", "History", "diagnose", "Finding",
            "summary", "Summary", "freeze_batchnorm", "unfreeze_batchnorm", "models", "data",
            "losses", "theory", "flops", "distributed", "instrument", "plot", "integrations",
            "report"]

@@ -35,6 +35,7 @@ from .instrument.measure import Layout, discover_call, measure_call, update_rati
 from .instrument.recorder import Row
 from .instrument.steps import abstract
 from .quantities.in_step import batch_leaves, step_quantities
+from .quantities.start import CurvatureStart
 from .snapshot import Snapshot
 
 
@@ -58,14 +59,18 @@ def value_and_grad(fn, *, has_aux: bool = False, noise: bool = False, curvature:
       curvature: also take `hess_max_ev` (Lanczos, rtol 1e-3, at most 100
         Hessian-vector products), `hess_max_ev_converged`, `hess_trace`, `hess_trace_se`
         (Hutchinson, 8 samples) and the rows' `layer_hess_trace(_se)`, of the loss `fn`
-        computes.
+        computes. Each call starts from a random vector unless given a `gf.CurvatureStart`
+        (`grad_fn(model, ..., curvature_start=start)`): then Lanczos starts from the last
+        measurement's Ritz vector (at most 20 products; a few where the top eigenvector moves
+        slowly) and stores the new one there.
       histograms: also take `grad_hist`, each row's (HIST_BINS,) counts of |gradient element|
         in log bins (`gradflow.quantities.histograms`), from `grads` (nearly free).
       noise_chunk: examples per chunk of per-example gradients (default: as many as fit
         256 MiB).
 
     Returns:
-      `grad_fn(model, *args, **kwargs) -> (value, grads, snapshot)`: `value` is the loss (or
+      `grad_fn(model, *args, curvature_start=None, **kwargs) -> (value, grads, snapshot)`
+      (`curvature_start` is gradflow's, never passed to `fn`): `value` is the loss (or
       `(loss, aux)`), `grads` the gradients with respect to the model's `nnx.Param`s as an
       `nnx.State` (as `nnx.value_and_grad` returns them), and `snapshot` a `gf.Snapshot` with
       grad_norm, error_norm, act_mean, act_std, dead_frac and weight_norm per row (one row per
@@ -78,7 +83,8 @@ def value_and_grad(fn, *, has_aux: bool = False, noise: bool = False, curvature:
       gradients.
 
     Raises:
-      TypeError: if `model` is not an NNX module, or an argument (named by position, 1 the first
+      TypeError: if `model` is not an NNX module, `curvature_start` is given without
+        `curvature=True` or is not a `gf.CurvatureStart`, or an argument (named by position, 1 the first
         after the model, or keyword) is unfit: each leaf of `args` and `kwargs` (pytrees; NNX
         objects whole) must be a JAX or numeric numpy array, a Python number or bool, None or
         an NNX object (`nnx.Rngs`), and Python numbers must not sit in a list (array data:
@@ -100,10 +106,11 @@ def value_and_grad(fn, *, has_aux: bool = False, noise: bool = False, curvature:
     """
     token = object()  # this grad_fn's share of the layout cache
 
-    def grad_fn(model, *args, **kwargs):
+    def grad_fn(model, *args, curvature_start=None, **kwargs):
         if not isinstance(model, nnx.Module):
             raise TypeError(f"gf.value_and_grad: the first argument must be an nnx.Module, got "
                             f"{type(model).__name__}")
+        _check_start(curvature_start, curvature)
         _check_arguments(fn, args, kwargs)
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         if not jax.tree.leaves(params):
@@ -152,7 +159,8 @@ def value_and_grad(fn, *, has_aux: bool = False, noise: bool = False, curvature:
 
             extra_metrics, extra_scalars = step_quantities(
                 loss_with, graphdef, params, rest, layout, grads, batch, noise_on=noise,
-                curvature_on=curvature, histograms_on=histograms, chunk=noise_chunk)
+                curvature_on=curvature, histograms_on=histograms, chunk=noise_chunk,
+                curvature_start=curvature_start)
         nnx.update(model, new_rest)
         if nodes:
             nnx.update(tuple(nodes), new_nodes)
@@ -165,6 +173,17 @@ def value_and_grad(fn, *, has_aux: bool = False, noise: bool = False, curvature:
         return ((loss, aux) if has_aux else loss), grads, snapshot
 
     return grad_fn
+
+
+def _check_start(start, curvature: bool) -> None:
+    if start is None:
+        return
+    if not curvature:
+        raise TypeError("gf.value_and_grad: curvature_start= is for a grad_fn made with "
+                        "curvature=True")
+    if not isinstance(start, CurvatureStart):
+        raise TypeError(f"gf.value_and_grad: curvature_start must be a gf.CurvatureStart, got "
+                        f"{type(start).__name__}")
 
 
 UNPROBED = ("gradflow: some weight layers of this model run where calls cannot be probed (an "

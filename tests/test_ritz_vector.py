@@ -95,3 +95,65 @@ def test_train_measures_by_warm_started_lanczos(problem, monkeypatch):
                     curvature_every=2)
     assert list(hist.steps) == [0, 2]
     np.testing.assert_allclose(hist["hess_max_ev"], want, rtol=1e-4)
+
+
+def _loss_fn(model, x, y):
+    return gf.losses.cross_entropy(model(x), y)
+
+
+def test_a_curvature_start_warm_starts_the_user_loop(problem):
+    """gf.value_and_grad(curvature=True) given a gf.CurvatureStart inside nnx.jit: each
+    measurement leaves the Ritz vector there and the next starts from it; the values are the
+    dense Hessian's; the gradients and the training are nnx.value_and_grad's."""
+    _, _, _, want, top = problem
+    model, bare = _mlp(), _mlp()
+    start = gf.CurvatureStart(model)
+    first = np.asarray(start.vector[...])
+    grad_fn = gf.value_and_grad(_loss_fn, curvature=True)
+    opt = nnx.Optimizer(model, optax.sgd(0.0), wrt=nnx.Param)  # lr 0: the same point each step
+
+    @nnx.jit
+    def step(model, opt, start, x, y):
+        loss, grads, snap = grad_fn(model, x, y, curvature_start=start)
+        opt.update(model, grads)
+        return grads, snap
+
+    vectors = []
+    for _ in range(3):
+        grads, snap = step(model, opt, start, X, Y)
+        vectors.append(np.asarray(start.vector[...], np.float64))
+        assert float(snap["hess_max_ev_converged"]) == 1
+        np.testing.assert_allclose(float(snap["hess_max_ev"]), want, rtol=1e-5)
+    assert abs(_cos(first, top)) < 0.9  # the random start was not the eigenvector already
+    for v in vectors:
+        assert abs(_cos(v, top)) > 0.999
+    _, ref = nnx.value_and_grad(_loss_fn)(bare, X, Y)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # from the stored vector the iteration needs fewer products than from the first one
+    loss, params = problem[0], problem[1]
+    cold = cv.max_eigenvalue(loss, params, v0=_unravel_like(first, params), method="lanczos")
+    warm = cv.max_eigenvalue(loss, params, v0=start.direction(params), method="lanczos")
+    assert int(warm.iterations) < int(cold.iterations), (warm.iterations, cold.iterations)
+
+
+def _cos(a, b):
+    return float(np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def _unravel_like(flat, params):
+    return ravel_pytree(params)[1](jnp.asarray(flat))
+
+
+def test_a_curvature_start_is_checked_in_one_line():
+    model = _mlp()
+    start = gf.CurvatureStart(model)
+    with pytest.raises(TypeError, match="curvature=True"):
+        gf.value_and_grad(_loss_fn)(model, X, Y, curvature_start=start)
+    with pytest.raises(TypeError, match="gf.CurvatureStart"):
+        gf.value_and_grad(_loss_fn, curvature=True)(model, X, Y, curvature_start=object())
+    other = gf.models.mlp("plain", 3, width=5, in_features=3, num_classes=2, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="parameters"):
+        gf.value_and_grad(_loss_fn, curvature=True)(other, X, Y, curvature_start=start)
+    with pytest.raises(ValueError, match="no nnx.Param"):
+        gf.CurvatureStart(nnx.Dropout(0.5))

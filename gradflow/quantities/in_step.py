@@ -25,6 +25,7 @@ from .histograms import row_histograms
 from .noise import NOISE_FLAG, NOISE_METRICS, NOISE_SCALARS, noise_chunk
 from .rows import row_segments
 from .steps import CURVATURE_METRICS, CURVATURE_SCALARS, measure_curvature
+from .training import CURVATURE_MAX_ITER, warm_start_method
 
 
 def batch_leaves(args, kwargs) -> tuple[list[int], list]:
@@ -52,8 +53,8 @@ def batch_leaves(args, kwargs) -> tuple[list[int], list]:
 
 
 def step_quantities(loss_with, graphdef, params, rest, layout, grads, batch, *, noise_on: bool,
-                    curvature_on: bool, histograms_on: bool, chunk: int | None
-                    ) -> tuple[dict, dict]:
+                    curvature_on: bool, histograms_on: bool, chunk: int | None,
+                    curvature_start=None) -> tuple[dict, dict]:
     """The requested quantities of one batch, inside a trace.
 
     Args:
@@ -66,6 +67,9 @@ def step_quantities(loss_with, graphdef, params, rest, layout, grads, batch, *, 
       noise_on, curvature_on, histograms_on: which quantities.
       chunk: examples per vmapped chunk of per-example gradients (None: as many as fit
         256 MiB).
+      curvature_start: a `CurvatureStart`: the eigenvalue iteration starts from its vector,
+        as `gf.train`'s measurements do, and stores the new one there. None: Lanczos from a
+        random vector, at most 100 products.
 
     Returns:
       `(metrics, scalars)`: per-row arrays and 0-d arrays, named as `gf.probe` names them.
@@ -85,9 +89,18 @@ def step_quantities(loss_with, graphdef, params, rest, layout, grads, batch, *, 
     if curvature_on:
         def loss(p):
             return loss_with(nnx.merge(graphdef, p, rest, copy=True), batch)
-        out, _ = measure_curvature(loss, params, segments, random_direction(params),
-                                   jax.random.key(0), samples=8, max_iter=100,
-                                   method="lanczos")  # a fresh start every call
+        if curvature_start is None:  # a fresh start every call
+            out, _ = measure_curvature(loss, params, segments, random_direction(params),
+                                       jax.random.key(0), samples=8, max_iter=100,
+                                       method="lanczos")
+        else:
+            method = warm_start_method(params)
+            out, vector = measure_curvature(loss, params, segments,
+                                            curvature_start.direction(params),
+                                            jax.random.key(0), samples=8,
+                                            max_iter=CURVATURE_MAX_ITER, method=method,
+                                            ritz_vector=method == "lanczos")
+            curvature_start.store(vector)
         scalars |= {k: out[k] for k in CURVATURE_SCALARS}
         metrics |= {k: out[k] for k in CURVATURE_METRICS}
     return metrics, scalars

@@ -16,6 +16,20 @@ CURVATURE_SAMPLES = 2  # Hutchinson samples per measurement
 RITZ_BUDGET = 256 << 20  # bytes of Lanczos vectors kept; beyond, power iteration
 
 
+def warm_start_method(params) -> str:
+    """"lanczos" where `CURVATURE_MAX_ITER` Lanczos vectors of `params`' size fit
+    `RITZ_BUDGET`, else "power" (both return the vector the next measurement starts from).
+
+    Args:
+      params: the parameters (arrays or shapes).
+
+    Returns:
+      The `curvature.max_eigenvalue` method of warm-started measurements.
+    """
+    size = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(params))
+    return "lanczos" if CURVATURE_MAX_ITER * size <= RITZ_BUDGET else "power"
+
+
 class Extras:
     """Noise quantities every `noise_every` steps and curvature every `curvature_every` steps
     of a training run.
@@ -56,13 +70,11 @@ class Extras:
             # the first measurement from a random vector, the later ones warm-started; loops
             # (their convolutions as fast as straight-line code: `curvature.canonical_convs`)
             segments = row_segments(params, layout)
-            size = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(params))
-            lanczos = CURVATURE_MAX_ITER * size <= RITZ_BUDGET
+            method = warm_start_method(params)
             self._curvature = curvature_step(graphdef, segments, loss_fn, unroll=False,
                                              samples=CURVATURE_SAMPLES,
-                                             max_iter=CURVATURE_MAX_ITER,
-                                             method="lanczos" if lanczos else "power",
-                                             ritz_vector=lanczos)
+                                             max_iter=CURVATURE_MAX_ITER, method=method,
+                                             ritz_vector=method == "lanczos")
             self.curvature_start = curvature.random_direction(params)
         else:
             self.curvature_start = None
