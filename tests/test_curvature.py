@@ -329,3 +329,17 @@ def test_unrolled_loops_give_the_while_loops_results(mlp):
     flat = mlp.run(cv.block_max_eigenvalues, unroll=True, **kw)
     np.testing.assert_array_equal(np.asarray(flat.iterations), np.asarray(loop.iterations))
     np.testing.assert_allclose(np.asarray(flat.value), np.asarray(loop.value), rtol=1e-5)
+
+
+def test_converged_means_a_small_residual_not_a_small_last_change():
+    """H = diag(1, -1, 0.5) from v0 = (0.8, 0.4, 0.45): power iteration's Rayleigh quotient
+    settles at (0.8² - 0.4²) / (0.8² + 0.4²) = 0.6, no eigenvalue, so its last change vanishes
+    while ‖Hv - θv‖ stays about 0.8: it must not report convergence. Lanczos closes the
+    3-dimensional Krylov space and is exact."""
+    h = jnp.array([1.0, -1.0, 0.5])
+    loss = lambda w: 0.5 * jnp.sum(h * w ** 2)
+    v0 = jnp.array([0.8, 0.4, 0.45])
+    power = cv.max_eigenvalue(loss, jnp.zeros(3), v0=v0, method="power", max_iter=40)
+    assert float(power.value) == pytest.approx(0.6, abs=1e-4) and not bool(power.converged)
+    lanczos = cv.max_eigenvalue(loss, jnp.zeros(3), v0=v0, method="lanczos", max_iter=40)
+    assert bool(lanczos.converged) and abs(float(lanczos.value)) == pytest.approx(1.0, rel=1e-5)

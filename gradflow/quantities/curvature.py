@@ -215,29 +215,28 @@ def _lanczos_step(matvec, q, q_prev, beta):
     return alpha, q_next, beta_next, ok, closed
 
 
-def _top_ritz(alphas, off, k):
-    """The eigenvalue of largest magnitude of the leading k x k block of the symmetric
-    tridiagonal matrices with diagonals `alphas` (..., m) and off-diagonals `off` (..., m - 1)
-    (zero past the block), and the last (k-th) component of its unit eigenvector.
+def _top_pair(alphas, off, k):
+    """The eigenvalue θ of largest magnitude of the leading k x k block of the symmetric
+    tridiagonal matrix with diagonal `alphas` (m,) and off-diagonal `off` (m - 1,), zero past
+    the block, and its unit eigenvector s (m,), zero past the block.
 
     With β the recurrence's next off-diagonal, β |s_k| is the norm of the Ritz pair's residual
-    ‖Hy − θy‖ (y the Ritz vector), which bounds the distance from θ to an eigenvalue of H.
-
-    Returns:
-      (θ, s_k), each shaped like `k`.
-    """
-    shape = alphas.shape[:-1]
-    t = jax.vmap(_tridiagonal)(alphas.reshape(-1, alphas.shape[-1]),
-                               off.reshape(-1, off.shape[-1]))
-    values, vectors = jnp.linalg.eigh(t)
-    m = alphas.shape[-1]
-    keep = jnp.arange(m)[None, :] < jnp.reshape(k, (-1, 1))
+    ‖Hy − θy‖ (y = Σⱼ sⱼqⱼ), which bounds the distance from θ to an eigenvalue of H."""
+    values, vectors = jnp.linalg.eigh(_tridiagonal(alphas, off))
+    keep = jnp.arange(alphas.shape[0]) < k
     # zeros past the block add zero eigenvalues with eigenvectors outside it: pick within it
-    inside = jnp.sum(jnp.where(keep[:, :, None], vectors ** 2, 0), axis=1) > 0.5
-    top = jnp.argmax(jnp.where(inside, jnp.abs(values), -1), axis=1)
-    rows = jnp.arange(values.shape[0])
-    last = vectors[rows, jnp.reshape(k, (-1,)) - 1, top]
-    return values[rows, top].reshape(shape), last.reshape(shape)
+    inside = jnp.sum(jnp.where(keep[:, None], vectors ** 2, 0), axis=0) > 0.5
+    top = jnp.argmax(jnp.where(inside, jnp.abs(values), -1))
+    return values[top], jnp.where(keep, vectors[:, top], 0)
+
+
+def _top_ritz(alphas, off, k):
+    """`_top_pair` of each block (leading axes of `alphas` (..., m), `off` (..., m - 1) and `k`):
+    (θ, s_k), the value and its eigenvector's last component in the block."""
+    lead, m = alphas.shape[:-1], alphas.shape[-1]
+    k = jnp.broadcast_to(k, lead).reshape(-1)
+    theta, s = jax.vmap(_top_pair)(alphas.reshape(-1, m), off.reshape(-1, m - 1), k)
+    return theta.reshape(lead), s[jnp.arange(k.shape[0]), k - 1].reshape(lead)
 
 
 def _tridiagonal(diagonal, off):
@@ -314,15 +313,9 @@ def _ritz(alphas, betas, k, basis, unravel, fallback):
     the tridiagonal matrix (`alphas`, `betas`), from the Lanczos vectors `basis` (rows); the
     start vector `fallback` where it is not finite (a failed product)."""
     m = alphas.shape[0]
-    keep = jnp.arange(m) < k
-    a = jnp.nan_to_num(jnp.where(keep, alphas, 0))
+    a = jnp.nan_to_num(jnp.where(jnp.arange(m) < k, alphas, 0))
     b = jnp.nan_to_num(jnp.where(jnp.arange(m - 1) < k - 1, betas[:-1], 0))
-    values, vectors = jnp.linalg.eigh(_tridiagonal(a, b))
-    # padding adds zero eigenvalues with eigenvectors outside the block: pick within it
-    inside = jnp.sum(jnp.where(keep[:, None], vectors ** 2, 0), axis=0) > 0.5
-    top = jnp.argmax(jnp.where(inside, jnp.abs(values), -1))
-    v = jnp.where(keep, vectors[:, top], 0) @ basis
-    v, _, ok = _normalize(v)
+    v, _, ok = _normalize(_top_pair(a, b, k)[1] @ basis)
     return unravel(jnp.where(ok, v, fallback))
 
 
@@ -407,7 +400,9 @@ def max_eigenvalue(loss: Loss, params, *, v0=None, rtol: float = 1e-3, max_iter:
     Ritz value θ of largest magnitude of the k x k tridiagonal matrix built so far, with the
     same stopping rule on the Ritz pair's residual, which the recurrence gives without another
     product (β_{k+1} |s_k|, s the Ritz value's unit eigenvector in the tridiagonal matrix), and
-    stopping when the Krylov space closes, where the value is exact. LANCZOS_FIGURES With `ritz_vector=True`
+    stopping when the Krylov space closes, where the value is exact. From a random start it
+    takes a quarter of power iteration's products (`benchmarks/lanczos_vs_power.py`: 12-16
+    against 55-59 on the depth-50 CNNs, both within 1.3e-5 of λ₁). With `ritz_vector=True`
     it keeps its `max_iter` Lanczos vectors (`max_iter` × the parameter count floats) and
     returns the Ritz vector, the best approximation to the eigenvector in the Krylov space, to
     warm-start the next measurement; without, `vector` is None and memory is that of power
