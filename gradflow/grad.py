@@ -61,7 +61,7 @@ def value_and_grad(fn, *, has_aux: bool = False, noise: bool = False, curvature:
         (Hutchinson, 8 samples) and the rows' `layer_hess_trace(_se)`, of the loss `fn`
         computes. Each call starts from a random vector unless given a `gf.CurvatureStart`
         (`grad_fn(model, ..., curvature_start=start)`): then Lanczos starts from the last
-        measurement's Ritz vector (at most 20 products; a few where the top eigenvector moves
+        measurement's Ritz vector (at most 20 products; 5-10 where the top eigenvector moves
         slowly) and stores the new one there.
       histograms: also take `grad_hist`, each row's (HIST_BINS,) counts of |gradient element|
         in log bins (`gradflow.quantities.histograms`), from `grads` (nearly free).

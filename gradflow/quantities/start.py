@@ -1,8 +1,8 @@
 """`gf.CurvatureStart`: where the next curvature measurement of a user's loop starts.
 
 Each measurement of `hess_max_ev` is an iteration on Hessian-vector products from a start
-vector. From a random vector Lanczos takes 6-12 products on the depth-50 CNNs; from the last
-measurement's Ritz vector, while the top eigenvector moves slowly, a few
+vector. From a random vector Lanczos takes 7-16 products on the depth-50 CNNs; from the last
+measurement's Ritz vector, while the top eigenvector moves slowly, 5-10
 (`benchmarks/warm_start.py`). `gf.train` keeps that vector itself; in a loop of one's own it
 lives in a `CurvatureStart`, an NNX object passed to the jitted step like the optimizer:
 
