@@ -3,6 +3,7 @@ Hessian-vector product.
 
     python benchmarks/lanczos_vs_power.py                 # depth-50 plain CNN, ~1.5 minutes
     python benchmarks/lanczos_vs_power.py --arch residual_bn
+    python benchmarks/lanczos_vs_power.py --train-steps 60 --iters 100   # after 60 SGD steps
 
 The training loss of `gf.models.cnn(arch, 50, width=16)` at init on one batch of 32 built-in
 images (BatchNorm on batch statistics); one jitted Hessian-vector product
@@ -14,6 +15,10 @@ Ritz value of largest magnitude of the k×k tridiagonal matrix, residual β_{k+1
 eigenvector there). Two stopping rules with rtol 1e-3: gradflow's, residual ≤ rtol |θ|, and
 Cockpit's, |θₖ − θₖ₋₁| ≤ rtol |θₖ|. The reference λ₁ is Lanczos after `--iters` products.
 Prints, for each method and rule, the products used, the estimate there and its relative error.
+
+`--train-steps N`: first N steps of SGD (lr 0.01, momentum 0.9, `nnx.Optimizer`) on batches of
+32 of `gf.data.synthetic(seed=0, n_train=256)`, batch i % 8 at step i (as
+`benchmarks/user_loop_curvature.py` trains), then the loss on batch N % 8.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 from jax.flatten_util import ravel_pytree
 
@@ -78,16 +84,38 @@ def stop(steps, rule):
     return len(steps), steps[-1][0]
 
 
+def trained(model, loss_fn, steps: int):
+    """Trains `model` in place for `steps` SGD steps; returns the batch measured after them."""
+    ds = gf.data.synthetic(seed=0, n_train=32 * 8, n_test=8)
+    batches = [(jnp.asarray(ds.x_train[i * 32:(i + 1) * 32]),
+                jnp.asarray(ds.y_train[i * 32:(i + 1) * 32])) for i in range(8)]
+    optimizer = nnx.Optimizer(model, optax.sgd(0.01, momentum=0.9), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, optimizer, x, y):
+        loss, grads = nnx.value_and_grad(lambda m: loss_fn(m(x), y))(model)
+        optimizer.update(model, grads)
+        return loss
+
+    for i in range(steps):
+        step(model, optimizer, *batches[i % 8])
+    return batches[steps % 8]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arch", default="plain")
     p.add_argument("--iters", type=int, default=60, help="products per method")
+    p.add_argument("--train-steps", type=int, default=0, help="SGD steps before measuring")
     a = p.parse_args(argv)
-    ds = gf.data.synthetic(seed=0)
-    x, y = jnp.asarray(ds.x_train[:32]), jnp.asarray(ds.y_train[:32])
-    graphdef, params, rest = nnx.split(gf.models.cnn(a.arch, 50, width=16, rngs=nnx.Rngs(0)),
-                                       nnx.Param, ...)
     loss_fn = LOSSES["cross_entropy"][0]
+    model = gf.models.cnn(a.arch, 50, width=16, rngs=nnx.Rngs(0))
+    if a.train_steps:
+        x, y = trained(model, loss_fn, a.train_steps)
+    else:
+        ds = gf.data.synthetic(seed=0)
+        x, y = jnp.asarray(ds.x_train[:32]), jnp.asarray(ds.y_train[:32])
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     def loss(p):
         model = nnx.merge(graphdef, p, rest, copy=True)
@@ -101,7 +129,8 @@ def main(argv=None):
     runs = {"power iteration": power(matvec, v0, a.iters), "Lanczos": lanczos(matvec, v0, a.iters)}
     per_product = (time.perf_counter() - t) / (2 * a.iters)
     ref = runs["Lanczos"][-1][0]
-    print(f"{a.arch} CNN, depth 50: λ₁ ≈ {ref:.7g} (Lanczos, {a.iters} products); "
+    print(f"{a.arch} CNN, depth 50, after {a.train_steps} SGD steps: λ₁ ≈ {ref:.7g} (Lanczos, "
+          f"{a.iters} products); "
           f"{per_product * 1e3:.0f} ms per product")
     print("| method | stopping rule | products | estimate | relative error | after 10 / 20 / 30 products |")
     print("|---|---|---|---|---|---|")

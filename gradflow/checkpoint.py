@@ -60,6 +60,11 @@ def _numbered(tree) -> dict:
     return {f"{i:05d}": _host(leaf) for i, leaf in enumerate(jax.tree.leaves(tree))}
 
 
+def _abstract(leaves) -> dict:
+    """Shapes and dtypes of `leaves`, keyed as `_numbered` keys them."""
+    return {f"{i:05d}": jax.ShapeDtypeStruct(np.shape(a), a.dtype) for i, a in enumerate(leaves)}
+
+
 def _stack(records: list, at, layers) -> dict:
     """Per-record dicts of host arrays -> {"steps", "metric": {name: (n, layers)}, "scalar":
     {name: (n,)}}, stacked as a History stacks them."""
@@ -176,9 +181,14 @@ class Checkpoint:
                 or header["shapes"] != [list(a.shape) for a in host]):
             raise ValueError(f"{self.directory}: the checkpoint was written for another model "
                              "or optimizer")
-        abstract = {f"{i:05d}": jax.ShapeDtypeStruct(a.shape, a.dtype) for i, a in enumerate(host)}
-        got = mgr.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), records=ocp.args.StandardRestore()))
+        start, start_def = jax.tree.flatten(fresh.curvature_start)
+        keep_start = (fresh.curvature_start is not None  # and saved with the same shapes
+                      and header.get("curvature_shapes") == [list(np.shape(a)) for a in start])
+        items = {"state": ocp.args.StandardRestore(_abstract(host)),
+                 "records": ocp.args.StandardRestore()}
+        if keep_start:
+            items["curvature"] = ocp.args.StandardRestore(_abstract(start))
+        got = mgr.restore(step, args=ocp.args.Composite(**items))
         restored = []
         for i, leaf in enumerate(leaves):
             value = np.asarray(got["state"][f"{i:05d}"])
@@ -186,23 +196,11 @@ class Checkpoint:
                             if _is_key(leaf) else jnp.asarray(value))
         params, rest, opt_state = jax.tree.unflatten(treedef, restored)
         at, records = _unstack(got["records"])
+        curvature_start = (jax.tree.unflatten(start_def, [jnp.asarray(got["curvature"][k])
+                                                          for k in sorted(got["curvature"])])
+                           if keep_start else None)
         return TrainState(int(header["step"]), params, rest, opt_state, at, records,
-                          tuple(header["layers"]), self._curvature_start(mgr, step, header, fresh))
-
-    @staticmethod
-    def _curvature_start(mgr, step: int, header: dict, fresh: TrainState):
-        """The saved curvature start laid out as `fresh`'s, or None where either has none or
-        their shapes differ."""
-        if fresh.curvature_start is None:
-            return None
-        leaves, treedef = jax.tree.flatten(fresh.curvature_start)
-        if header.get("curvature_shapes") != [list(np.shape(a)) for a in leaves]:
-            return None
-        abstract = {k: jax.ShapeDtypeStruct(np.shape(a), a.dtype)
-                    for k, a in _numbered(fresh.curvature_start).items()}
-        got = mgr.restore(step, args=_ocp().args.Composite(
-            curvature=_ocp().args.StandardRestore(abstract)))["curvature"]
-        return jax.tree.unflatten(treedef, [jnp.asarray(got[k]) for k in sorted(abstract)])
+                          tuple(header["layers"]), curvature_start)
 
     def _abandon(self, before: set) -> None:
         """After a failed save: waits for the writer threads it started, closes the manager and

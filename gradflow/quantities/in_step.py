@@ -89,17 +89,16 @@ def step_quantities(loss_with, graphdef, params, rest, layout, grads, batch, *, 
     if curvature_on:
         def loss(p):
             return loss_with(nnx.merge(graphdef, p, rest, copy=True), batch)
-        if curvature_start is None:  # a fresh start every call
-            out, _ = measure_curvature(loss, params, segments, random_direction(params),
-                                       jax.random.key(0), samples=8, max_iter=100,
-                                       method="lanczos")
-        else:
-            method = warm_start_method(params)
-            out, vector = measure_curvature(loss, params, segments,
-                                            curvature_start.direction(params),
-                                            jax.random.key(0), samples=8,
-                                            max_iter=CURVATURE_MAX_ITER, method=method,
-                                            ritz_vector=method == "lanczos")
+        if curvature_start is None:  # a fresh start every call, no vector kept
+            v0, method, max_iter = random_direction(params), "lanczos", 100
+        else:  # as gf.train's measurements
+            v0, method, max_iter = (curvature_start.direction(params),
+                                    warm_start_method(params), CURVATURE_MAX_ITER)
+        out, vector = measure_curvature(loss, params, segments, v0, jax.random.key(0),
+                                        samples=8, max_iter=max_iter, method=method,
+                                        ritz_vector=curvature_start is not None
+                                        and method == "lanczos")
+        if curvature_start is not None:
             curvature_start.store(vector)
         scalars |= {k: out[k] for k in CURVATURE_SCALARS}
         metrics |= {k: out[k] for k in CURVATURE_METRICS}
